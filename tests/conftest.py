@@ -1,0 +1,74 @@
+"""Shared test fixtures: real FNC samples, a moto S3 server, one Prefect API per session."""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+FNC_ROOT = REPO.parent / "shared" / "data" / "fnc-samples"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def fnc_root() -> Path:
+    """The real FNC samples beside the checkout; skip when they are absent (fresh clone)."""
+    if not (FNC_ROOT / "yellow" / "images").is_dir():
+        pytest.skip(f"real FNC samples not found at {FNC_ROOT} (../shared is absent)")
+    return FNC_ROOT
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """A real S3 API (moto's ThreadedMotoServer) on a free loopback port, for the whole session.
+
+    Yields the endpoint URL. AWS_* variables point at it so that s3fs and boto3 pick it up.
+    """
+    from moto.server import ThreadedMotoServer
+
+    port = _free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    endpoint = f"http://127.0.0.1:{port}"
+    saved = {k: os.environ.get(k) for k in _AWS_VARS}
+    os.environ.update(
+        AWS_ACCESS_KEY_ID="testing",
+        AWS_SECRET_ACCESS_KEY="testing",
+        AWS_DEFAULT_REGION="us-east-1",
+        AWS_ENDPOINT_URL=endpoint,
+    )
+    try:
+        yield endpoint
+    finally:
+        server.stop()
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+_AWS_VARS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION", "AWS_ENDPOINT_URL")
+
+
+@pytest.fixture
+def s3_bucket(s3_server, request):
+    """A fresh, empty bucket on the moto server; yields ``s3://<bucket>``."""
+    import boto3
+    import s3fs
+
+    name = "t-" + request.node.name.lower().replace("_", "-")[:40].strip("-") + f"-{_free_port()}"
+    name = "".join(c for c in name if c.isalnum() or c == "-")[:62]
+    client = boto3.client("s3", endpoint_url=s3_server, region_name="us-east-1")
+    client.create_bucket(Bucket=name)
+    s3fs.S3FileSystem.clear_instance_cache()
+    yield f"s3://{name}"
+    s3fs.S3FileSystem.clear_instance_cache()
