@@ -1,0 +1,386 @@
+"""The ``neuroseg`` command line: one entry point for people and scripts.
+
+Every command runs the same flows the deployments run. Flows, TensorFlow and Prefect are imported
+lazily inside each command so that ``neuroseg --help`` and ``import neuroseg`` stay light.
+Bad input ends with a one-line ``neuroseg: error: ...`` and a non-zero exit status.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+DEFAULT_ROOT = "./neuroseg-data"
+
+
+class UsageError(ValueError):
+    """A command-line argument a user must fix."""
+
+
+# --------------------------------------------------------------------------- environment
+
+
+def configure_prefect(root: str | None = None) -> None:
+    """Set safe Prefect defaults before Prefect is imported.
+
+    Without ``PREFECT_API_URL`` Prefect starts a temporary in-process API; it keeps its database
+    in ``PREFECT_HOME``, which defaults here to ``<root>/.prefect`` for local roots (or
+    ``./.prefect``) rather than the user's home folder. Values already set win.
+    """
+    if "PREFECT_HOME" not in os.environ:
+        base = Path(root) if root and "://" not in root else Path(".")
+        os.environ["PREFECT_HOME"] = str((base / ".prefect").resolve())
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "INFO")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def _size(text: str) -> tuple[int, int]:
+    """Parse ``WIDTHxHEIGHT`` into ``(height, width)``."""
+    try:
+        w, h = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"size must look like 1600x1200, got {text!r}") from None
+    if w < 16 or h < 16 or w * h > 100_000_000:
+        raise argparse.ArgumentTypeError(f"size {text!r} out of range (16 px .. 100 Mpx)")
+    return h, w
+
+
+def _print_json(obj) -> None:
+    print(json.dumps(obj, indent=2, sort_keys=True, default=str))
+
+
+# --------------------------------------------------------------------------- commands
+
+
+def cmd_synth(args) -> int:
+    from neuroseg import synth
+
+    height, width = args.size
+    if args.dataset:
+        uri = synth.write_dataset(
+            args.root,
+            name=args.dataset,
+            images=args.images,
+            seed=args.seed,
+            height=height,
+            width=width,
+        )
+        print(f"wrote {args.images} annotated images to {uri}")
+    else:
+        written = synth.write_uploads(
+            args.root,
+            plates=args.plates,
+            images_per_plate=args.images,
+            seed=args.seed,
+            height=height,
+            width=width,
+        )
+        print(f"wrote {len(written)} images in {args.plates} plate(s) under {args.root}/uploads")
+    return 0
+
+
+def cmd_ingest(args) -> int:
+    configure_prefect(args.root)
+    from flows.ingest import IngestParams, ingest
+
+    params = IngestParams(source=args.source, root=args.root, dataset=args.dataset)
+    summary = ingest(params)
+    print(
+        f"ingested {summary['ingested']} new, skipped {summary['skipped']} already known, "
+        f"quarantined {summary['quarantined']} -> {summary['manifest']}"
+    )
+    for row in summary.get("failures", []):
+        print(f"  quarantined {row['file']}: {row['reason']}")
+    return 0
+
+
+def cmd_prepare(args) -> int:
+    configure_prefect(args.root)
+    from flows.prepare import ExecutorConfig, PrepareParams, prepare
+
+    params = PrepareParams(
+        root=args.root,
+        dataset=args.dataset,
+        tile=args.tile,
+        min_overlap=args.min_overlap,
+        seed=args.seed,
+        executor=ExecutorConfig(
+            kind=args.executor, address=args.dask_address, workers=args.workers
+        ),
+    )
+    summary = prepare(params)
+    state = "reused (unchanged dataset)" if summary["cached"] else "prepared"
+    print(
+        f"{state}: {summary['images']} images, {summary['tiles']} tiles, {summary['cells']} cells "
+        f"-> {summary['prepared_uri']}"
+    )
+    print(
+        f"  class weights {summary['class_weights']}, suggested overlap "
+        f"{summary['suggested_overlap']} px, "
+        f"foreground {100 * summary['foreground_fraction']:.2f} %"
+    )
+    return 0
+
+
+def cmd_train(args) -> int:
+    configure_prefect(args.root)
+    from flows.train import TrainParams, train
+
+    overrides = {}
+    if args.model:
+        overrides["model"] = args.model
+    if args.loss:
+        overrides["loss"] = args.loss
+    if args.epochs is not None:
+        overrides["epochs"] = args.epochs
+    params = TrainParams(
+        root=args.root,
+        dataset=args.dataset,
+        preset=args.preset,
+        model_name=args.name,
+        overrides=overrides,
+        run_id=args.run_id,
+        evaluate=not args.no_evaluate,
+        promote=args.promote,
+    )
+    result = train(params)
+    print(f"registered {result['model_uri']} (device {result['device']})")
+    if result.get("evaluation"):
+        ev = result["evaluation"]
+        print(
+            f"  object F1 {ev['object_f1']:.3f}, pixel F1 {ev['pixel_f1']:.3f}, "
+            f"count MAE {ev['count_mae']:.2f}; promoted: {ev['promoted']}"
+        )
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    configure_prefect(args.root)
+    from flows.evaluate import EvaluateParams, evaluate
+
+    params = EvaluateParams(
+        root=args.root,
+        dataset=args.dataset,
+        model=args.model,
+        split=args.split,
+        images=args.images,
+        promote=args.promote,
+        force=args.force,
+        sweep=not args.no_sweep,
+    )
+    result = evaluate(params)
+    _print_json(result["key_figures"])
+    print(f"report: {result['report_uri']}")
+    return 0
+
+
+def cmd_infer(args) -> int:
+    configure_prefect(args.root)
+    from flows.infer import InferParams, nightly_inference
+
+    params = InferParams(
+        root=args.root,
+        uploads=args.uploads,
+        cells=args.cells,
+        model=args.model,
+        reprocess=args.reprocess,
+        precision=args.precision,
+        plates=args.plate or None,
+    )
+    summary = nightly_inference(params)
+    print(
+        f"processed {summary['images']} image(s) in {summary['plates']} plate(s): "
+        f"{summary['cells']} cells, {summary['failed']} failed, {summary['skipped']} already done "
+        f"-> {summary['cells_uri']}"
+    )
+    return 0
+
+
+def cmd_segment(args) -> int:
+    from neuroseg.segment_files import segment_files
+
+    df = segment_files(
+        args.images,
+        out=args.out,
+        model=args.model,
+        threshold=args.threshold,
+        watershed=args.watershed,
+        precision=args.precision,
+    )
+    n_images = df["image_id"].nunique() if len(df) else 0
+    print(f"{len(df)} cells in {n_images} image(s) -> {args.out}")
+    return 0
+
+
+def cmd_bench(args) -> int:
+    if args.what == "masks":
+        from neuroseg.benchmarks.masks import bench_masks
+
+        result = bench_masks(fnc_root=args.fnc_root, repeat=args.repeat)
+    elif args.what == "pipeline":
+        from neuroseg.benchmarks.pipeline import bench_pipeline
+
+        result = bench_pipeline()
+    elif args.what == "inference":
+        configure_prefect(None)
+        from neuroseg.benchmarks.inference import bench_inference
+
+        result = bench_inference(images=args.images)
+    else:  # orchestration
+        configure_prefect(None)
+        from flows.bench import bench_orchestration
+
+        result = bench_orchestration(images=args.images)
+    print(json.dumps(result, indent=2, sort_keys=True, default=float))
+    return 0
+
+
+def cmd_demo(args) -> int:
+    configure_prefect(args.root)
+    from flows.demo import DemoParams, demo
+
+    params = DemoParams(
+        root=args.root,
+        plates=args.plates,
+        images_per_plate=args.images,
+        train_images=args.train_images,
+        real_images=args.real_images,
+        train=not args.no_train,
+        seed=args.seed,
+        height=args.size[0],
+        width=args.size[1],
+    )
+    t0 = time.perf_counter()
+    demo(params)
+    print(f"demo finished in {time.perf_counter() - t0:.0f} s")
+    return 0
+
+
+# --------------------------------------------------------------------------- parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="neuroseg",
+        description="Segment and count neuronal cells in fluorescence-microscopy images.",
+    )
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def root_arg(sp):
+        sp.add_argument(
+            "--root",
+            default=DEFAULT_ROOT,
+            help=f"storage root: a folder or s3://bucket/prefix (default {DEFAULT_ROOT})",
+        )
+
+    sp = sub.add_parser("demo", help="run the whole system end to end on synthetic plates")
+    root_arg(sp)
+    sp.add_argument("--plates", type=int, default=2, help="synthetic plates for the nightly run")
+    sp.add_argument("--images", type=int, default=3, help="images per plate")
+    sp.add_argument("--train-images", type=int, default=10, help="annotated synthetic images")
+    sp.add_argument("--real-images", help="a folder of real images (FNC layout or plain images)")
+    sp.add_argument("--no-train", action="store_true", help="use the shipped model, skip training")
+    sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument("--size", type=_size, default=(1200, 1600), help="WIDTHxHEIGHT (1600x1200)")
+    sp.set_defaults(func=cmd_demo)
+
+    sp = sub.add_parser("synth", help="generate FNC-like synthetic plates with exact masks")
+    sp.add_argument("root", help="storage root to write into (folder or s3://...)")
+    sp.add_argument("--plates", type=int, default=2, help="plates under uploads/ (default 2)")
+    sp.add_argument("--images", type=int, default=3, help="images per plate, or dataset size")
+    sp.add_argument("--dataset", help="write an annotated dataset datasets/NAME instead")
+    sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument("--size", type=_size, default=(1200, 1600), help="WIDTHxHEIGHT (1600x1200)")
+    sp.set_defaults(func=cmd_synth)
+
+    sp = sub.add_parser("ingest", help="validate and record new uploads or an annotated dataset")
+    sp.add_argument("source", help="folder or s3:// prefix: <plate>/<image> or images/+masks/")
+    root_arg(sp)
+    sp.add_argument("--dataset", help="ingest an annotated dataset (images/ + masks/) as NAME")
+    sp.set_defaults(func=cmd_ingest)
+
+    sp = sub.add_parser("prepare", help="analyse masks and tile an ingested dataset")
+    sp.add_argument("dataset", help="name of an ingested dataset")
+    root_arg(sp)
+    sp.add_argument("--tile", type=int, default=400)
+    sp.add_argument("--min-overlap", type=int, default=100)
+    sp.add_argument("--seed", type=int, default=0, help="seed of the by-image split")
+    sp.add_argument("--executor", choices=("threads", "dask"), default="threads")
+    sp.add_argument("--dask-address", help="scheduler address; default: a temporary local cluster")
+    sp.add_argument("--workers", type=int, default=2, help="workers of a temporary cluster")
+    sp.set_defaults(func=cmd_prepare)
+
+    sp = sub.add_parser("train", help="train a model in phases and register it")
+    root_arg(sp)
+    sp.add_argument("--dataset", default="synthetic", help="prepared dataset name")
+    sp.add_argument("--preset", default="cpu-small", help="seed | cpu-small | tiny")
+    sp.add_argument("--model", choices=("shallow", "unet"), help="override the preset's model")
+    sp.add_argument("--loss", help="weighted_bce | dice | jaccard | focal | tversky | bce_dice")
+    sp.add_argument("--epochs", type=int, help="epochs of every phase (override)")
+    sp.add_argument("--name", default="neuroseg", help="model name in the registry")
+    sp.add_argument("--run-id", help="resume this training run (its checkpoints are kept)")
+    sp.add_argument("--no-evaluate", action="store_true", help="skip evaluation after training")
+    sp.add_argument("--promote", action="store_true", help="promote if it beats production")
+    sp.set_defaults(func=cmd_train)
+
+    sp = sub.add_parser("evaluate", help="score a registered model on a dataset's test split")
+    root_arg(sp)
+    sp.add_argument("--dataset", default="synthetic")
+    sp.add_argument("--model", default="neuroseg", help="NAME, NAME@VERSION, a folder, 'default'")
+    sp.add_argument("--split", default="test", help="test | val | all")
+    sp.add_argument("--images", help="a folder of real images with masks/ (instead of --dataset)")
+    sp.add_argument("--promote", action="store_true", help="promote if it beats production")
+    sp.add_argument("--force", action="store_true", help="promote even if it does not")
+    sp.add_argument("--no-sweep", action="store_true", help="keep the model's threshold")
+    sp.set_defaults(func=cmd_evaluate)
+
+    sp = sub.add_parser("infer", help="segment new plates under uploads/ into the cell table")
+    root_arg(sp)
+    sp.add_argument("--uploads", help="uploads root (default ROOT/uploads)")
+    sp.add_argument("--cells", help="cell table root (default ROOT/cells)")
+    sp.add_argument("--model", default="neuroseg", help="registry name, NAME@VERSION or a folder")
+    sp.add_argument("--plate", action="append", help="only this plate (repeatable)")
+    sp.add_argument("--reprocess", action="store_true", help="replace rows of older models")
+    sp.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
+    sp.set_defaults(func=cmd_infer)
+
+    sp = sub.add_parser("segment", help="segment image files into one Parquet file")
+    sp.add_argument("images", nargs="+", help="image files (local or s3://)")
+    sp.add_argument("--out", required=True, help="output .parquet")
+    sp.add_argument("--model", default="default", help="'default' (shipped) or a model folder")
+    sp.add_argument("--threshold", type=float, help="override the model's threshold")
+    sp.add_argument("--watershed", action="store_true", help="split touching cells")
+    sp.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
+    sp.set_defaults(func=cmd_segment)
+
+    sp = sub.add_parser("bench", help="benchmarks printing JSON")
+    sp.add_argument("what", choices=("masks", "pipeline", "inference", "orchestration"))
+    sp.add_argument("--fnc-root", help="folder of real FNC samples (default ../shared/...)")
+    sp.add_argument("--repeat", type=int, default=3)
+    sp.add_argument("--images", type=int, default=20, help="plate size for inference benches")
+    sp.set_defaults(func=cmd_bench)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        print("neuroseg: interrupted", file=sys.stderr)
+        return 130
+    except (ValueError, FileNotFoundError, PermissionError) as exc:
+        msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        print(f"neuroseg: error: {msg}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
