@@ -1,0 +1,152 @@
+"""Per-cell records: known shapes, the published schema and a Parquet round trip."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from skimage.measure import regionprops
+
+from neuroseg.measure import CELL_COLUMNS, CELL_SCHEMA, SCHEMA_VERSION, cell_records, to_arrow
+
+WHEN = dt.datetime(2025, 3, 4, 5, 6, 7, 123456, tzinfo=dt.UTC)
+LINEAGE = dict(
+    plate_id="P001",
+    image_id="img_01",
+    image_uri="s3://bucket/uploads/P001/img_01.png",
+    image_sha256="ab" * 32,
+    model_name="fnc-unet",
+    model_version="v3",
+    processed_at=WHEN,
+    flow_run_id="0b4f-run",
+)
+
+
+@pytest.fixture
+def scene():
+    """A 10x20 rectangle, a radius-15 disc and a one-pixel cell on the border."""
+    labels = np.zeros((100, 120), dtype=np.int32)
+    labels[10:20, 30:50] = 1  # rows 10..19, cols 30..49
+    rr, cc = np.indices(labels.shape)
+    labels[(rr - 60) ** 2 + (cc - 60) ** 2 <= 15**2] = 2
+    labels[99, 0] = 3
+    image = np.zeros((100, 120, 3), dtype=np.uint8)
+    image[labels == 1] = (30, 60, 90)  # channel mean 60
+    image[labels == 2] = (200, 200, 0)
+    prob = np.where(labels > 0, 0.8, 0.1).astype(np.float32)
+    prob[labels == 2] = 0.6
+    return labels, image, prob
+
+
+def test_known_shapes(scene):
+    labels, image, prob = scene
+    df = cell_records(labels, image, prob, **LINEAGE)
+    assert list(df.columns) == list(CELL_COLUMNS)
+    assert df["cell_id"].tolist() == [1, 2, 3]
+    rect = df.iloc[0]
+    assert rect["area_px"] == 200
+    assert (rect["bbox_x"], rect["bbox_y"], rect["bbox_width"], rect["bbox_height"]) == (
+        30,
+        10,
+        20,
+        10,
+    )
+    assert rect["centroid_x"] == pytest.approx(39.5) and rect["centroid_y"] == pytest.approx(14.5)
+    assert rect["mean_intensity"] == pytest.approx(60.0)
+    assert rect["mean_probability"] == pytest.approx(0.8)
+    assert not rect["touches_border"]
+    assert rect["solidity"] == pytest.approx(1.0)
+    assert rect["orientation"] == pytest.approx(-np.pi / 2) or rect["orientation"] == pytest.approx(
+        np.pi / 2
+    )  # major axis along the columns
+    props = regionprops(labels)
+    assert rect["perimeter"] == pytest.approx(props[0].perimeter)
+    assert rect["major_axis_length"] == pytest.approx(props[0].axis_major_length)
+    disc = df.iloc[1]
+    assert disc["eccentricity"] < 0.05
+    assert disc["major_axis_length"] == pytest.approx(disc["minor_axis_length"], rel=0.01)
+    assert disc["major_axis_length"] == pytest.approx(30, rel=0.05)
+    assert disc["mean_intensity"] == pytest.approx(400 / 3)
+    assert disc["mean_probability"] == pytest.approx(0.6)
+    assert (disc["centroid_x"], disc["centroid_y"]) == (pytest.approx(60), pytest.approx(60))
+    dot = df.iloc[2]
+    assert dot["area_px"] == 1 and dot["touches_border"] and dot["eccentricity"] == 0.0
+    assert (df["plate_id"] == "P001").all() and (df["flow_run_id"] == "0b4f-run").all()
+    assert (df["processed_at"] == pd.Timestamp(WHEN)).all()
+
+
+def test_dtypes_follow_schema_and_empty_image(scene):
+    labels, image, prob = scene
+    df = cell_records(labels, image, prob, **LINEAGE)
+    empty = cell_records(np.zeros_like(labels), image, prob, **LINEAGE)
+    assert len(empty) == 0
+    assert list(empty.columns) == list(CELL_COLUMNS)
+    assert empty.dtypes.to_dict() == df.dtypes.to_dict()
+    assert str(df["processed_at"].dtype) == "datetime64[us, UTC]"
+    assert df["cell_id"].dtype == np.int32 and df["area_px"].dtype == np.int64
+    for table in (to_arrow(df), to_arrow(empty)):
+        assert table.schema.equals(CELL_SCHEMA, check_metadata=True)
+    assert CELL_SCHEMA.metadata[b"neuroseg.schema_version"] == str(SCHEMA_VERSION).encode()
+
+
+def test_parquet_round_trip(scene, tmp_path):
+    labels, image, prob = scene
+    df = cell_records(labels, image, prob, **{**LINEAGE, "flow_run_id": None})
+    path = tmp_path / "cells.parquet"
+    pq.write_table(to_arrow(df), path)
+    assert pq.read_schema(path).equals(CELL_SCHEMA, check_metadata=True)
+    back = pd.read_parquet(path)
+    pd.testing.assert_frame_equal(back, df)
+    assert back["flow_run_id"].isna().all()
+
+
+def test_processed_at_is_converted_to_utc(scene):
+    labels, image, prob = scene
+    cet = dt.timezone(dt.timedelta(hours=1))
+    df = cell_records(
+        labels, image, None, **{**LINEAGE, "processed_at": "2025-03-04T06:06:07.123456+01:00"}
+    )
+    assert df["processed_at"].iloc[0] == pd.Timestamp(WHEN)
+    assert df["mean_probability"].isna().all()
+    df = cell_records(labels, image, prob, **{**LINEAGE, "processed_at": WHEN.astimezone(cet)})
+    assert df["processed_at"].iloc[0] == pd.Timestamp(WHEN)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"processed_at": dt.datetime(2025, 1, 1)}, "timezone-aware"),
+        ({"processed_at": "yesterday"}, "processed_at"),
+        ({"plate_id": ""}, "plate_id"),
+        ({"flow_run_id": 5}, "flow_run_id"),
+    ],
+)
+def test_lineage_validation(scene, change, message):
+    labels, image, prob = scene
+    with pytest.raises(ValueError, match=message):
+        cell_records(labels, image, prob, **{**LINEAGE, **change})
+
+
+def test_array_validation(scene):
+    labels, image, prob = scene
+    with pytest.raises(ValueError, match="uint8"):
+        cell_records(labels, image[..., 0], prob, **LINEAGE)
+    with pytest.raises(ValueError, match="prob shape"):
+        cell_records(labels, image, prob[:-1], **LINEAGE)
+    gappy = np.where(labels == 2, 5, labels)
+    with pytest.raises(ValueError, match=r"1\.\.n"):
+        cell_records(gappy, image, prob, **LINEAGE)
+
+
+def test_to_arrow_rejects_wrong_columns(scene):
+    labels, image, prob = scene
+    df = cell_records(labels, image, prob, **LINEAGE)
+    with pytest.raises(ValueError, match="missing columns"):
+        to_arrow(df.drop(columns=["solidity"]))
+    with pytest.raises(ValueError, match="unexpected"):
+        to_arrow(df.assign(extra=1))
+    assert isinstance(to_arrow(df), pa.Table)
