@@ -1,0 +1,157 @@
+"""The system as a lab runs it: `prefect server start`, work pools, `prefect deploy --all`,
+process workers, and deployment runs triggered from the CLI. Slow: one server per module."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from neuroseg import storage
+from tests.conftest import REPO, _free_port
+
+pytestmark = pytest.mark.slow
+BIN = Path(sys.executable).parent
+
+
+def _wait_healthy(url: str, proc: subprocess.Popen, log: Path, timeout: float = 150) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"prefect server exited early:\n{log.read_text()[-3000:]}")
+        try:
+            with urllib.request.urlopen(url + "/health", timeout=2) as resp:
+                if resp.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(1)
+    raise RuntimeError(f"prefect server did not answer in {timeout} s:\n{log.read_text()[-3000:]}")
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """A real `prefect server start` on a free loopback port, with pools, deployments, workers."""
+    base = tmp_path_factory.mktemp("prefect-server")
+    port = _free_port()
+    api = f"http://127.0.0.1:{port}/api"
+    env = {
+        k: v for k, v in os.environ.items() if not k.startswith("PREFECT_") or k == "PREFECT_HOME"
+    }
+    env.update(
+        PREFECT_HOME=str(base / "home"),
+        PREFECT_API_URL=api,
+        PREFECT_SERVER_ANALYTICS_ENABLED="false",
+        PREFECT_SERVER_UI_ENABLED="false",
+        PREFECT_UI_ENABLED="false",
+        NEUROSEG_ROOT=str(base / "root"),
+        NEUROSEG_PROJECT_DIR=str(REPO),
+        PATH=f"{BIN}:{os.environ.get('PATH', '')}",
+        PYTHONUNBUFFERED="1",
+    )
+    procs = []
+    log = base / "server.log"
+    srv = subprocess.Popen(
+        [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+        env=env,
+        stdout=log.open("w"),
+        stderr=subprocess.STDOUT,
+        cwd=base,
+    )
+    procs.append(srv)
+    try:
+        _wait_healthy(api, srv, log)
+        for script in ("pools.sh", "deploy.sh"):
+            out = subprocess.run(
+                ["bash", str(REPO / "deployments" / script)],
+                env=env,
+                cwd=REPO,
+                capture_output=True,
+                text=True,
+                timeout=300,
+            )
+            tail = out.stdout[-3000:] + out.stderr[-3000:]
+            assert out.returncode == 0, f"{script} failed:\n{tail}"
+        for pool in ("cpu", "gpu"):
+            wlog = base / f"worker-{pool}.log"
+            procs.append(
+                subprocess.Popen(
+                    ["bash", str(REPO / "deployments" / f"worker-{pool}.sh"), "--limit", "2"],
+                    env=env,
+                    stdout=wlog.open("w"),
+                    stderr=subprocess.STDOUT,
+                    cwd=REPO,
+                )
+            )
+        yield {"env": env, "base": base, "root": str(base / "root")}
+    finally:
+        for p in reversed(procs):
+            p.terminate()
+        for p in procs:
+            try:
+                p.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                p.kill()
+
+
+def run_deployment(server, name: str, params: dict, timeout: int = 600) -> str:
+    """`prefect deployment run NAME --watch` and return its output; fail on a failed run."""
+    out = subprocess.run(
+        [
+            str(BIN / "prefect"),
+            "deployment",
+            "run",
+            name,
+            "--params",
+            json.dumps({"params": params}),
+            "--watch",
+            "--watch-timeout",
+            str(timeout),
+        ],
+        env=server["env"],
+        capture_output=True,
+        text=True,
+        timeout=timeout + 60,
+        cwd=REPO,
+    )
+    text = out.stdout + out.stderr
+    if out.returncode != 0 or "Completed" not in text:
+        logs = "\n".join(p.read_text()[-4000:] for p in sorted(server["base"].glob("worker-*.log")))
+        raise AssertionError(f"{name} did not complete:\n{text[-3000:]}\n--- workers ---\n{logs}")
+    return text
+
+
+def _write_dataset(src: str, n: int = 3) -> None:
+    from neuroseg.images import encode_png
+    from neuroseg.synth import synth_plate
+
+    for i in range(n):
+        s = synth_plate(seed=100 + i, height=300, width=400)
+        storage.write_bytes(storage.join(src, "images", f"s{i}.png"), encode_png(s.image))
+        storage.write_bytes(storage.join(src, "masks", f"s{i}.png"), encode_png(s.mask))
+
+
+def test_ingest_and_prepare_deployments(server):
+    root = server["root"]
+    src = str(server["base"] / "incoming-dataset")
+    _write_dataset(src)
+    run_deployment(server, "ingest/ingest", {"source": src, "root": root, "dataset": "synth"})
+    manifests = storage.list_files(storage.join(root, "manifests", "datasets", "synth"))
+    assert len(manifests) == 3
+    run_deployment(
+        server,
+        "prepare/prepare",
+        {"root": root, "dataset": "synth", "tile": 128, "min_overlap": 32},
+    )
+    latest = storage.read_json(storage.join(root, "prepared", "synth", "latest.json"))
+    summary = storage.read_json(storage.join(latest["uri"], "summary.json"))
+    assert summary["images"] == 3 and summary["tiles"] > 3
+    tiles = storage.read_parquet(storage.join(latest["uri"], "tiles.parquet"))
+    assert np.array_equal(np.sort(tiles["image_id"].unique()), ["s0", "s1", "s2"])
