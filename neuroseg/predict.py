@@ -1,0 +1,267 @@
+"""Whole-image prediction by tiles, and segmentation of probability maps into cells (light).
+
+The seed notebook's ``applyModelToImage``: cut the image into 400x400 tiles with >= 100 px
+overlap, predict every tile, upscale the 50x50 predictions to 400x400, blend overlapping tiles
+with a minimum, then flood-fill the thresholded map to count cells. Here the model is any callable
+``(n, T, T, 3) uint8 -> (n, s, s) float`` (e.g. ``ModelBundle.predict_tiles``), so this module does
+not import TensorFlow; tiling and stitching come from :mod:`neuroseg.tiling`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import numpy as np
+from scipy import ndimage as ndi
+
+from neuroseg.masks import label_mask
+from neuroseg.tiling import BLENDS, UPSCALE_METHODS, crop_tiles, stitch, tile_grid, upscale_tiles
+
+__all__ = ["predict_image", "predict_probabilities", "relabel_raster", "segment"]
+
+PredictTiles = Callable[[np.ndarray], Any]
+_EIGHT = np.ones((3, 3), dtype=bool)
+
+
+def _check_image(image) -> np.ndarray:
+    image = np.asarray(image)
+    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        raise ValueError(
+            f"image must be an (H, W, 3) uint8 RGB array, got shape {image.shape} "
+            f"dtype {image.dtype}"
+        )
+    if image.shape[0] == 0 or image.shape[1] == 0:
+        raise ValueError(f"image is empty: shape {image.shape}")
+    return image
+
+
+def _check_output(out, n: int, tile: int, output_size: int | None) -> np.ndarray:
+    out = np.asarray(out)
+    if out.ndim == 4 and out.shape[-1] == 1:
+        out = out[..., 0]
+    if out.ndim != 3 or out.shape[0] != n or out.shape[1] != out.shape[2]:
+        raise ValueError(
+            f"predict_tiles must return ({n}, s, s) probabilities for {n} tiles, "
+            f"got shape {out.shape}"
+        )
+    size = out.shape[1]
+    if output_size is not None and size != output_size:
+        raise ValueError(f"model output is {size}x{size} but output_size is {output_size}")
+    if size > tile:
+        raise ValueError(f"model output {size}x{size} is larger than the {tile}x{tile} tile")
+    if not np.issubdtype(out.dtype, np.floating):
+        raise ValueError(f"predict_tiles must return float probabilities, got dtype {out.dtype}")
+    return out.astype(np.float32, copy=False)
+
+
+def predict_probabilities(
+    predict_tiles: PredictTiles,
+    image: np.ndarray,
+    *,
+    tile: int = 400,
+    output_size: int | None = None,
+    min_overlap: int = 100,
+    blend: str = "min",
+    upscale: str = "bilinear",
+    batch_size: int = 8,
+) -> np.ndarray:
+    """Cell probability of every pixel of an image, predicted tile by tile.
+
+    Parameters
+    ----------
+    predict_tiles : callable
+        ``predict_tiles(tiles)`` with ``tiles`` an ``(n, tile, tile, 3)`` uint8 batch returns
+        ``(n, s, s)`` (or ``(n, s, s, 1)``) float probabilities, ``s <= tile``.
+    image : (H, W, 3) uint8 array
+        RGB image of any size; sides shorter than ``tile`` are padded with 0 (black).
+    tile : int
+        Tile side in pixels (400 in the seed).
+    output_size : int or None
+        Expected model output side (50 for the seed's shallow model); None accepts any.
+    min_overlap : int
+        Minimum overlap of neighbouring tiles (100 in the seed).
+    blend : {"min", "mean", "taper"}
+        How overlapping tiles combine (:func:`neuroseg.tiling.stitch`); ``min`` is the seed's.
+    upscale : {"bilinear", "nearest", "seed"}
+        How outputs smaller than the tile are resized to it (:func:`neuroseg.tiling.upscale_tiles`).
+    batch_size : int
+        Tiles per call of ``predict_tiles``.
+
+    Returns
+    -------
+    (H, W) float32 array
+        Stitched probabilities.
+    """
+    image = _check_image(image)
+    if blend not in BLENDS:
+        raise ValueError(f"blend must be one of {', '.join(BLENDS)}, got {blend!r}")
+    if upscale not in UPSCALE_METHODS:
+        raise ValueError(f"upscale must be one of {', '.join(UPSCALE_METHODS)}, got {upscale!r}")
+    if int(batch_size) != batch_size or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    if output_size is not None and not 0 < int(output_size) <= int(tile):
+        raise ValueError(f"output_size must be in 1..tile ({tile}), got {output_size!r}")
+    height, width = image.shape[:2]
+    grid = tile_grid(height, width, tile=tile, min_overlap=min_overlap)
+    outputs = []
+    for start in range(0, len(grid), int(batch_size)):
+        part = grid[start : start + int(batch_size)]
+        batch = crop_tiles(image, part, tile=tile, pad_value=0)
+        out = _check_output(predict_tiles(batch), len(part), tile, output_size)
+        if out.shape[1] != tile:
+            out = upscale_tiles(out, size=tile, method=upscale)
+        outputs.append(out)
+    return stitch(np.concatenate(outputs), grid, (height, width), blend=blend)
+
+
+def predict_image(bundle: Any, image: np.ndarray, *, batch_size: int = 8) -> np.ndarray:
+    """Probability map of an image with a loaded model bundle.
+
+    Reads ``tile`` (400), ``output_size`` (None), ``min_overlap`` (100), ``blend`` ("min") and
+    ``upscale`` ("bilinear") from ``bundle.config`` (defaults in brackets) and predicts with
+    ``bundle.predict_tiles``; see :func:`predict_probabilities`.
+
+    Returns
+    -------
+    (H, W) float32 array
+    """
+    config: Mapping = getattr(bundle, "config", None) or {}
+    return predict_probabilities(
+        bundle.predict_tiles,
+        image,
+        tile=int(config.get("tile", 400)),
+        output_size=config.get("output_size"),
+        min_overlap=int(config.get("min_overlap", 100)),
+        blend=config.get("blend", "min"),
+        upscale=config.get("upscale", "bilinear"),
+        batch_size=batch_size,
+    )
+
+
+def relabel_raster(labels: np.ndarray) -> tuple[np.ndarray, int]:
+    """Renumber a label image ``1..n`` in raster order of each object's first pixel.
+
+    Returns
+    -------
+    labels : (H, W) int32 array
+    n : int
+    """
+    labels = np.asarray(labels)
+    flat = labels.ravel()
+    nz = np.flatnonzero(flat)
+    ids, first = np.unique(flat[nz], return_index=True)
+    order = np.argsort(first, kind="stable")
+    lut = np.zeros(int(ids.max()) + 1 if ids.size else 1, dtype=np.int32)
+    lut[ids[order]] = np.arange(1, ids.size + 1, dtype=np.int32)
+    return lut[labels].astype(np.int32, copy=False), int(ids.size)
+
+
+def _split_one(object_mask: np.ndarray, min_distance: int, h: float) -> tuple[np.ndarray, int]:
+    """Watershed split of one object (a small crop); returns labels 1..k and k."""
+    from skimage.feature import peak_local_max
+    from skimage.morphology import h_maxima
+    from skimage.segmentation import watershed
+
+    distance = ndi.distance_transform_edt(object_mask)
+    if distance.max() < h + 1:  # no two seeds h deep above a neck >= 1: keep whole
+        return object_mask.astype(np.int32), 1
+    # seeds: regional maxima of the distance at least h deep (so a ridge of constant width is
+    # one seed, not a string of them) that hold a local peak at least min_distance from others
+    regions, _ = ndi.label(h_maxima(distance, h) > 0, structure=_EIGHT)
+    peaks = peak_local_max(
+        distance, min_distance=min_distance, labels=object_mask.astype(np.int32),
+        exclude_border=False,
+    )  # fmt: skip
+    hit = np.zeros(int(regions.max()) + 1, dtype=bool)
+    hit[regions[tuple(peaks.T)]] = True
+    hit[0] = False
+    markers, k = ndi.label(hit[regions], structure=_EIGHT)
+    if k <= 1:
+        return object_mask.astype(np.int32), 1
+    split = watershed(-distance, markers, mask=object_mask)
+    split[object_mask & (split == 0)] = 1  # cannot happen with a 4-connected object; be safe
+    return split.astype(np.int32), int(k)
+
+
+def _split_touching(components: np.ndarray, min_distance: int, h: float) -> np.ndarray:
+    """Split every component (labels 1..n) by watershed, one bounding box at a time."""
+    out = np.zeros_like(components, dtype=np.int32)
+    height, width = components.shape
+    offset = 0
+    for i, box in enumerate(ndi.find_objects(components), start=1):
+        if box is None:
+            continue
+        rs, cs = box
+        rs = slice(max(rs.start - 1, 0), min(rs.stop + 1, height))
+        cs = slice(max(cs.start - 1, 0), min(cs.stop + 1, width))
+        obj = components[rs, cs] == i
+        split, k = _split_one(obj, min_distance, h)
+        view = out[rs, cs]
+        view[obj] = split[obj] + offset
+        offset += k
+    return out
+
+
+def segment(
+    prob: np.ndarray,
+    *,
+    threshold: float = 0.5,
+    min_area: int = 0,
+    watershed: bool = False,
+    min_distance: int = 7,
+    h: float = 2.0,
+) -> tuple[np.ndarray, int]:
+    """Cells of a probability map: threshold, label, drop small objects, optionally split.
+
+    Parameters
+    ----------
+    prob : (H, W) float array
+        Cell probabilities.
+    threshold : float
+        Foreground is ``prob > threshold`` (the seed's ``> 127`` on its 0..255 map is 0.498).
+    min_area : int
+        Objects with fewer pixels are dropped (after splitting).
+    watershed : bool
+        Split touching cells: watershed of the negated distance transform of the foreground,
+        seeded with its local maxima (:func:`skimage.feature.peak_local_max`, at least
+        ``min_distance`` pixels apart, within each 4-connected component) that are at least
+        ``h`` deep (:func:`skimage.morphology.h_maxima`). An object without such a seed (a thin
+        or flat one) is kept whole.
+    min_distance : int
+        Smallest distance between two seeds, in pixels (about a cell's smallest radius).
+    h : float
+        Smallest depth, in pixels of distance, of the neck between two seeds: two touching
+        discs of radius r whose neck is w pixels wide are split when ``r - w / 2 >= h``.
+
+    Returns
+    -------
+    labels : (H, W) int32 array
+        0 for background, ``1..n`` in raster order of each cell's first pixel. Without watershed
+        these are the 4-connected components of the foreground (the seed's flood fill).
+    n : int
+        Number of cells.
+    """
+    prob = np.asarray(prob)
+    if prob.ndim != 2 or not (np.issubdtype(prob.dtype, np.floating) or prob.dtype == bool):
+        raise ValueError(
+            f"prob must be a 2-D float array, got shape {prob.shape} dtype {prob.dtype}"
+        )
+    if int(min_area) != min_area or min_area < 0:
+        raise ValueError(f"min_area must be an integer >= 0, got {min_area!r}")
+    if int(min_distance) != min_distance or min_distance < 1:
+        raise ValueError(f"min_distance must be an integer >= 1, got {min_distance!r}")
+    if not h > 0:
+        raise ValueError(f"h must be > 0, got {h!r}")
+    foreground = prob > threshold
+    labels, n = label_mask(foreground, connectivity=4)
+    if watershed and n:
+        labels = _split_touching(labels, int(min_distance), float(h))
+    if min_area > 0:
+        area = np.bincount(labels.ravel())
+        small = area < min_area
+        small[0] = False
+        labels = np.where(small[labels], 0, labels)
+    if watershed or min_area > 0:
+        labels, n = relabel_raster(labels)
+    return labels.astype(np.int32, copy=False), int(n)

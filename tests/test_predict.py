@@ -1,0 +1,150 @@
+"""Whole-image prediction through tiling and stitching, and segmentation of probability maps."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from neuroseg import reference
+from neuroseg.metrics import match_objects
+from neuroseg.predict import predict_image, predict_probabilities, relabel_raster, segment
+
+
+def green_model(tiles):
+    """A 'model' that returns the green channel: full-tile output."""
+    return tiles[..., 1].astype(np.float32) / 255
+
+
+def block_model(tiles):
+    """A 'model' with the seed's 50x50 output: 8x8 block means of the green channel."""
+    n, t = tiles.shape[:2]
+    g = tiles[..., 1].astype(np.float32).reshape(n, t // 8, 8, t // 8, 8)
+    return g.mean(axis=(2, 4)) / 255
+
+
+def disc_image(shape, centres, radius):
+    rr, cc = np.indices(shape)
+    mask = np.zeros(shape, dtype=bool)
+    for r, c in centres:
+        mask |= (rr - r) ** 2 + (cc - c) ** 2 <= radius**2
+    image = np.zeros((*shape, 3), dtype=np.uint8)
+    image[mask] = (230, 255, 20)
+    return image, mask
+
+
+@pytest.mark.parametrize("blend", ["min", "mean", "taper"])
+@pytest.mark.parametrize("shape", [(1200, 1600), (250, 330), (401, 799)])
+def test_identity_model_recovers_mask_exactly(blend, shape):
+    rng = np.random.default_rng(sum(shape))
+    mask = rng.random(shape) < 0.3
+    image = np.zeros((*shape, 3), dtype=np.uint8)
+    image[..., 1] = mask * 255
+    image[..., 0] = rng.integers(0, 255, shape)  # other channels must not matter
+    calls = []
+
+    def model(tiles):
+        calls.append(tiles.shape)
+        return green_model(tiles)
+
+    prob = predict_probabilities(model, image, blend=blend, batch_size=3)
+    assert prob.shape == shape and prob.dtype == np.float32
+    np.testing.assert_array_equal(prob, mask.astype(np.float32))
+    assert all(c[0] <= 3 and c[1:] == (400, 400, 3) for c in calls)
+
+
+def test_50x50_output_matches_the_seed_pipeline():
+    """upscale='seed', blend='min' reproduces the notebook's crop/predict/upscale/min-blend."""
+    image, _ = disc_image((1200, 1600), [(100, 100), (600, 777), (1100, 1500), (300, 1300)], 40)
+    rng = np.random.default_rng(3)
+    image[..., 1] = np.clip(image[..., 1] + rng.integers(0, 60, image.shape[:2]), 0, 255)
+    height, width = image.shape[:2]
+    partitions = reference.evenly_spaced_partitions(width, height, 400, 100)
+    pil = Image.fromarray(image)
+    crops = reference.crop_image(pil, pil.convert("L"), partitions)
+    seed_pred = block_model(np.array([np.array(c.image) for c in crops]))
+    expected = reference.stitch_predictions(seed_pred, partitions, width, height)
+    prob = predict_probabilities(block_model, image, output_size=50, upscale="seed")
+    np.testing.assert_array_equal(np.rint(prob * 255).astype(np.uint8), expected)
+
+
+def test_50x50_output_bilinear_finds_the_cells():
+    centres = [(150, 150), (600, 800), (1000, 1400), (300, 1300), (900, 300)]
+    image, mask = disc_image((1200, 1600), centres, 30)
+    prob = predict_probabilities(block_model, image, output_size=50)
+    labels, n = segment(prob, threshold=0.5)
+    assert n == len(centres)
+    match = match_objects(segment(mask.astype(np.float32))[0], labels, radius=2.0)
+    assert match["tp"] == len(centres)
+    assert np.mean((prob > 0.5) == mask) > 0.995
+
+
+def test_predict_image_reads_the_bundle_config():
+    image, mask = disc_image((500, 700), [(250, 350)], 60)
+    bundle = SimpleNamespace(
+        config={"tile": 200, "output_size": 25, "min_overlap": 40, "blend": "mean"},
+        predict_tiles=lambda t: block_model(t),
+    )
+    prob = predict_image(bundle, image)
+    assert prob.shape == (500, 700)
+    assert np.mean((prob > 0.5) == mask) > 0.99
+    bundle.config["output_size"] = 50
+    with pytest.raises(ValueError, match="output_size"):
+        predict_image(bundle, image)
+
+
+def test_predict_validates():
+    image = np.zeros((100, 100, 3), np.uint8)
+    with pytest.raises(ValueError, match="uint8"):
+        predict_probabilities(green_model, image.astype(float))
+    with pytest.raises(ValueError, match="shape"):
+        predict_probabilities(lambda t: t[..., 1][:, :10], image)
+    with pytest.raises(ValueError, match="float"):
+        predict_probabilities(lambda t: t[..., 1], image)
+    with pytest.raises(ValueError, match="blend"):
+        predict_probabilities(green_model, image, blend="max")
+    # (n, s, s, 1) outputs (Keras channel axis) are accepted
+    out = predict_probabilities(lambda t: green_model(t)[..., None], image)
+    assert out.shape == (100, 100)
+
+
+def test_segment_thresholds_labels_and_filters():
+    prob = np.zeros((60, 80), np.float32)
+    prob[40:50, 5:15] = 0.9  # 100 px, first in raster order after the next one
+    prob[2:4, 70:72] = 0.9  # 4 px speck, raster-first
+    prob[10:30, 30:50] = 0.6  # 400 px
+    prob[10:30, 50] = 0.5  # exactly the threshold: background (prob > threshold)
+    labels, n = segment(prob)
+    assert n == 3 and labels.dtype == np.int32
+    assert labels[2, 70] == 1 and labels[10, 30] == 2 and labels[40, 5] == 3
+    labels, n = segment(prob, min_area=50)
+    assert n == 2
+    assert labels[2, 70] == 0 and labels[10, 30] == 1 and labels[40, 5] == 2
+    assert segment(prob, threshold=0.7)[1] == 2
+    assert segment(np.zeros((5, 5), np.float32), watershed=True)[1] == 0
+
+
+def test_watershed_splits_two_touching_discs():
+    rr, cc = np.indices((100, 140))
+    fg = ((rr - 50) ** 2 + (cc - 50) ** 2 <= 20**2) | ((rr - 50) ** 2 + (cc - 85) ** 2 <= 20**2)
+    prob = fg.astype(np.float32)
+    assert segment(prob)[1] == 1
+    labels, n = segment(prob, watershed=True)
+    assert n == 2
+    assert labels[50, 50] != labels[50, 85] and labels[50, 50] > 0 and labels[50, 85] > 0
+    assert (labels > 0).sum() == fg.sum()  # nothing lost
+    assert abs((labels == 1).sum() - (labels == 2).sum()) < 0.05 * fg.sum()
+    # a single disc stays whole; a thin line without a clear peak keeps its label
+    single = ((rr - 50) ** 2 + (cc - 50) ** 2 <= 20**2).astype(np.float32)
+    single[90, 10:120] = 1
+    labels, n = segment(single, watershed=True)
+    assert n == 2 and (labels > 0).sum() == (single > 0.5).sum()
+
+
+def test_relabel_raster():
+    lab = np.array([[0, 7, 7], [3, 0, 9], [3, 0, 9]])
+    out, n = relabel_raster(lab)
+    assert n == 3
+    np.testing.assert_array_equal(out, [[0, 1, 1], [2, 0, 3], [2, 0, 3]])
