@@ -1,0 +1,163 @@
+"""Segmentation networks (Keras 3): the seed's shallow CNN and a small U-Net.
+
+Both take raw RGB tiles as floats in 0..255 (a ``Rescaling(1/255)`` layer inside the model does
+what the seed's ``Lambda`` did, but serialises without custom code) and output a sigmoid
+probability map of the cell class. Mixed precision uses a per-layer ``mixed_bfloat16`` dtype
+policy (no global state is changed) with the last layer in float32.
+"""
+
+from __future__ import annotations
+
+import keras
+from keras import layers
+
+__all__ = ["ARCHITECTURES", "SEED_FILTERS", "build_model", "output_size"]
+
+ARCHITECTURES = ("shallow", "unet")
+#: Filters of the seed's four convolutions; the transposed convolution has kernel 6.
+SEED_FILTERS = (196, 256, 512, 512)
+_SEED_TRANSPOSE_KERNEL = 6
+
+
+def _shallow_output(tile: int) -> int:
+    n = (tile - 5) // 2 + 1  # Conv2D(5, stride 2, valid)
+    n = n // 2  # MaxPool 2
+    n = n - 4  # Conv2D(5)
+    n = n // 2  # MaxPool 2
+    n = n - 2  # Conv2D(3); Conv2D(1) keeps the size
+    return n + _SEED_TRANSPOSE_KERNEL - 1 if n >= 1 else 0
+
+
+def _shallow(tile: int, width: int | None, policy: str | None) -> keras.Model:
+    if _shallow_output(tile) < 1:
+        raise ValueError(f"tile {tile} is too small for the shallow model (use >= 40)")
+    filters = SEED_FILTERS
+    if width is not None:
+        if width < 1:
+            raise ValueError(f"width must be >= 1, got {width}")
+        filters = tuple(max(1, round(f * width / SEED_FILTERS[0])) for f in SEED_FILTERS)
+    kw = {"dtype": policy} if policy else {}
+    return keras.Sequential(
+        [
+            keras.Input(shape=(tile, tile, 3)),
+            layers.Rescaling(1.0 / 255, name="rescale", **kw),
+            layers.Conv2D(filters[0], 5, strides=2, activation="relu", **kw),
+            layers.MaxPooling2D(2, **kw),
+            layers.Conv2D(filters[1], 5, activation="relu", **kw),
+            layers.MaxPooling2D(2, **kw),
+            layers.Conv2D(filters[2], 3, activation="relu", **kw),
+            layers.Conv2D(filters[3], 1, activation="relu", **kw),
+            layers.Conv2DTranspose(
+                1, _SEED_TRANSPOSE_KERNEL, activation="sigmoid", dtype="float32", name="prob"
+            ),
+        ],
+        name="shallow",
+    )
+
+
+def _conv_block(x, filters: int, batch_norm: bool, kw: dict, name: str):
+    for i in (1, 2):
+        x = layers.Conv2D(
+            filters, 3, padding="same", use_bias=not batch_norm, name=f"{name}_conv{i}", **kw
+        )(x)
+        if batch_norm:
+            x = layers.BatchNormalization(name=f"{name}_bn{i}", **kw)(x)
+        x = layers.Activation("relu", name=f"{name}_relu{i}", **kw)(x)
+    return x
+
+
+def _unet(
+    tile: int | None, width: int, depth: int, batch_norm: bool, policy: str | None
+) -> keras.Model:
+    if width < 1 or depth < 1:
+        raise ValueError(f"width and depth must be >= 1, got width={width}, depth={depth}")
+    if tile is not None and tile % (2**depth):
+        raise ValueError(f"tile {tile} must be divisible by 2**depth = {2**depth} for the U-Net")
+    kw = {"dtype": policy} if policy else {}
+    inputs = keras.Input(shape=(None, None, 3), name="image")
+    x = layers.Rescaling(1.0 / 255, name="rescale", **kw)(inputs)
+    skips = []
+    for level in range(depth):
+        x = _conv_block(x, width * 2**level, batch_norm, kw, f"down{level}")
+        skips.append(x)
+        x = layers.MaxPooling2D(2, name=f"pool{level}", **kw)(x)
+    x = _conv_block(x, width * 2**depth, batch_norm, kw, "bottom")
+    for level in reversed(range(depth)):
+        x = layers.Conv2DTranspose(width * 2**level, 2, strides=2, name=f"up{level}", **kw)(x)
+        x = layers.Concatenate(name=f"skip{level}", **kw)([x, skips[level]])
+        x = _conv_block(x, width * 2**level, batch_norm, kw, f"dec{level}")
+    outputs = layers.Conv2D(1, 1, activation="sigmoid", dtype="float32", name="prob")(x)
+    return keras.Model(inputs, outputs, name="unet")
+
+
+def build_model(
+    name: str,
+    *,
+    tile: int = 400,
+    width: int | None = None,
+    depth: int = 3,
+    batch_norm: bool = True,
+    mixed_precision: bool = False,
+) -> keras.Model:
+    """Build an uncompiled segmentation model.
+
+    Parameters
+    ----------
+    name : {"shallow", "unet"}
+        ``shallow`` is the seed's 5-layer CNN: Rescaling, Conv2D(196, 5, stride 2), MaxPool 2,
+        Conv2D(256, 5), MaxPool 2, Conv2D(512, 3), Conv2D(512, 1), Conv2DTranspose(1, 6,
+        sigmoid); input ``(tile, tile, 3)``, output ``(50, 50, 1)`` at tile 400 (2,730,801
+        parameters). ``unet`` is a small full-resolution U-Net with ``depth`` poolings, ``width``
+        filters at the first level doubling per level, same padding, optional BatchNorm and a
+        1x1 sigmoid head; it is fully convolutional (input ``(None, None, 3)``, sides divisible
+        by ``2**depth``), output the input size with one channel.
+    tile : int
+        Tile side in pixels (fixed input of ``shallow``; checked for divisibility by ``unet``).
+    width : int, optional
+        ``unet``: filters of the first level (default 16, about 0.49 M parameters at depth 3).
+        ``shallow``: filters of the first convolution, the others scaled in the seed's
+        proportions (default: the seed's 196).
+    depth : int
+        ``unet`` only: number of poolings.
+    batch_norm : bool
+        ``unet`` only: BatchNormalization after each convolution.
+    mixed_precision : bool
+        Compute in bfloat16 (``mixed_bfloat16`` policy per layer), the output layer in float32.
+
+    Returns
+    -------
+    keras.Model
+        Input raw RGB in 0..255 as float ``(b, rows, cols, 3)``; output probabilities
+        ``(b, out, out, 1)`` float32.
+    """
+    if not isinstance(tile, int) or tile < 1:
+        raise ValueError(f"tile must be a positive int, got {tile!r}")
+    policy = "mixed_bfloat16" if mixed_precision else None
+    if name == "shallow":
+        return _shallow(tile, width, policy)
+    if name == "unet":
+        return _unet(tile, 16 if width is None else width, depth, batch_norm, policy)
+    raise ValueError(f"unknown model {name!r}; choose one of {', '.join(ARCHITECTURES)}")
+
+
+def output_size(model: keras.Model, *, tile: int | None = None) -> int:
+    """Side of the model's output map for a square input tile.
+
+    Parameters
+    ----------
+    model : keras.Model
+        A model from :func:`build_model` (or any model with a square image output).
+    tile : int, optional
+        Input tile side; needed only when the model's input size is not fixed (the U-Net).
+
+    Returns
+    -------
+    int
+        50 for the seed's shallow model at tile 400; ``tile`` for the U-Net.
+    """
+    shape = model.output_shape
+    if shape[1] is not None:
+        return int(shape[1])
+    if tile is None:
+        raise ValueError(f"model {model.name!r} has no fixed input size; pass tile=")
+    return int(model.compute_output_shape((1, tile, tile, 3))[1])

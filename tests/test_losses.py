@@ -1,0 +1,107 @@
+"""Losses against numpy known answers and the seed's own weighted BCE; pixel metrics."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+
+from neuroseg.losses import LOSSES, get_loss, pixel_metrics
+
+EPS = 1e-7
+RNG = np.random.default_rng(42)
+Y = (RNG.uniform(size=(3, 8, 8, 1)) > 0.7).astype(np.float32)
+P = RNG.uniform(0.01, 0.99, size=(3, 8, 8, 1)).astype(np.float32)
+
+
+def _bce(y, p):
+    p = np.clip(p.astype(np.float64), EPS, 1 - EPS)
+    return -(y * np.log(p) + (1 - y) * np.log(1 - p))
+
+
+def _sums(y, p):
+    axes = (1, 2, 3)
+    return (y * p).sum(axes), y.sum(axes), p.sum(axes)
+
+
+def _loss(name, **kw):
+    return float(get_loss(name, **kw)(Y, P))
+
+
+def test_weighted_bce_matches_the_seed_function():
+    w0, w1 = 0.0198, 0.9802
+
+    def seed_loss(zero_weight, one_weight):  # the notebook's code, keras.backend -> keras.ops
+        def weighted_binary_crossentropy(y_true, y_pred):
+            b_ce = keras.ops.binary_crossentropy(y_true, y_pred)
+            weight_vector = y_true * one_weight + (1 - y_true) * zero_weight
+            return keras.ops.mean(weight_vector * b_ce)
+
+        return weighted_binary_crossentropy
+
+    expected = float(seed_loss(w0, w1 * 0.33)(Y, P))
+    got = _loss("weighted_bce", class_weights=(w0, w1), positive_scale=0.33)
+    assert got == pytest.approx(expected, rel=1e-5)
+    weight = Y * w1 * 0.33 + (1 - Y) * w0
+    assert got == pytest.approx((weight * _bce(Y, P)).mean(), rel=1e-5)
+
+
+def test_dice_jaccard_tversky_known_answers():
+    inter, sy, sp = _sums(Y, P)
+    dice = (1 - (2 * inter + 1) / (sy + sp + 1)).mean()
+    jac = (1 - (inter + 1) / (sy + sp - inter + 1)).mean()
+    fp, fn = ((1 - Y) * P).sum((1, 2, 3)), (Y * (1 - P)).sum((1, 2, 3))
+    tv = (1 - (inter + 1) / (inter + 0.3 * fp + 0.7 * fn + 1)).mean()
+    assert _loss("dice") == pytest.approx(dice, rel=1e-5)
+    assert _loss("jaccard") == pytest.approx(jac, rel=1e-5)
+    assert _loss("tversky", alpha=0.3, beta=0.7) == pytest.approx(tv, rel=1e-5)
+    dice0 = _loss("dice", smooth=1e-9)
+    assert _loss("tversky", alpha=0.5, beta=0.5, smooth=1e-9) == pytest.approx(dice0, rel=1e-5)
+    assert float(get_loss("dice", smooth=1e-6)(Y, Y)) == pytest.approx(0.0, abs=1e-5)
+
+
+def test_focal_known_answer_and_gamma_zero_is_weighted_bce():
+    p_t = np.where(Y == 1, P, 1 - P)
+    alpha_t = np.where(Y == 1, 0.25, 0.75)
+    focal = (alpha_t * (1 - p_t) ** 2 * _bce(Y, P)).mean()
+    assert _loss("focal", alpha=0.25, gamma=2.0) == pytest.approx(focal, rel=1e-5)
+    assert _loss("focal", alpha=0.5, gamma=0.0) == pytest.approx(0.5 * _bce(Y, P).mean(), rel=1e-5)
+
+
+def test_bce_dice_is_the_sum():
+    kw = {"class_weights": (0.2, 0.8), "positive_scale": 0.5}
+    expected = _loss("weighted_bce", **kw) + 0.7 * _loss("dice")
+    assert _loss("bce_dice", lam=0.7, **kw) == pytest.approx(expected, rel=1e-5)
+
+
+def test_losses_serialise_and_train():
+    for name in LOSSES:
+        loss = get_loss(name, class_weights=(0.1, 0.9)) if name in ("weighted_bce", "bce_dice") \
+            else get_loss(name)  # fmt: skip
+        again = keras.losses.deserialize(keras.losses.serialize(loss))
+        assert type(again) is type(loss)
+        assert float(again(Y, P)) == pytest.approx(float(loss(Y, P)), rel=1e-6)
+    y_bf16 = keras.ops.cast(P, "bfloat16")  # mixed precision outputs are cast to float32
+    assert np.isfinite(float(get_loss("dice")(Y, y_bf16)))
+
+
+def test_pixel_metrics_precision_recall_at_half():
+    y = np.array([1, 1, 0, 0, 1], np.float32).reshape(1, 5, 1, 1)
+    p = np.array([0.9, 0.4, 0.6, 0.1, 0.7], np.float32).reshape(1, 5, 1, 1)
+    precision, recall = pixel_metrics()
+    precision.update_state(y, p)
+    recall.update_state(y, p)
+    assert float(precision.result()) == pytest.approx(2 / 3)
+    assert float(recall.result()) == pytest.approx(2 / 3)
+    assert [m.name for m in pixel_metrics()] == ["precision", "recall"]
+
+
+def test_bad_arguments_raise_value_error():
+    with pytest.raises(ValueError, match="unknown loss"):
+        get_loss("mse")
+    with pytest.raises(ValueError, match="no parameter"):
+        get_loss("dice", gamma=2)
+    with pytest.raises(ValueError, match="class_weights"):
+        get_loss("weighted_bce", class_weights=(-1, 1))
+    with pytest.raises(ValueError, match="positive_scale"):
+        get_loss("weighted_bce", positive_scale=0)

@@ -1,0 +1,82 @@
+"""The seed's shallow CNN and the small U-Net: shapes, parameter counts, precision policy."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+
+from neuroseg.models import build_model, output_size
+
+# The seed notebook's model.summary() at tile 400.
+SEED_SUMMARY = [
+    ("Rescaling", (None, 400, 400, 3), 0),
+    ("Conv2D", (None, 198, 198, 196), 14_896),
+    ("MaxPooling2D", (None, 99, 99, 196), 0),
+    ("Conv2D", (None, 95, 95, 256), 1_254_656),
+    ("MaxPooling2D", (None, 47, 47, 256), 0),
+    ("Conv2D", (None, 45, 45, 512), 1_180_160),
+    ("Conv2D", (None, 45, 45, 512), 262_656),
+    ("Conv2DTranspose", (None, 50, 50, 1), 18_433),
+]
+
+
+def test_shallow_is_the_seeds_network():
+    model = build_model("shallow")
+    got = [(type(layer).__name__, layer.output.shape, layer.count_params())
+           for layer in model.layers]  # fmt: skip
+    assert got == [(name, tuple(shape), n) for name, shape, n in SEED_SUMMARY]
+    assert model.count_params() == 2_730_801
+    assert output_size(model) == 50
+    assert model.layers[-1].activation.__name__ == "sigmoid"
+
+
+def test_shallow_small_tile_and_width_scaling():
+    model = build_model("shallow", tile=64, width=8)
+    y = model(np.zeros((2, 64, 64, 3), np.float32))
+    assert tuple(y.shape) == (2, 8, 8, 1) and output_size(model) == 8
+    convs = [layer.filters for layer in model.layers if type(layer).__name__ == "Conv2D"]
+    assert convs == [8, 10, 21, 21]  # the seed's 196:256:512:512 proportions
+
+
+def test_unet_is_small_full_resolution_and_fully_convolutional():
+    model = build_model("unet")
+    assert model.count_params() < 500_000
+    assert output_size(model, tile=400) == 400
+    for side in (32, 48):
+        y = model(np.random.default_rng(0).uniform(0, 255, (1, side, side, 3)).astype("f4"))
+        assert tuple(y.shape) == (1, side, side, 1)
+        assert 0.0 <= float(np.min(y)) and float(np.max(y)) <= 1.0
+    plain = build_model("unet", width=4, depth=2, batch_norm=False)
+    assert not any(isinstance(layer, keras.layers.BatchNormalization) for layer in plain.layers)
+    assert plain.count_params() < build_model("unet", width=4, depth=2).count_params()
+
+
+def test_models_rescale_raw_pixels_inside():
+    for name in ("shallow", "unet"):
+        model = build_model(name, tile=64, width=4, depth=2)
+        assert isinstance(model.layers[1 if name == "unet" else 0], keras.layers.Rescaling)
+        assert model.get_layer("rescale").scale == pytest.approx(1 / 255)
+
+
+def test_mixed_precision_computes_in_bfloat16_with_float32_output():
+    model = build_model("unet", width=4, depth=2, mixed_precision=True)
+    conv = next(layer for layer in model.layers if isinstance(layer, keras.layers.Conv2D))
+    assert conv.compute_dtype == "bfloat16" and conv.variable_dtype == "float32"
+    assert model.get_layer("prob").compute_dtype == "float32"
+    y = model(np.zeros((1, 32, 32, 3), np.float32))
+    assert str(y.dtype) == "<dtype: 'float32'>"
+    shallow = build_model("shallow", tile=64, width=4, mixed_precision=True)
+    assert shallow.layers[1].compute_dtype == "bfloat16"
+    assert shallow.layers[-1].compute_dtype == "float32"
+
+
+def test_bad_arguments_raise_value_error():
+    with pytest.raises(ValueError, match="unknown model"):
+        build_model("resnet")
+    with pytest.raises(ValueError, match="too small"):
+        build_model("shallow", tile=30)
+    with pytest.raises(ValueError, match="divisible"):
+        build_model("unet", tile=100, depth=3)
+    with pytest.raises(ValueError, match="pass tile"):
+        output_size(build_model("unet", width=2, depth=1))
