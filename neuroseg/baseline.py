@@ -5,7 +5,10 @@ A model has to beat this to be worth serving. The method, for an RGB fluorescenc
 1. brightness ``v`` = the largest of the R, G and B values of each pixel (the HSV *value*; it
    follows the yellow stain (R + G) and the red stain (R) alike), smoothed with a Gaussian of
    ``sigma`` pixels to suppress shot noise;
-2. ``t`` = Otsu's threshold of ``v`` (:func:`skimage.filters.threshold_otsu`);
+2. ``t`` = Otsu's threshold of ``v`` (:func:`skimage.filters.threshold_otsu`); when the two
+   classes it separates differ by less than ``min_contrast`` grey levels (mean above minus mean
+   below), the image is taken to hold no stained cells (Otsu would split background noise) and
+   ``t`` is raised to the brightest value, so that nothing lies above it;
 3. cells are the 4-connected components of ``v > t`` with at least ``min_area`` pixels,
    optionally split by watershed (:func:`neuroseg.predict.segment`).
 
@@ -26,7 +29,9 @@ from neuroseg.predict import segment
 __all__ = ["otsu_probability", "otsu_score", "otsu_segment"]
 
 
-def otsu_score(image: np.ndarray, *, sigma: float = 2.0) -> tuple[np.ndarray, float]:
+def otsu_score(
+    image: np.ndarray, *, sigma: float = 2.0, min_contrast: float = 20.0
+) -> tuple[np.ndarray, float]:
     """Smoothed stain brightness and its Otsu threshold.
 
     Parameters
@@ -35,13 +40,17 @@ def otsu_score(image: np.ndarray, *, sigma: float = 2.0) -> tuple[np.ndarray, fl
         RGB image.
     sigma : float
         Gaussian smoothing in pixels (0 for none).
+    min_contrast : float
+        Smallest difference, in grey levels, between the mean brightness above and below the
+        threshold for the image to count as holding cells (0 to always use Otsu's threshold).
 
     Returns
     -------
     v : (H, W) float64 array
         Smoothed ``max(R, G, B)``, 0..255.
     t : float
-        Otsu's threshold of ``v`` (the single value of a constant image).
+        Otsu's threshold of ``v``, or ``v.max()`` when the contrast is below ``min_contrast``
+        (and for a constant image).
     """
     from skimage.filters import threshold_otsu
 
@@ -53,21 +62,30 @@ def otsu_score(image: np.ndarray, *, sigma: float = 2.0) -> tuple[np.ndarray, fl
         )
     if not sigma >= 0:
         raise ValueError(f"sigma must be >= 0, got {sigma!r}")
+    if not min_contrast >= 0:
+        raise ValueError(f"min_contrast must be >= 0, got {min_contrast!r}")
     v = image.max(axis=2).astype(np.float64)
     if sigma > 0:
         v = ndi.gaussian_filter(v, sigma)
-    if v.min() == v.max():
-        return v, float(v.flat[0])
-    return v, float(threshold_otsu(v))
+    top = float(v.max())
+    if v.min() == top:
+        return v, top
+    t = float(threshold_otsu(v))
+    above = v > t
+    if min_contrast > 0 and v[above].mean() - v[~above].mean() < min_contrast:
+        return v, top
+    return v, t
 
 
-def otsu_probability(image: np.ndarray, *, sigma: float = 2.0, softness: float = 8.0) -> np.ndarray:
+def otsu_probability(
+    image: np.ndarray, *, sigma: float = 2.0, softness: float = 8.0, min_contrast: float = 20.0
+) -> np.ndarray:
     """Pseudo-probability of the baseline: ``expit((v - t) / softness)``.
 
     Parameters
     ----------
     image : (H, W, 3) uint8 array
-    sigma : float
+    sigma, min_contrast : float
         See :func:`otsu_score`.
     softness : float
         Grey levels over which the score rises from 0.27 to 0.73 around Otsu's threshold.
@@ -79,7 +97,7 @@ def otsu_probability(image: np.ndarray, *, sigma: float = 2.0, softness: float =
     """
     if not softness > 0:
         raise ValueError(f"softness must be > 0, got {softness!r}")
-    v, t = otsu_score(image, sigma=sigma)
+    v, t = otsu_score(image, sigma=sigma, min_contrast=min_contrast)
     return expit((v - t) / softness).astype(np.float32)
 
 
@@ -87,6 +105,7 @@ def otsu_segment(
     image: np.ndarray,
     *,
     sigma: float = 2.0,
+    min_contrast: float = 20.0,
     min_area: int = 100,
     watershed: bool = False,
 ) -> tuple[np.ndarray, int]:
@@ -95,7 +114,7 @@ def otsu_segment(
     Parameters
     ----------
     image : (H, W, 3) uint8 array
-    sigma : float
+    sigma, min_contrast : float
         See :func:`otsu_score`.
     min_area : int
         Smallest cell in pixels (smaller specks are dropped).
@@ -109,5 +128,5 @@ def otsu_segment(
         rounded pseudo-probability).
     n : int
     """
-    v, t = otsu_score(image, sigma=sigma)
+    v, t = otsu_score(image, sigma=sigma, min_contrast=min_contrast)
     return segment(v - t, threshold=0.0, min_area=min_area, watershed=watershed)

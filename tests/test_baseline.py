@@ -58,9 +58,22 @@ def test_constant_image_has_no_cells():
     np.testing.assert_allclose(otsu_probability(image), 0.5)
 
 
+def test_noise_without_cells_has_no_cells():
+    rng = np.random.default_rng(5)
+    image = np.clip(rng.normal(30, 10, (200, 240, 3)), 0, 255).astype(np.uint8)
+    v, t = otsu_score(image)
+    assert t == v.max()
+    assert otsu_segment(image, min_area=0)[1] == 0
+    assert (otsu_probability(image) <= 0.5).all()
+    # without the contrast guard Otsu splits the noise into many specks
+    assert otsu_segment(image, min_area=0, min_contrast=0)[1] > 10
+
+
 def test_validates():
     with pytest.raises(ValueError, match="uint8"):
         otsu_segment(np.zeros((5, 5), np.uint8))
+    with pytest.raises(ValueError, match="min_contrast"):
+        otsu_segment(np.zeros((5, 5, 3), np.uint8), min_contrast=-1)
     with pytest.raises(ValueError, match="softness"):
         otsu_probability(np.zeros((5, 5, 3), np.uint8), softness=0)
 

@@ -1,0 +1,332 @@
+"""Evaluation of a segmenter on annotated images, following the quality protocol (light).
+
+For every image: predict a full-resolution probability map, segment it into cells and compare
+with the ground-truth mask at three levels:
+
+- pixels: confusion counts at the threshold and probability histograms
+  (:class:`neuroseg.metrics.PixelAccumulator`), summed over images, so precision, recall, F1,
+  ROC AUC and average precision are those of all pixels of all images together;
+- objects by centroid distance <= ``radius`` (FNC "detection") and by IoU >= ``iou``
+  ("segmentation"), summed over images (micro precision / recall / F1);
+- counts: the mean absolute error of the per-image cell count.
+
+True cells are the 4-connected components of the ground-truth mask (touching cells of a semantic
+mask are one cell); predicted cells come from :func:`neuroseg.predict.segment`.
+
+:func:`evaluate_one` works on one image and returns small plain data (picklable, no image
+arrays) so that an orchestrator can map it over images in parallel; :func:`combine` aggregates
+the results; :func:`evaluate_images` does both in a loop. :func:`summary` gives the JSON-ready
+scores and :func:`report_plots` the PNG figures.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from neuroseg.masks import label_mask
+from neuroseg.metrics import (
+    PixelAccumulator,
+    as_bool_mask,
+    match_by_iou,
+    match_objects,
+    object_scores,
+)
+from neuroseg.predict import segment
+
+__all__ = [
+    "combine",
+    "evaluate_images",
+    "evaluate_one",
+    "report_plots",
+    "score_prediction",
+    "summary",
+]
+
+PredictProb = Callable[[np.ndarray], np.ndarray]
+_COUNTS = ("tp", "fp", "fn", "n_true", "n_pred", "precision", "recall", "f1")
+
+
+def _params(threshold, min_area, watershed, radius, iou) -> dict:
+    if not 0.0 <= float(threshold) <= 1.0:
+        raise ValueError(f"threshold must be in [0, 1], got {threshold!r}")
+    if int(min_area) != min_area or min_area < 0:
+        raise ValueError(f"min_area must be an integer >= 0, got {min_area!r}")
+    if not float(radius) >= 0:
+        raise ValueError(f"radius must be >= 0, got {radius!r}")
+    if not 0 < float(iou) <= 1:
+        raise ValueError(f"iou must be in (0, 1], got {iou!r}")
+    return {
+        "threshold": float(threshold),
+        "min_area": int(min_area),
+        "watershed": bool(watershed),
+        "radius": float(radius),
+        "iou": float(iou),
+    }
+
+
+def score_prediction(
+    image_id: str,
+    prob: np.ndarray,
+    true_mask: np.ndarray,
+    *,
+    threshold: float = 0.5,
+    min_area: int = 0,
+    watershed: bool = False,
+    radius: float = 40.0,
+    iou: float = 0.5,
+) -> dict:
+    """Score one probability map against its ground-truth mask.
+
+    Parameters
+    ----------
+    image_id : str
+        Name used in messages and in the per-image table.
+    prob : (H, W) float array
+        Cell probabilities at full image resolution.
+    true_mask : (H, W) array
+        Ground truth: boolean, 0/255 integers (``> 127``) or 0..1 floats (``> 0.5``).
+    threshold, min_area, watershed
+        Segmentation options (:func:`neuroseg.predict.segment`); ``threshold`` also defines the
+        pixel confusion matrix.
+    radius : float
+        Centroid matching radius in pixels.
+    iou : float
+        IoU matching threshold.
+
+    Returns
+    -------
+    dict
+        ``image_id``, ``shape``, ``params``, ``pixel`` (accumulator state), ``centroid`` and
+        ``iou`` (match counts and scores), ``true_count``, ``pred_count``, ``true_areas``,
+        ``pred_areas`` (int64 arrays).
+    """
+    params = _params(threshold, min_area, watershed, radius, iou)
+    prob = np.asarray(prob)
+    true_mask = np.asarray(true_mask)
+    if prob.ndim != 2 or prob.shape != true_mask.shape:
+        raise ValueError(
+            f"{image_id}: probability map {prob.shape} and mask {true_mask.shape} must be the "
+            "same (H, W) shape"
+        )
+    truth = as_bool_mask(true_mask, name=f"{image_id}: mask")
+    true_labels, n_true = label_mask(truth, connectivity=4)
+    pred_labels, n_pred = segment(
+        prob, threshold=params["threshold"], min_area=params["min_area"], watershed=watershed
+    )
+    pixel = PixelAccumulator(threshold=params["threshold"]).update(truth, prob)
+    by_centroid = match_objects(true_labels, pred_labels, radius=params["radius"])
+    by_iou = match_by_iou(true_labels, pred_labels, iou=params["iou"])
+    return {
+        "image_id": str(image_id),
+        "shape": tuple(int(s) for s in prob.shape),
+        "params": params,
+        "pixel": pixel.state(),
+        "centroid": {k: by_centroid[k] for k in _COUNTS},
+        "iou": {k: by_iou[k] for k in _COUNTS},
+        "true_count": int(n_true),
+        "pred_count": int(n_pred),
+        "true_areas": np.bincount(true_labels.ravel(), minlength=n_true + 1)[1:].astype(np.int64),
+        "pred_areas": np.bincount(pred_labels.ravel(), minlength=n_pred + 1)[1:].astype(np.int64),
+    }
+
+
+def evaluate_one(
+    image_id: str,
+    image: np.ndarray,
+    true_mask: np.ndarray,
+    predict_prob: PredictProb,
+    *,
+    threshold: float = 0.5,
+    min_area: int = 0,
+    watershed: bool = False,
+    radius: float = 40.0,
+    iou: float = 0.5,
+) -> dict:
+    """Predict one image with ``predict_prob(image) -> (H, W) prob`` and score it.
+
+    The image must be ``(H, W, 3)`` uint8 with ``true_mask`` of shape ``(H, W)``. Returns the
+    dict of :func:`score_prediction` plus ``predict_seconds``.
+    """
+    image = np.asarray(image)
+    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        raise ValueError(
+            f"{image_id}: image must be (H, W, 3) uint8, got shape {image.shape} {image.dtype}"
+        )
+    if np.shape(true_mask) != image.shape[:2]:
+        raise ValueError(
+            f"{image_id}: mask shape {np.shape(true_mask)} differs from image shape "
+            f"{image.shape[:2]}"
+        )
+    start = time.perf_counter()
+    prob = np.asarray(predict_prob(image))
+    seconds = time.perf_counter() - start
+    if prob.shape != image.shape[:2]:
+        raise ValueError(
+            f"{image_id}: predict_prob returned shape {prob.shape}, expected {image.shape[:2]}"
+        )
+    result = score_prediction(
+        image_id, prob, true_mask, threshold=threshold, min_area=min_area,
+        watershed=watershed, radius=radius, iou=iou,
+    )  # fmt: skip
+    result["predict_seconds"] = seconds
+    return result
+
+
+def combine(results: Iterable[Mapping]) -> dict:
+    """Aggregate per-image results of :func:`evaluate_one` / :func:`score_prediction`.
+
+    Returns
+    -------
+    dict
+        ``n_images``, ``params``; ``pixel``: pixel scores of all pixels together
+        (:meth:`neuroseg.metrics.PixelAccumulator.scores`); ``curves``: ROC and PR curves for
+        :func:`neuroseg.plots.roc_pr_png`; ``objects`` (centroid matching) and ``objects_iou``
+        (IoU matching): :func:`neuroseg.metrics.object_scores` with ``count_mae``;
+        ``per_image``: list of ``{image_id, true_count, pred_count, tp, fp, fn, iou_tp,
+        predict_seconds}``; ``true_areas`` and ``pred_areas``: all cell areas.
+    """
+    results = list(results)
+    if not results:
+        raise ValueError("nothing to combine: no evaluated images")
+    params = results[0]["params"]
+    for r in results[1:]:
+        if r["params"] != params:
+            raise ValueError(f"{r['image_id']}: evaluated with {r['params']}, others with {params}")
+    seen: set[str] = set()
+    for r in results:
+        if r["image_id"] in seen:
+            raise ValueError(f"image {r['image_id']!r} appears twice")
+        seen.add(r["image_id"])
+    acc = PixelAccumulator(threshold=params["threshold"])
+    for r in results:
+        acc.merge(PixelAccumulator.from_state(r["pixel"]))
+    objects = object_scores([{**r["centroid"], "image_id": r["image_id"]} for r in results])
+    objects_iou = object_scores([{**r["iou"], "image_id": r["image_id"]} for r in results])
+    per_image = [
+        {
+            "image_id": r["image_id"],
+            "true_count": r["true_count"],
+            "pred_count": r["pred_count"],
+            "tp": r["centroid"]["tp"],
+            "fp": r["centroid"]["fp"],
+            "fn": r["centroid"]["fn"],
+            "iou_tp": r["iou"]["tp"],
+            "predict_seconds": r.get("predict_seconds", float("nan")),
+        }
+        for r in results
+    ]
+    return {
+        "n_images": len(results),
+        "params": dict(params),
+        "pixel": acc.scores(),
+        "curves": acc.curves(),
+        "objects": objects,
+        "objects_iou": objects_iou,
+        "per_image": per_image,
+        "true_areas": np.concatenate([np.asarray(r["true_areas"]) for r in results]),
+        "pred_areas": np.concatenate([np.asarray(r["pred_areas"]) for r in results]),
+    }
+
+
+def evaluate_images(
+    samples: Iterable[tuple[str, np.ndarray, np.ndarray]],
+    predict_prob: PredictProb,
+    *,
+    threshold: float = 0.5,
+    min_area: int = 0,
+    watershed: bool = False,
+    radius: float = 40.0,
+    iou: float = 0.5,
+) -> dict:
+    """Evaluate ``predict_prob`` on ``(image_id, image, true_mask)`` samples; see :func:`combine`.
+
+    Images are processed one at a time (only one image is held in memory).
+    """
+    return combine(
+        evaluate_one(
+            image_id,
+            image,
+            mask,
+            predict_prob,
+            threshold=threshold,
+            min_area=min_area,
+            watershed=watershed,
+            radius=radius,
+            iou=iou,
+        )
+        for image_id, image, mask in samples
+    )
+
+
+def _clean(value: Any) -> Any:
+    """JSON-ready: numpy scalars to Python, NaN/inf to None, tuples to lists."""
+    if isinstance(value, Mapping):
+        return {str(k): _clean(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_clean(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return [_clean(v) for v in value.tolist()]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def summary(evaluation: Mapping) -> dict:
+    """The scores of :func:`combine` as JSON-ready data (for ``metrics.json`` and artifacts).
+
+    Keeps ``n_images``, ``params``, ``pixel``, ``objects`` and ``objects_iou`` (without their
+    per-image lists) and ``per_image``; drops curves and areas. NaN becomes ``null``.
+    """
+    out = {
+        "n_images": evaluation["n_images"],
+        "params": evaluation["params"],
+        "pixel": evaluation["pixel"],
+        "objects": {k: v for k, v in evaluation["objects"].items() if k != "per_image"},
+        "objects_iou": {k: v for k, v in evaluation["objects_iou"].items() if k != "per_image"},
+        "per_image": evaluation["per_image"],
+    }
+    return _clean(out)
+
+
+def report_plots(
+    evaluation: Mapping, *, baseline: Mapping | None = None, names: Sequence[str] = ("model",)
+) -> dict[str, bytes]:
+    """The evaluation's figures as PNG bytes, keyed by file name.
+
+    Parameters
+    ----------
+    evaluation : mapping
+        Result of :func:`combine`.
+    baseline : mapping, optional
+        Another :func:`combine` result (e.g. the Otsu baseline) drawn on the ROC/PR panels.
+    names : sequence of str
+        Legend names: ``names[0]`` for the evaluation (and ``"baseline"`` for the baseline).
+
+    Returns
+    -------
+    dict of str to bytes
+        ``confusion.png``, ``roc_pr.png``, ``cell_sizes.png``, ``counts.png``.
+    """
+    from neuroseg import plots
+
+    curves: Mapping = evaluation["curves"]
+    if baseline is not None:
+        curves = {names[0]: evaluation["curves"], "baseline": baseline["curves"]}
+    per_image = evaluation["per_image"]
+    return {
+        "confusion.png": plots.confusion_png(evaluation["pixel"]["confusion"]),
+        "roc_pr.png": plots.roc_pr_png(curves),
+        "cell_sizes.png": plots.size_histogram_png(
+            evaluation["pred_areas"], true_areas=evaluation["true_areas"]
+        ),
+        "counts.png": plots.count_scatter_png(
+            [r["true_count"] for r in per_image], [r["pred_count"] for r in per_image]
+        ),
+    }
