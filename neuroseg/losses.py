@@ -71,8 +71,12 @@ class WeightedBCE(_Base):
         return _per_tile_mean(weight * _bce(y_true, y_pred))
 
     def get_config(self):
-        return {**super().get_config(), "w0": self.w0, "w1": self.w1,
-                "positive_scale": self.positive_scale}  # fmt: skip
+        return {
+            **super().get_config(),
+            "w0": self.w0,
+            "w1": self.w1,
+            "positive_scale": self.positive_scale,
+        }
 
 
 @keras.saving.register_keras_serializable(package="neuroseg")
@@ -131,8 +135,12 @@ class Tversky(_Base):
         return 1.0 - (tp + self.smooth) / (tp + self.alpha * fp + self.beta * fn + self.smooth)
 
     def get_config(self):
-        return {**super().get_config(), "alpha": self.alpha, "beta": self.beta,
-                "smooth": self.smooth}  # fmt: skip
+        return {
+            **super().get_config(),
+            "alpha": self.alpha,
+            "beta": self.beta,
+            "smooth": self.smooth,
+        }
 
 
 @keras.saving.register_keras_serializable(package="neuroseg")
@@ -161,8 +169,9 @@ class Focal(_Base):
 class BCEDice(_Base):
     """The seed's weighted BCE plus ``lam`` times the soft Dice loss."""
 
-    def __init__(self, w0=1.0, w1=1.0, positive_scale=0.33, lam=1.0, smooth=1.0,
-                 name="bce_dice", **kw):  # fmt: skip
+    def __init__(
+        self, w0=1.0, w1=1.0, positive_scale=0.33, lam=1.0, smooth=1.0, name="bce_dice", **kw
+    ):
         super().__init__(name=name, **kw)
         self.bce = WeightedBCE(w0, w1, positive_scale)
         self.dice = Dice(smooth)
@@ -172,9 +181,14 @@ class BCEDice(_Base):
         return self.bce.call(y_true, y_pred) + self.lam * self.dice.call(y_true, y_pred)
 
     def get_config(self):
-        return {**super().get_config(), "w0": self.bce.w0, "w1": self.bce.w1,
-                "positive_scale": self.bce.positive_scale, "lam": self.lam,
-                "smooth": self.dice.smooth}  # fmt: skip
+        return {
+            **super().get_config(),
+            "w0": self.bce.w0,
+            "w1": self.bce.w1,
+            "positive_scale": self.bce.positive_scale,
+            "lam": self.lam,
+            "smooth": self.dice.smooth,
+        }
 
 
 LOSSES = {

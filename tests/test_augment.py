@@ -141,8 +141,10 @@ def test_affine_determinism_dtype_and_graph_mode():
     np.testing.assert_array_equal(a[1].numpy(), b[1].numpy())
     graph = tf.function(lambda x, y, s: augment_batch(x, y, seed=s, shapes=True, affine=True))
     seed = tf.constant([5, 6], tf.int64)
-    g1, g2 = graph(images, masks, seed), augment_batch(images, masks, seed=seed, shapes=True,
-                                                       affine=True)  # fmt: skip
+    g1, g2 = (
+        graph(images, masks, seed),
+        augment_batch(images, masks, seed=seed, shapes=True, affine=True),
+    )
     np.testing.assert_array_equal(g1[0].numpy(), g2[0].numpy())
     gen = tf.random.Generator.from_seed(1)
     assert random_affine(images, masks, generator=gen)[0].shape == images.shape

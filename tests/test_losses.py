@@ -76,8 +76,11 @@ def test_bce_dice_is_the_sum():
 
 def test_losses_serialise_and_train():
     for name in LOSSES:
-        loss = get_loss(name, class_weights=(0.1, 0.9)) if name in ("weighted_bce", "bce_dice") \
-            else get_loss(name)  # fmt: skip
+        loss = (
+            get_loss(name, class_weights=(0.1, 0.9))
+            if name in ("weighted_bce", "bce_dice")
+            else get_loss(name)
+        )
         again = keras.losses.deserialize(keras.losses.serialize(loss))
         assert type(again) is type(loss)
         assert float(again(Y, P)) == pytest.approx(float(loss(Y, P)), rel=1e-6)

@@ -23,8 +23,9 @@ SEED_SUMMARY = [
 
 def test_shallow_is_the_seeds_network():
     model = build_model("shallow")
-    got = [(type(layer).__name__, layer.output.shape, layer.count_params())
-           for layer in model.layers]  # fmt: skip
+    got = [
+        (type(layer).__name__, layer.output.shape, layer.count_params()) for layer in model.layers
+    ]
     assert got == [(name, tuple(shape), n) for name, shape, n in SEED_SUMMARY]
     assert model.count_params() == 2_730_801
     assert output_size(model) == 50
