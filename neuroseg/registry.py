@@ -1,0 +1,549 @@
+"""The model registry: self-describing model folders under ``<root>/models/<name>/<version>/``.
+
+A version folder holds ``model.keras`` (weights and architecture, no optimizer state),
+``config.json`` (architecture, tile, output size, inference settings, the training config and
+the lineage) and ``lineage.json``; the evaluation adds ``metrics.json``. ``config.json`` is
+written last, so a folder without it is an unfinished registration and is never listed.
+``<root>/models/<name>/production.json`` names the version that serves the nightly run, with
+the history of promotions.
+
+Importing this module is light (no TensorFlow); loading and registering models import it.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+import threading
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from neuroseg import storage
+
+if TYPE_CHECKING:
+    import keras
+
+__all__ = [
+    "INFERENCE_DEFAULTS",
+    "ModelBundle",
+    "ModelNotFoundError",
+    "copy_model",
+    "default_model_uri",
+    "list_versions",
+    "load_default_model",
+    "load_model",
+    "model_uri",
+    "production_version",
+    "register_model",
+    "resolve_model_uri",
+    "set_production",
+    "write_metrics",
+]
+
+#: Inference settings every ``config.json`` carries (the seed's choices).
+INFERENCE_DEFAULTS = {
+    "min_overlap": 100,
+    "blend": "min",
+    "threshold": 0.5,
+    "min_area": 0,
+    "watershed": False,
+}
+_BUNDLE_KEYS = {"architecture", "tile", "output_size", "upscale", *INFERENCE_DEFAULTS}
+PRECISIONS = {"fp32": "fp32", "float32": "fp32", "bf16": "bf16", "bfloat16": "bf16"}
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+_FILES = ("model.keras", "config.json", "lineage.json", "metrics.json")
+
+
+class ModelNotFoundError(FileNotFoundError):
+    """No model at the given URI, name or version."""
+
+
+@dataclass
+class ModelBundle:
+    """A loaded model with everything needed to use it.
+
+    Attributes
+    ----------
+    model : keras.Model
+        Takes raw RGB tiles as float 0..255 ``(b, T, T, 3)``; outputs ``(b, out, out, 1)``.
+    config : dict
+        ``architecture``, ``tile``, ``output_size``, ``min_overlap``, ``blend``, ``threshold``,
+        ``min_area``, ``watershed``, ``train`` (the TrainConfig) and ``lineage``.
+    name, version, uri : str
+    precision : {"fp32", "bf16"}
+    """
+
+    model: keras.Model
+    config: dict
+    name: str
+    version: str
+    uri: str
+    precision: str = "fp32"
+    _fn: Any = field(default=None, init=False, repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
+
+    @property
+    def tile(self) -> int:
+        return int(self.config["tile"])
+
+    @property
+    def output_size(self) -> int:
+        return int(self.config["output_size"])
+
+    def _function(self):
+        with self._lock:
+            if self._fn is None:
+                import tensorflow as tf
+
+                model = self.model
+
+                @tf.function(reduce_retracing=True)
+                def run(x):
+                    return model(tf.cast(x, tf.float32), training=False)[..., 0]
+
+                self._fn = run
+            return self._fn
+
+    def predict_tiles(self, tiles, *, batch_size: int = 8) -> np.ndarray:
+        """Cell probabilities of a stack of tiles.
+
+        Parameters
+        ----------
+        tiles : array (n, T, T, 3)
+            uint8 RGB tiles (floats in 0..255 also work), ``T = config["tile"]``.
+        batch_size : int
+            Tiles per model call; the last batch is padded so every call has one shape.
+
+        Returns
+        -------
+        ndarray (n, out, out) float32
+            ``out = config["output_size"]``.
+        """
+        tiles = np.asarray(tiles)
+        if tiles.ndim != 4 or tiles.shape[-1] != 3 or tiles.shape[1] != tiles.shape[2]:
+            raise ValueError(f"tiles must be (n, T, T, 3) RGB, got shape {tiles.shape}")
+        if tiles.shape[1] != self.tile:
+            raise ValueError(
+                f"model {self.name}@{self.version} takes {self.tile}x{self.tile} "
+                f"tiles, got {tiles.shape[1]}x{tiles.shape[2]}"
+            )
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+        if tiles.dtype != np.uint8:
+            tiles = tiles.astype(np.float32)
+        n = len(tiles)
+        if n == 0:
+            return np.zeros((0, self.output_size, self.output_size), np.float32)
+        run = self._function()
+        size = min(batch_size, n)
+        outputs = []
+        for start in range(0, n, size):
+            chunk = tiles[start : start + size]
+            if len(chunk) < size:
+                pad = np.zeros((size - len(chunk), *chunk.shape[1:]), chunk.dtype)
+                chunk_in = np.concatenate([chunk, pad])
+            else:
+                chunk_in = chunk
+            outputs.append(np.asarray(run(chunk_in), np.float32)[: len(chunk)])
+        return np.concatenate(outputs)
+
+
+# ----------------------------------------------------------------------------- URIs
+
+
+def _check_name(name: str) -> str:
+    if not isinstance(name, str) or not _NAME.match(name):
+        raise ValueError(
+            f"model name {name!r} must be 1-100 letters, digits, '.', '_' or '-' "
+            "(starting with a letter or digit)"
+        )
+    return name
+
+
+def model_uri(root_uri: str, name: str, version: str) -> str:
+    """``<root>/models/<name>/<version>``."""
+    return storage.join(root_uri, "models", _check_name(name), _check_name(version))
+
+
+def default_model_uri() -> str:
+    """The folder of the model shipped inside the package (``neuroseg/assets/models/default``).
+
+    Returned whether or not a model is there yet (see :func:`load_default_model`).
+    """
+    return str(Path(__file__).resolve().parent / "assets" / "models" / "default")
+
+
+# ----------------------------------------------------------------------------- register
+
+
+def _versions_info() -> dict:
+    import platform
+
+    import keras
+    import tensorflow as tf
+
+    import neuroseg
+
+    return {
+        "tensorflow": tf.__version__,
+        "keras": keras.__version__,
+        "numpy": np.__version__,
+        "python": platform.python_version(),
+        "neuroseg": neuroseg.__version__,
+    }
+
+
+def _prepared_params(lineage: dict) -> dict:
+    prepared = lineage.get("prepared_uri")
+    if not prepared:
+        return {}
+    try:
+        return dict(storage.read_json(storage.join(prepared, "summary.json")).get("params", {}))
+    except (FileNotFoundError, ValueError, AttributeError):
+        return {}
+
+
+def _save_inference_model(model: keras.Model, folder: str) -> bytes:
+    """The model saved without optimizer or compile state, as .keras bytes."""
+    import keras
+
+    path = os.path.join(folder, "inference.keras")
+    clean = model
+    if getattr(model, "optimizer", None) is not None or model.compiled:
+        clean = keras.models.clone_model(model)
+        clean.set_weights(model.get_weights())
+    clean.save(path)
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def _load_keras(data: bytes, folder: str, *, uri: str, compile: bool = False) -> keras.Model:
+    import keras
+
+    path = os.path.join(folder, "model.keras")
+    with open(path, "wb") as f:
+        f.write(data)
+    try:
+        return keras.saving.load_model(path, compile=compile)
+    except (ValueError, OSError, KeyError, TypeError) as exc:
+        raise ValueError(f"{uri}: not a loadable .keras model ({exc})") from exc
+
+
+def register_model(
+    root_uri: str,
+    name: str,
+    *,
+    model_file_uri: str | None = None,
+    model: keras.Model | None = None,
+    config: dict,
+    lineage: dict,
+    metrics: dict | None = None,
+) -> str:
+    """Add a trained model to the registry as a new version.
+
+    Parameters
+    ----------
+    root_uri : str
+        Storage root (local or ``s3://``).
+    name : str
+        Model name (letters, digits, ``.``, ``_``, ``-``).
+    model_file_uri : str, optional
+        A ``.keras`` file (e.g. the last phase checkpoint). Give this or ``model``.
+    model : keras.Model, optional
+        An in-memory model.
+    config : dict
+        Either a bundle config (``architecture``, ``tile``, ``output_size``, inference settings,
+        ``train``) or a ``TrainConfig`` dump (it goes under ``train``; bundle keys beside it,
+        such as ``tile``, stay at the top). Missing keys are
+        derived: ``architecture`` from ``train.model``; ``tile`` from a fixed model input or
+        the prepared data's ``summary.json`` (``lineage["prepared_uri"]``); ``output_size``
+        from the model; inference settings from :data:`INFERENCE_DEFAULTS`.
+    lineage : dict
+        Dataset URI and prepared version, device, seconds, ...; TF/Keras versions are added.
+    metrics : dict, optional
+        Written to ``metrics.json``.
+
+    Returns
+    -------
+    str
+        URI of the new version folder ``<root>/models/<name>/<version>``; the version is
+        ``YYYYmmddTHHMMSSZ-<8 hex digits of the model's sha256>``.
+    """
+    _check_name(name)
+    if (model_file_uri is None) == (model is None):
+        raise ValueError("pass exactly one of model_file_uri and model")
+    if not isinstance(config, dict) or not isinstance(lineage, dict):
+        raise ValueError("config and lineage must be dicts")
+    from neuroseg.models import output_size as model_output_size
+
+    cfg = dict(config)
+    if "phases" in cfg:  # a TrainConfig dump, possibly with bundle keys beside it
+        cfg = {k: v for k, v in config.items() if k in _BUNDLE_KEYS}
+        cfg["train"] = {k: v for k, v in config.items() if k not in _BUNDLE_KEYS}
+    train = cfg.get("train") or {}
+    with tempfile.TemporaryDirectory(prefix="neuroseg-register-") as tmp:
+        if model is None:
+            try:
+                data = storage.read_bytes(model_file_uri)
+            except FileNotFoundError:
+                raise ModelNotFoundError(f"{model_file_uri}: no such model file") from None
+            model = _load_keras(data, tmp, uri=model_file_uri)
+        arch = cfg.get("architecture") or train.get("model") or model.name
+        tile = cfg.get("tile")
+        if tile is None and model.input_shape[1] is not None:
+            tile = int(model.input_shape[1])
+        if tile is None:
+            tile = _prepared_params(lineage).get("tile")
+        if tile is None:
+            raise ValueError(
+                "config needs 'tile' (the model's input size is not fixed and "
+                "lineage has no prepared_uri with a summary.json)"
+            )
+        tile = int(tile)
+        out = cfg.get("output_size") or model_output_size(model, tile=tile)
+        payload = _save_inference_model(model, tmp)
+    digest = storage.sha256_bytes(payload)[:8]
+    now = datetime.now(UTC)
+    version = f"{now:%Y%m%dT%H%M%SZ}-{digest}"
+    full_lineage = {**lineage, "versions": {**_versions_info(), **lineage.get("versions", {})}}
+    full = {
+        **INFERENCE_DEFAULTS,
+        **cfg,
+        "architecture": arch,
+        "tile": tile,
+        "output_size": int(out),
+        "name": name,
+        "version": version,
+        "registered_at": now.isoformat(timespec="seconds"),
+        "lineage": full_lineage,
+    }
+    folder = model_uri(root_uri, name, version)
+    storage.write_bytes(storage.join(folder, "model.keras"), payload)
+    storage.write_json(storage.join(folder, "lineage.json"), full_lineage)
+    if metrics is not None:
+        storage.write_json(storage.join(folder, "metrics.json"), metrics)
+    storage.write_json(storage.join(folder, "config.json"), full)  # last: version complete
+    return folder
+
+
+def write_metrics(uri: str, metrics: dict) -> None:
+    """Write ``metrics.json`` into a model folder (after evaluation)."""
+    if not storage.exists(storage.join(uri, "config.json")):
+        raise ModelNotFoundError(f"{uri}: not a model folder (no config.json)")
+    storage.write_json(storage.join(uri, "metrics.json"), metrics)
+
+
+def copy_model(src_uri: str, dst_uri: str) -> str:
+    """Copy a model folder (e.g. a registry version to :func:`default_model_uri` to ship it).
+
+    ``config.json`` is copied last, so a partial copy is never a loadable model.
+    """
+    src_uri = str(src_uri).rstrip("/")
+    if not storage.exists(storage.join(src_uri, "config.json")):
+        raise ModelNotFoundError(f"{src_uri}: not a model folder (no config.json)")
+    for name in _FILES:
+        if name != "config.json" and storage.exists(storage.join(src_uri, name)):
+            storage.copy(storage.join(src_uri, name), storage.join(dst_uri, name))
+    storage.copy(storage.join(src_uri, "config.json"), storage.join(dst_uri, "config.json"))
+    return str(dst_uri)
+
+
+# ----------------------------------------------------------------------------- load
+
+
+def _rebuild_bf16(model: keras.Model, config: dict) -> keras.Model:
+    from neuroseg.models import build_model
+
+    train = config.get("train") or {}
+    try:
+        clone = build_model(
+            config["architecture"],
+            tile=int(config["tile"]),
+            width=train.get("width"),
+            depth=int(train.get("depth", 3)),
+            batch_norm=bool(train.get("batch_norm", True)),
+            mixed_precision=True,
+        )
+        clone.set_weights(model.get_weights())
+    except (ValueError, KeyError) as exc:
+        raise ValueError(f"cannot run model {config.get('name')} in bf16 ({exc})") from exc
+    return clone
+
+
+def load_model(uri: str, *, precision: str = "fp32") -> ModelBundle:
+    """Load a model folder (local or ``s3://``) with its config.
+
+    Parameters
+    ----------
+    uri : str
+        A version folder ``<root>/models/<name>/<version>`` or any folder with ``model.keras``
+        and ``config.json`` (such as :func:`default_model_uri`).
+    precision : {"fp32", "bf16"}
+        ``bf16`` rebuilds the network with the ``mixed_bfloat16`` policy (same weights).
+
+    Returns
+    -------
+    ModelBundle
+    """
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be 'fp32' or 'bf16', got {precision!r}")
+    precision = PRECISIONS[precision]
+    uri = str(uri).rstrip("/")
+    try:
+        config = storage.read_json(storage.join(uri, "config.json"))
+        data = storage.read_bytes(storage.join(uri, "model.keras"))
+    except FileNotFoundError:
+        raise ModelNotFoundError(
+            f"{uri}: not a model folder (needs model.keras and config.json)"
+        ) from None
+    missing = [k for k in ("architecture", "tile", "output_size") if k not in config]
+    if missing:
+        raise ValueError(f"{uri}/config.json: missing {', '.join(missing)}")
+    with tempfile.TemporaryDirectory(prefix="neuroseg-load-") as tmp:
+        model = _load_keras(data, tmp, uri=uri)
+    if precision == "bf16":
+        model = _rebuild_bf16(model, config)
+    parts = uri.split("/")
+    return ModelBundle(
+        model=model,
+        config=config,
+        name=str(config.get("name") or (parts[-2] if len(parts) > 1 else "model")),
+        version=str(config.get("version") or parts[-1]),
+        uri=uri,
+        precision=precision,
+    )
+
+
+def load_default_model(*, precision: str = "fp32") -> ModelBundle:
+    """Load the model shipped in the package.
+
+    Raises
+    ------
+    ModelNotFoundError
+        No model has been shipped yet.
+    """
+    uri = default_model_uri()
+    if not storage.exists(os.path.join(uri, "config.json")):
+        raise ModelNotFoundError(
+            f"no shipped default model at {uri}: train one (neuroseg train) and pass its "
+            "registry name or folder instead"
+        )
+    return load_model(uri, precision=precision)
+
+
+# ----------------------------------------------------------------------------- versions
+
+
+def list_versions(root_uri: str, name: str) -> list[str]:
+    """Complete versions of a model, oldest first (versions sort by time)."""
+    base = storage.join(root_uri, "models", _check_name(name))
+    found = set()
+    for file_uri in storage.list_files(base, suffixes=".json"):
+        rel = file_uri[len(base.rstrip("/")) + 1 :].split("/")
+        if len(rel) == 2 and rel[1] == "config.json":
+            found.add(rel[0])
+    return sorted(found)
+
+
+def _production_uri(root_uri: str, name: str) -> str:
+    return storage.join(root_uri, "models", _check_name(name), "production.json")
+
+
+def production_version(root_uri: str, name: str) -> str | None:
+    """The version serving production, or None when none was promoted."""
+    uri = _production_uri(root_uri, name)
+    if not storage.exists(uri):
+        return None
+    return storage.read_json(uri).get("version")
+
+
+def set_production(
+    root_uri: str, name: str, version: str, *, reason: str, metrics: dict | None = None
+) -> dict:
+    """Promote a version: rewrite ``production.json`` atomically, appending to its history.
+
+    Parameters
+    ----------
+    root_uri, name, version : str
+    reason : str
+        Why (shown in the history), e.g. "F1 0.81 > 0.78 of 2025...".
+    metrics : dict, optional
+        Key figures that justified the promotion.
+
+    Returns
+    -------
+    dict
+        The new ``production.json`` content: ``version``, ``reason``, ``metrics``,
+        ``promoted_at``, ``previous`` and ``history`` (every promotion, oldest first).
+    """
+    if not isinstance(reason, str) or not reason.strip():
+        raise ValueError("reason must be a non-empty string")
+    folder = model_uri(root_uri, name, version)
+    if not storage.exists(storage.join(folder, "config.json")):
+        raise ModelNotFoundError(f"{folder}: no such model version to promote")
+    uri = _production_uri(root_uri, name)
+    current = storage.read_json(uri) if storage.exists(uri) else {}
+    entry = {
+        "version": version,
+        "reason": reason,
+        "metrics": metrics or {},
+        "promoted_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "previous": current.get("version"),
+    }
+    record = {**entry, "name": name, "history": [*current.get("history", []), entry]}
+    storage.write_json(uri, record)
+    return record
+
+
+def resolve_model_uri(root_uri: str, spec: str) -> str:
+    """The model folder a user means.
+
+    Parameters
+    ----------
+    root_uri : str
+        Storage root of the registry.
+    spec : str
+        ``"default"`` (the shipped model), ``"NAME@VERSION"``, a folder URI (with
+        ``config.json``), or a registry ``NAME`` (its production version, else the shipped
+        model).
+
+    Returns
+    -------
+    str
+        Folder URI for :func:`load_model`.
+    """
+    if not isinstance(spec, str) or not spec:
+        raise ValueError("model spec must be a non-empty string")
+    default = default_model_uri()
+    has_default = storage.exists(os.path.join(default, "config.json"))
+    if spec == "default":
+        if not has_default:
+            raise ModelNotFoundError(f"no shipped default model at {default}")
+        return default
+    if "@" in spec and "/" not in spec:
+        name, version = spec.split("@", 1)
+        uri = model_uri(root_uri, name, version)
+        if not storage.exists(storage.join(uri, "config.json")):
+            known = ", ".join(list_versions(root_uri, name)[-5:]) or "none"
+            raise ModelNotFoundError(
+                f"no version {version!r} of model {name!r} under {root_uri} (latest: {known})"
+            )
+        return uri
+    if "/" in spec or "://" in spec or os.sep in spec:
+        if not storage.exists(storage.join(spec.rstrip("/"), "config.json")):
+            raise ModelNotFoundError(f"{spec}: not a model folder (no config.json)")
+        return spec.rstrip("/")
+    version = production_version(root_uri, spec)
+    if version is not None:
+        return model_uri(root_uri, spec, version)
+    if has_default:
+        return default
+    raise ModelNotFoundError(
+        f"model {spec!r} has no production version under {root_uri} and no default model "
+        "is shipped: train one (neuroseg train) or name a version (NAME@VERSION)"
+    )

@@ -1,0 +1,485 @@
+"""Phased training (the seed's schedule) with resumable ``.keras`` checkpoints.
+
+A :class:`TrainConfig` names the model, the loss and a list of :class:`PhaseConfig`. Each phase
+is one call of :func:`run_phase`, which starts from the previous phase's checkpoint (weights
+*and* optimizer state, so Adam's moments and iteration count carry over as in the notebook's
+single ``model`` object), trains, and writes its own checkpoint. An orchestrator runs the phases
+as separate, retryable steps; :func:`train` chains them in-process.
+
+The seed's schedule (:data:`PRESETS` ``"seed"``): the shallow CNN, Adam 1e-3, batch 50, the
+weighted BCE with the cell weight scaled by 0.33; phase 1.1 on tiles with cells without
+augmentation (5 epochs), 1.2 with random shapes (10), 2 on all tiles with shapes and affine
+warps (5).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from collections.abc import Callable
+from typing import Any, Literal
+
+import keras
+import numpy as np
+import tensorflow as tf
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from neuroseg import storage
+from neuroseg.losses import LOSSES, get_loss, pixel_metrics
+from neuroseg.models import build_model, output_size
+from neuroseg.pipeline import TileSet, class_weights_for, load_tiles, make_dataset
+
+__all__ = [
+    "PRESETS",
+    "PhaseConfig",
+    "TrainConfig",
+    "get_preset",
+    "run_phase",
+    "train",
+    "training_device",
+]
+
+
+class PhaseConfig(BaseModel):
+    """One training phase.
+
+    Attributes
+    ----------
+    name : str
+        E.g. ``"1.1"``.
+    epochs : int
+    learning_rate : float
+        Adam learning rate for this phase.
+    batch_size : int
+    tile_filter : {"cells", "all"}
+        ``"cells"``: only tiles with cells (the seed's mask sum > 255 * 5).
+    shapes, affine : bool
+        Random shapes; random affine warps.
+    steps_per_epoch : int, optional
+        Batches per epoch (the data repeats); None: one pass over the tiles.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    epochs: int = Field(ge=1)
+    learning_rate: float = Field(gt=0)
+    batch_size: int = Field(ge=1)
+    tile_filter: Literal["cells", "all"] = "cells"
+    shapes: bool = False
+    affine: bool = False
+    steps_per_epoch: int | None = Field(default=None, ge=1)
+
+
+class TrainConfig(BaseModel):
+    """Everything that defines a training run (stored in the model's ``config.json``).
+
+    Attributes
+    ----------
+    model : {"shallow", "unet"}
+    width, depth, batch_norm
+        Passed to :func:`neuroseg.models.build_model` (width None: the architecture's default).
+    loss : str
+        A :func:`neuroseg.losses.get_loss` name.
+    loss_params : dict
+        Extra loss parameters (``alpha``, ``gamma``, ``beta``, ``lam``, ``smooth``).
+    positive_scale : float
+        Factor on the cell class weight (the seed's 0.33).
+    phases : list of PhaseConfig
+    crop : int, optional
+        Random crop of the training tiles (U-Net only; validation uses full tiles).
+    mixed_precision : bool
+        bfloat16 compute.
+    seed : int, optional
+        Seeds weights, shuffling and augmentation.
+    early_stopping_patience : int, optional
+        Stop a phase when the validation loss (training loss without a validation split) has
+        not improved for this many epochs, restoring the best weights.
+    val_max_tiles : int, optional
+        Validate on at most this many evenly spaced validation tiles.
+    binarize_masks : bool
+        Re-threshold warped masks at 0.5 (else soft edges).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: Literal["shallow", "unet"]
+    width: int | None = Field(default=None, ge=1)
+    depth: int = Field(default=3, ge=1, le=6)
+    batch_norm: bool = True
+    loss: str = "weighted_bce"
+    loss_params: dict[str, float] = Field(default_factory=dict)
+    positive_scale: float = Field(default=0.33, gt=0)
+    phases: list[PhaseConfig] = Field(min_length=1)
+    crop: int | None = Field(default=None, ge=8)
+    mixed_precision: bool = False
+    seed: int | None = 0
+    early_stopping_patience: int | None = Field(default=None, ge=1)
+    val_max_tiles: int | None = Field(default=None, ge=1)
+    binarize_masks: bool = True
+
+    @field_validator("loss")
+    @classmethod
+    def _known_loss(cls, value: str) -> str:
+        if value not in LOSSES:
+            raise ValueError(f"unknown loss {value!r}; choose one of {', '.join(LOSSES)}")
+        return value
+
+    @model_validator(mode="after")
+    def _check(self) -> TrainConfig:
+        if self.crop is not None:
+            if self.model != "unet":
+                raise ValueError("crop needs the fully convolutional 'unet' model")
+            if self.crop % 2**self.depth:
+                raise ValueError(f"crop {self.crop} must be divisible by 2**depth")
+        get_loss(self.loss, **self.loss_params)  # unknown parameters raise here
+        return self
+
+
+def _phases(spec: list[tuple], *, batch: int, lr: float, steps: int | None) -> list[PhaseConfig]:
+    return [
+        PhaseConfig(
+            name=name,
+            epochs=epochs,
+            learning_rate=lr,
+            batch_size=batch,
+            tile_filter=tile_filter,
+            shapes=shapes,
+            affine=affine,
+            steps_per_epoch=steps,
+        )
+        for name, epochs, tile_filter, shapes, affine in spec
+    ]
+
+
+#: Named configurations: ``seed`` (the notebook exactly), ``cpu-small`` (a small U-Net that
+#: trains end to end in a few minutes on two CPU cores) and ``tiny`` (seconds; for tests).
+PRESETS: dict[str, TrainConfig] = {
+    "seed": TrainConfig(
+        model="shallow",
+        loss="weighted_bce",
+        positive_scale=0.33,
+        phases=_phases(
+            [
+                ("1.1", 5, "cells", False, False),
+                ("1.2", 10, "cells", True, False),
+                ("2", 5, "all", True, True),
+            ],
+            batch=50,
+            lr=1e-3,
+            steps=None,
+        ),
+    ),
+    "cpu-small": TrainConfig(
+        model="unet",
+        width=8,
+        depth=3,
+        loss="weighted_bce",
+        positive_scale=0.33,
+        crop=128,
+        phases=_phases(
+            [
+                ("1.1", 2, "cells", False, False),
+                ("1.2", 3, "cells", True, False),
+                ("2", 3, "all", True, True),
+            ],
+            batch=8,
+            lr=3e-3,
+            steps=12,
+        ),
+        val_max_tiles=16,
+        early_stopping_patience=None,
+    ),
+    "tiny": TrainConfig(
+        model="unet",
+        width=4,
+        depth=2,
+        crop=32,
+        phases=_phases(
+            [
+                ("1.1", 1, "cells", False, False),
+                ("1.2", 1, "cells", True, False),
+                ("2", 1, "all", True, True),
+            ],
+            batch=4,
+            lr=1e-2,
+            steps=2,
+        ),
+        val_max_tiles=4,
+    ),
+}
+
+
+def get_preset(name: str, **overrides: Any) -> TrainConfig:
+    """A copy of a preset with top-level fields replaced (validated).
+
+    Parameters
+    ----------
+    name : {"seed", "cpu-small", "tiny"}
+    **overrides
+        ``TrainConfig`` fields, e.g. ``seed=3``, ``mixed_precision=True`` or ``phases=[...]``
+        (dicts or ``PhaseConfig``).
+
+    Returns
+    -------
+    TrainConfig
+    """
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
+    data = PRESETS[name].model_dump()
+    data.update(overrides)
+    return TrainConfig.model_validate(data)
+
+
+def training_device() -> str:
+    """Where TensorFlow trains: ``"GPU:0 (<device name>)"`` or ``"CPU"``."""
+    gpus = tf.config.list_physical_devices("GPU")
+    if not gpus:
+        return "CPU"
+    details = tf.config.experimental.get_device_details(gpus[0])
+    return f"GPU:0 ({details.get('device_name', 'GPU')})"
+
+
+def _spread(tiles: TileSet, limit: int | None) -> TileSet:
+    if limit is None or len(tiles) <= limit:
+        return tiles
+    keep = np.unique(np.linspace(0, len(tiles) - 1, limit).round().astype(int))
+    return TileSet(
+        tiles.images[keep], tiles.masks[keep], tiles.image_ids[keep], tiles.uri, tiles.split
+    )
+
+
+def _load_checkpoint(uri: str, config: TrainConfig) -> keras.Model:
+    with tempfile.TemporaryDirectory(prefix="neuroseg-ckpt-") as tmp:
+        path = os.path.join(tmp, "model.keras")
+        try:
+            data = storage.read_bytes(uri)
+        except FileNotFoundError:
+            raise FileNotFoundError(f"{uri}: no such checkpoint") from None
+        with open(path, "wb") as f:
+            f.write(data)
+        try:
+            model = keras.saving.load_model(path, compile=True)
+        except (ValueError, OSError, KeyError) as exc:
+            raise ValueError(f"{uri}: not a loadable .keras model ({exc})") from exc
+    if model.name != config.model:
+        raise ValueError(
+            f"{uri}: checkpoint holds a {model.name!r} model, config wants {config.model!r}"
+        )
+    return model
+
+
+def _save_checkpoint(model: keras.Model, uri: str) -> None:
+    with tempfile.TemporaryDirectory(prefix="neuroseg-ckpt-") as tmp:
+        path = os.path.join(tmp, "model.keras")
+        model.save(path)
+        with open(path, "rb") as f:
+            storage.write_bytes(uri, f.read())
+
+
+class _EpochReporter(keras.callbacks.Callback):
+    def __init__(self, on_epoch: Callable[[int, dict], Any]):
+        super().__init__()
+        self._on_epoch = on_epoch
+
+    def on_epoch_end(self, epoch, logs=None):
+        self._on_epoch(epoch + 1, {k: float(v) for k, v in (logs or {}).items()})
+
+
+def run_phase(
+    prepared_uri: str,
+    config: TrainConfig | dict,
+    phase_index: int,
+    *,
+    init_checkpoint: str | None = None,
+    checkpoint_uri: str,
+    on_epoch: Callable[[int, dict], Any] | None = None,
+) -> dict:
+    """Train one phase and save a checkpoint with the optimizer state.
+
+    Parameters
+    ----------
+    prepared_uri : str
+        Prepared version folder (``tiles.parquet`` + shards; local or ``s3://``).
+    config : TrainConfig or dict
+    phase_index : int
+        Index into ``config.phases``.
+    init_checkpoint : str, optional
+        ``.keras`` URI to resume from (weights and optimizer; the phase's learning rate is set
+        on the restored optimizer). None builds a fresh model.
+    checkpoint_uri : str
+        ``.keras`` URI to write (local or ``s3://``; written locally first, then uploaded).
+    on_epoch : callable, optional
+        ``on_epoch(epoch, logs)`` after each epoch; ``epoch`` counts from 1 within the phase,
+        ``logs`` holds ``loss``, ``precision``, ``recall`` and, when the prepared data has a
+        ``val`` split, ``val_loss``, ``val_precision``, ``val_recall`` (floats).
+
+    Returns
+    -------
+    dict
+        ``history`` (metric name -> list of per-epoch floats), ``checkpoint_uri``, ``seconds``,
+        ``device``, ``phase`` (name), ``epochs`` (run), ``class_weights`` ``[w0, w1]``,
+        ``train_tiles``, ``val_tiles``, ``optimizer_iterations``, ``architecture``, ``tile``,
+        ``output_size``.
+    """
+    config = TrainConfig.model_validate(config)
+    if not 0 <= phase_index < len(config.phases):
+        raise ValueError(f"phase_index {phase_index} out of range for {len(config.phases)} phases")
+    if not str(checkpoint_uri).endswith(".keras"):
+        raise ValueError(f"checkpoint_uri must end with .keras, got {checkpoint_uri!r}")
+    phase = config.phases[phase_index]
+    start = time.perf_counter()
+    if config.seed is not None:
+        keras.utils.set_random_seed(config.seed + phase_index)
+    data_seed = None if config.seed is None else config.seed * 1009 + phase_index
+
+    train_all = load_tiles(prepared_uri, split="train", tile_filter="all")
+    if len(train_all) == 0:
+        raise ValueError(f"{prepared_uri}: the prepared data has no 'train' tiles")
+    class_weights = class_weights_for(train_all, split="train", tile_filter="cells")
+    train_tiles = train_all.filtered(phase.tile_filter)
+    if len(train_tiles) == 0:
+        raise ValueError(f"{prepared_uri}: no train tiles pass filter {phase.tile_filter!r}")
+    tile = train_all.tile
+    val_tiles = _spread(
+        load_tiles(prepared_uri, split="val", tile_filter="all"), config.val_max_tiles
+    )
+
+    if init_checkpoint is not None:
+        model = _load_checkpoint(init_checkpoint, config)
+        optimizer = getattr(model, "optimizer", None)
+    else:
+        model = build_model(
+            config.model,
+            tile=tile,
+            width=config.width,
+            depth=config.depth,
+            batch_norm=config.batch_norm,
+            mixed_precision=config.mixed_precision,
+        )
+        optimizer = None
+    if optimizer is None:
+        optimizer = keras.optimizers.Adam(learning_rate=phase.learning_rate)
+    else:
+        optimizer.learning_rate = phase.learning_rate
+    loss = get_loss(
+        config.loss,
+        class_weights=class_weights,
+        positive_scale=config.positive_scale,
+        **config.loss_params,
+    )
+    model.compile(optimizer=optimizer, loss=loss, metrics=pixel_metrics())
+    out = output_size(model, tile=tile)
+
+    crop = config.crop if config.crop is not None and config.crop < tile else None
+    train_out = None if config.model == "unet" else out
+    repeat = phase.steps_per_epoch is not None
+    train_ds = make_dataset(
+        train_tiles,
+        split="train",
+        batch_size=phase.batch_size,
+        tile_filter="all",
+        shapes=phase.shapes,
+        affine=phase.affine,
+        output_size=train_out,
+        crop=crop,
+        shuffle=True,
+        seed=data_seed,
+        repeat=repeat,
+        drop_remainder=len(train_tiles) >= phase.batch_size,
+        binarize=config.binarize_masks,
+    )
+    val_ds = None
+    if len(val_tiles):
+        val_ds = make_dataset(
+            val_tiles,
+            split="val",
+            batch_size=phase.batch_size,
+            tile_filter="all",
+            output_size=train_out,
+            shuffle=False,
+        )
+    callbacks: list[keras.callbacks.Callback] = []
+    if config.early_stopping_patience is not None:
+        callbacks.append(
+            keras.callbacks.EarlyStopping(
+                monitor="val_loss" if val_ds is not None else "loss",
+                patience=config.early_stopping_patience,
+                restore_best_weights=True,
+            )
+        )
+    if on_epoch is not None:
+        callbacks.append(_EpochReporter(on_epoch))
+    history = model.fit(
+        train_ds,
+        epochs=phase.epochs,
+        steps_per_epoch=phase.steps_per_epoch,
+        validation_data=val_ds,
+        callbacks=callbacks,
+        shuffle=False,  # the dataset reshuffles itself every epoch
+        verbose=0,
+    )
+    _save_checkpoint(model, checkpoint_uri)
+    hist = {k: [float(v) for v in values] for k, values in history.history.items()}
+    return {
+        "history": hist,
+        "checkpoint_uri": checkpoint_uri,
+        "seconds": time.perf_counter() - start,
+        "device": training_device(),
+        "phase": phase.name,
+        "epochs": len(next(iter(hist.values()), [])),
+        "class_weights": [float(w) for w in class_weights],
+        "train_tiles": len(train_tiles),
+        "val_tiles": len(val_tiles),
+        "optimizer_iterations": int(model.optimizer.iterations.numpy()),
+        "architecture": config.model,
+        "tile": tile,
+        "output_size": out,
+    }
+
+
+def train(
+    prepared_uri: str,
+    config: TrainConfig | dict,
+    *,
+    checkpoint_dir: str,
+    on_epoch: Callable[[str, int, dict], Any] | None = None,
+) -> list[dict]:
+    """Run every phase in order, each resuming from the previous checkpoint.
+
+    Parameters
+    ----------
+    prepared_uri : str
+    config : TrainConfig or dict
+    checkpoint_dir : str
+        Folder URI; phase ``i`` writes ``phase-<i>.keras`` there.
+    on_epoch : callable, optional
+        ``on_epoch(phase_name, epoch, logs)``.
+
+    Returns
+    -------
+    list of dict
+        :func:`run_phase` results; the last ``checkpoint_uri`` is the trained model.
+    """
+    config = TrainConfig.model_validate(config)
+    results: list[dict] = []
+    previous = None
+    for i, phase in enumerate(config.phases):
+        callback = None
+        if on_epoch is not None:
+
+            def callback(epoch, logs, _name=phase.name):
+                on_epoch(_name, epoch, logs)
+
+        result = run_phase(
+            prepared_uri,
+            config,
+            i,
+            init_checkpoint=previous,
+            checkpoint_uri=storage.join(checkpoint_dir, f"phase-{i}.keras"),
+            on_epoch=callback,
+        )
+        results.append(result)
+        previous = result["checkpoint_uri"]
+    return results
