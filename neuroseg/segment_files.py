@@ -1,0 +1,217 @@
+"""Segment a few image files into one per-cell Parquet file (``neuroseg segment``).
+
+The ad-hoc counterpart of the nightly run: no storage root, no manifests, no Prefect. The model
+is loaded once, every image is decoded, predicted tile by tile, segmented and measured, and all
+cells go into ONE Parquet file with the published per-cell schema
+(:data:`neuroseg.measure.CELL_SCHEMA`), written atomically. A file that cannot be read or
+decoded is reported on stderr in one line and skipped; the other images go on.
+
+Importing this module is light; TensorFlow comes in when the model is loaded.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import io
+import os
+import sys
+from pathlib import PurePosixPath
+from typing import Any
+
+import pandas as pd
+
+from neuroseg import storage
+from neuroseg.images import decode_image
+from neuroseg.measure import CELL_COLUMNS, cell_records, to_arrow
+from neuroseg.predict import predict_image, segment
+
+__all__ = ["load_bundle", "segment_files"]
+
+_PRECISIONS = ("fp32", "bf16")
+
+
+def load_bundle(model: Any = "default", *, precision: str = "fp32"):
+    """The model bundle ``segment_files`` uses.
+
+    Parameters
+    ----------
+    model : str or bundle
+        ``"default"`` (the model shipped in the package, see
+        :func:`neuroseg.registry.default_model_uri`), a model folder URI (local or ``s3://``,
+        with ``model.keras`` and ``config.json``), or an already loaded bundle (anything with
+        ``predict_tiles``, ``config``, ``name`` and ``version``, e.g. a
+        :class:`neuroseg.registry.ModelBundle`), returned as is.
+    precision : {"fp32", "bf16"}
+        Numeric precision of a model loaded here.
+
+    Returns
+    -------
+    ModelBundle
+    """
+    if precision not in _PRECISIONS:
+        raise ValueError(f"precision must be 'fp32' or 'bf16', got {precision!r}")
+    if not isinstance(model, str):
+        missing = [
+            a for a in ("predict_tiles", "config", "name", "version") if not hasattr(model, a)
+        ]
+        if missing:
+            raise ValueError(
+                f"model must be 'default', a model folder URI or a loaded bundle; "
+                f"{type(model).__name__} lacks {', '.join(missing)}"
+            )
+        return model
+    from neuroseg import registry
+
+    if not model:
+        raise ValueError("model must be 'default' or a model folder URI, got ''")
+    if model == "default":
+        return registry.load_default_model(precision=precision)
+    return registry.load_model(model, precision=precision)
+
+
+def _normalise_uri(uri: str) -> str:
+    """Local paths become absolute (the table records where a file was); URIs stay as given."""
+    if "://" in uri and not uri.startswith("file://"):
+        return uri
+    path = uri[len("file://") :] if uri.startswith("file://") else uri
+    return os.path.abspath(os.path.expanduser(path))
+
+
+def _plate_id(uri: str) -> str:
+    """The name of the folder holding the file; "" at a filesystem or bucket root."""
+    if "://" in uri:
+        parts = uri.split("://", 1)[1].split("/")[1:]  # drop the bucket
+        return parts[-2] if len(parts) >= 2 else ""
+    return PurePosixPath(uri.replace(os.sep, "/")).parent.name
+
+
+def _one_line(uri: str, exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if text.startswith(uri) else f"{uri}: {text}"
+
+
+def _check_args(images, out, threshold, watershed) -> list[str]:
+    if isinstance(images, str) or not isinstance(images, list | tuple):
+        raise ValueError("images must be a list of image paths or URIs")
+    if not images:
+        raise ValueError("no images given: pass one or more image files")
+    bad = [x for x in images if not isinstance(x, str) or not x]
+    if bad:
+        raise ValueError(f"image paths must be non-empty strings, got {bad[0]!r}")
+    if not isinstance(out, str) or not out or out.endswith(("/", os.sep)):
+        raise ValueError(f"out must name a file such as cells.parquet, got {out!r}")
+    if storage.is_local(out) and os.path.isdir(_normalise_uri(out)):
+        raise ValueError(f"{out}: is a folder; out must name a file such as cells.parquet")
+    if threshold is not None and not (
+        isinstance(threshold, int | float) and 0.0 <= float(threshold) < 1.0
+    ):
+        raise ValueError(f"threshold must be a number in [0, 1), got {threshold!r}")
+    if not isinstance(watershed, bool):
+        raise ValueError(f"watershed must be True or False, got {watershed!r}")
+    uris: list[str] = []
+    for uri in map(_normalise_uri, images):
+        if uri not in uris:  # the same file twice would duplicate its cells
+            uris.append(uri)
+    return uris
+
+
+def segment_files(
+    images: list[str],
+    *,
+    out: str,
+    model: Any = "default",
+    threshold: float | None = None,
+    watershed: bool = False,
+    precision: str = "fp32",
+) -> pd.DataFrame:
+    """Segment image files and write all their cells to one Parquet file.
+
+    Parameters
+    ----------
+    images : list of str
+        Image files (PNG or TIFF; local paths, ``file://`` or ``s3://`` URIs). Local paths are
+        recorded as absolute paths in ``image_uri``; a file named twice is processed once.
+    out : str
+        Output Parquet file (local or ``s3://``), written atomically with
+        :data:`neuroseg.measure.CELL_SCHEMA` (zstd compression); replaced if it exists.
+    model : str or bundle
+        ``"default"`` (the shipped model), a model folder URI, or a loaded bundle
+        (see :func:`load_bundle`). Loaded once for all images.
+    threshold : float or None
+        Cell probability threshold (a pixel is cell when ``prob > threshold``); None uses the
+        model's ``config["threshold"]`` (0.5 when absent).
+    watershed : bool
+        True splits touching cells (:func:`neuroseg.predict.segment`); False keeps the model's
+        ``config["watershed"]`` setting (off when absent). ``min_area`` always comes from the
+        model's config (0 when absent).
+    precision : {"fp32", "bf16"}
+        Precision of a model loaded from a URI.
+
+    Returns
+    -------
+    pandas.DataFrame
+        The rows written: one per cell, columns :data:`neuroseg.measure.CELL_COLUMNS`, images in
+        the order given. ``plate_id`` is the name of the folder holding the image ("" at a
+        filesystem or bucket root), ``image_id`` the file stem, ``image_sha256`` the hash of
+        the file's bytes, ``processed_at`` the UTC time the image was done, ``flow_run_id``
+        null.
+
+    Raises
+    ------
+    ValueError
+        Invalid arguments, or none of the images could be processed (each failure is also
+        reported on stderr as one line naming the file and the reason).
+    neuroseg.registry.ModelNotFoundError
+        The model folder (or the shipped model) does not exist.
+    """
+    uris = _check_args(images, out, threshold, watershed)
+    bundle = load_bundle(model, precision=precision)
+    config = dict(getattr(bundle, "config", None) or {})
+    thr = float(config.get("threshold", 0.5) if threshold is None else threshold)
+    min_area = int(config.get("min_area", 0))
+    split = bool(watershed or config.get("watershed", False))
+
+    frames, failed = [], []
+    for uri in uris:
+        try:
+            data = storage.read_bytes(uri)
+            image = decode_image(data, name=uri)
+        except (OSError, ValueError) as exc:  # missing, unreadable, corrupt, not an image
+            failed.append(uri)
+            print(f"neuroseg segment: skipped {_one_line(uri, exc)}", file=sys.stderr)
+            continue
+        prob = predict_image(bundle, image)
+        labels, _ = segment(prob, threshold=thr, min_area=min_area, watershed=split)
+        plate = _plate_id(uri)
+        df = cell_records(
+            labels,
+            image,
+            prob,
+            plate_id=plate or "-",  # cell_records wants a non-empty id; "" is restored below
+            image_id=PurePosixPath(uri.replace(os.sep, "/")).stem,
+            image_uri=uri,
+            image_sha256=storage.sha256_bytes(data),
+            model_name=str(bundle.name),
+            model_version=str(bundle.version),
+            processed_at=dt.datetime.now(dt.UTC),
+            flow_run_id=None,
+        )
+        if not plate:
+            df["plate_id"] = pd.Series([""] * len(df), dtype="str")
+        frames.append(df)
+    if not frames:
+        raise ValueError(
+            f"none of the {len(uris)} image(s) could be processed (see the errors above); "
+            f"nothing written to {out}"
+        )
+    cells = pd.concat(frames, ignore_index=True)[list(CELL_COLUMNS)]
+    _write(cells, out)
+    return cells
+
+
+def _write(cells: pd.DataFrame, out: str) -> None:
+    import pyarrow.parquet as pq
+
+    buf = io.BytesIO()
+    pq.write_table(to_arrow(cells), buf, compression="zstd")
+    storage.write_bytes(out, buf.getvalue())
