@@ -244,7 +244,8 @@ def _paint_polygons(out: np.ndarray, polygons: list[Any], value: int, *, file_na
             raise ValueError(f"{file_name}: a polygon has an odd number of coordinates")
         if xy.size < 6:
             continue  # fewer than 3 vertices: no area
-        rr, cc = polygon(xy[1::2], xy[0::2], shape=out.shape)
+        # COCO puts the centre of pixel (r, c) at (x, y) = (c + 0.5, r + 0.5).
+        rr, cc = polygon(xy[1::2] - 0.5, xy[0::2] - 0.5, shape=out.shape)
         out[rr, cc] = value
 
 
@@ -271,9 +272,11 @@ def coco_instance_masks(
         ``file_name -> (height, width) int32`` instance labels, in ``images`` order. Each
         image's non-crowd annotations get ids ``1..k`` in file order; where two overlap the
         later one wins (a fully covered instance leaves its id unused). ``iscrowd`` regions are
-        not instances and are skipped. Polygons are rasterised with
-        :func:`skimage.draw.polygon` (pixels whose centres are inside), which may differ from
-        pycocotools by a pixel along edges.
+        not instances and are skipped. Polygons use COCO's pixel convention (the centre of pixel
+        ``(r, c)`` is at ``x = c + 0.5, y = r + 0.5``) and are rasterised with
+        :func:`skimage.draw.polygon` (pixel centres inside or on the outline), which agrees with
+        pycocotools except for pixels whose centres lie on or next to the outline. RLEs decode
+        exactly as pycocotools does.
 
     Raises
     ------
