@@ -386,7 +386,7 @@ def synth_plate(
     illum = 1.0 + rng.uniform(0.08, 0.25) * _smooth_field(rng, (h, w), rng.uniform(350, 700))
     illum -= rng.uniform(0.0, 0.25) * _vignette(h, w)
     np.clip(illum, 0.4, None, out=illum)
-    mottle = 1.0 + rng.uniform(0.1, 0.35) * _smooth_field(rng, (h, w), rng.uniform(25, 60))
+    mottle = 1.0 + rng.uniform(0.05, 0.18) * _smooth_field(rng, (h, w), rng.uniform(25, 60))
     background = bg * np.clip(mottle, 0.2, None)
 
     # Cells.
@@ -476,14 +476,15 @@ def _vignette(h: int, w: int) -> np.ndarray:
 
 
 def _tissue_edge(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
-    """A bright region beyond a curved line near a corner (autofluorescent tissue edge)."""
+    """A bright, textured region beyond a wavy line near a corner (autofluorescent tissue)."""
     corner_r = rng.choice([0.0, float(h)])
     corner_c = rng.choice([0.0, float(w)])
     radius = rng.uniform(0.12, 0.3) * math.hypot(h, w)
     r = np.arange(h, dtype=np.float32)[:, None] - corner_r
     c = np.arange(w, dtype=np.float32)[None, :] - corner_c
-    dist = np.sqrt(r * r + c * c)
-    return (rng.uniform(0.8, 2.0) * expit((radius - dist) / 6.0)).astype(np.float32)
+    dist = np.sqrt(r * r + c * c) + 0.1 * radius * _smooth_field(rng, (h, w), 0.5 * radius)
+    texture = np.clip(1.0 + 0.3 * _smooth_field(rng, (h, w), 20.0), 0.3, None)
+    return (rng.uniform(0.8, 2.0) * expit((radius - dist) / 6.0) * texture).astype(np.float32)
 
 
 def _camera(
