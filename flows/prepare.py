@@ -109,7 +109,7 @@ def _publish(dataset: str, out: str, s: dict) -> None:
     for name in ("area", "width", "height"):
         for p in (50, 95):
             k = f"{name}_p{p}"
-            if k in s:
+            if s.get(k) is not None:
                 rows.append({"statistic": f"{name} p{p}", "value": round(float(s[k]), 2)})
     create_table_artifact(key=key, table=rows, description=f"Prepared dataset at {out}")
     hist = [

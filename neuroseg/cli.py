@@ -132,22 +132,18 @@ def cmd_train(args) -> int:
     configure_prefect(args.root)
     from flows.train import TrainParams, train
 
-    overrides = {}
-    if args.model:
-        overrides["model"] = args.model
-    if args.loss:
-        overrides["loss"] = args.loss
-    if args.epochs is not None:
-        overrides["epochs"] = args.epochs
     params = TrainParams(
         root=args.root,
         dataset=args.dataset,
         preset=args.preset,
+        model=args.model,
+        loss=args.loss,
+        epochs=args.epochs,
+        mixed_precision=True if args.bf16 else None,
         model_name=args.name,
-        overrides=overrides,
         run_id=args.run_id,
         evaluate=not args.no_evaluate,
-        promote=args.promote,
+        promote=not args.no_promote,
     )
     result = train(params)
     print(f"registered {result['model_uri']} (device {result['device']})")
@@ -319,14 +315,17 @@ def build_parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("train", help="train a model in phases and register it")
     root_arg(sp)
     sp.add_argument("--dataset", default="synthetic", help="prepared dataset name")
-    sp.add_argument("--preset", default="cpu-small", help="seed | cpu-small | tiny")
+    sp.add_argument("--preset", default="cpu-small", choices=("seed", "cpu-small", "tiny"))
     sp.add_argument("--model", choices=("shallow", "unet"), help="override the preset's model")
-    sp.add_argument("--loss", help="weighted_bce | dice | jaccard | focal | tversky | bce_dice")
+    sp.add_argument(
+        "--loss", choices=("weighted_bce", "dice", "jaccard", "focal", "tversky", "bce_dice")
+    )
     sp.add_argument("--epochs", type=int, help="epochs of every phase (override)")
     sp.add_argument("--name", default="neuroseg", help="model name in the registry")
     sp.add_argument("--run-id", help="resume this training run (its checkpoints are kept)")
+    sp.add_argument("--bf16", action="store_true", help="bfloat16 mixed precision")
     sp.add_argument("--no-evaluate", action="store_true", help="skip evaluation after training")
-    sp.add_argument("--promote", action="store_true", help="promote if it beats production")
+    sp.add_argument("--no-promote", action="store_true", help="never promote this model")
     sp.set_defaults(func=cmd_train)
 
     sp = sub.add_parser("evaluate", help="score a registered model on a dataset's test split")

@@ -1,0 +1,283 @@
+"""``neuroseg bench orchestration``: what Prefect costs over calling the library directly.
+
+All variants run in ONE process and one call, each on a fresh temporary storage root (so no
+manifest, processed record or prepared-version cache skips work), and the results are ratios:
+this machine is shared and noisy, and absolute seconds drift between runs.
+
+(a) Nightly inference of a plate: :func:`flows.infer.nightly_inference` against
+    :func:`neuroseg.benchmarks.inference.library_plate` (the same model load, pending search
+    and :func:`neuroseg.inference.process_image` with overlays, in a plain loop). The flow runs
+    twice: with one worker thread (the same concurrency as the loop: the ratio is the
+    orchestration overhead, target < 15 %) and with the default executor (two threads, what the
+    nightly deployment runs). Each flow run loads the model itself (the per-process model
+    cache of ``tasks.infer`` is emptied first), as the loop does.
+(b) Ingest + prepare of an annotated synthetic dataset: the ``ingest`` and ``prepare`` flows
+    (default executors) against ``discover_dataset`` + ``ingest_one`` in a loop, then
+    ``prepare_image`` in a loop + ``finalize``.
+(c) The prepare flow on its thread pool against a temporary local Dask cluster (2 worker
+    processes; cluster start-up included, as a nightly run on a fresh cluster would pay it).
+
+Before timing, one trivial flow run starts the API client (and, without ``PREFECT_API_URL``,
+Prefect's temporary in-process server: ``prefect_startup_seconds``) and one prediction warms
+TensorFlow, so neither one-off cost lands on the first variant.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import time
+
+from prefect import flow
+
+from neuroseg import storage
+from neuroseg.benchmarks.inference import bench_model_uri, count_rows, library_plate
+
+__all__ = ["OVERHEAD_TARGET", "bench_orchestration"]
+
+#: Target of the Prefect overhead on nightly inference (flow seconds / loop seconds - 1).
+OVERHEAD_TARGET = 0.15
+DATASET = "synthetic"
+
+
+@flow(name="bench-warmup")
+def _warmup() -> int:
+    return 1
+
+
+def _timed(fn, *args, **kw) -> tuple[float, object]:
+    t0 = time.perf_counter()
+    out = fn(*args, **kw)
+    return time.perf_counter() - t0, out
+
+
+def _copy_tree(src: str, dst: str) -> None:
+    shutil.copytree(src, dst)
+
+
+def _check_int(name: str, value, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return value
+
+
+# ----------------------------------------------------------------------------- (a) inference
+
+
+def _flow_plate(root: str, model_uri: str, workers: int) -> dict:
+    import tasks.infer
+    from flows.infer import InferParams, nightly_inference
+    from tasks.common import ExecutorConfig
+
+    tasks.infer._BUNDLES.clear()  # the flow loads its model, like the loop
+    params = InferParams(
+        root=root, model=model_uri, executor=ExecutorConfig(kind="threads", workers=workers)
+    )
+    seconds, summary = _timed(nightly_inference, params)
+    cells_uri = storage.join(root, "cells")
+    return {
+        "seconds": seconds,
+        "workers": workers,
+        "images": summary["images"],
+        "failed": summary["failed"],
+        "cells": summary["cells"],
+        "rows": count_rows(cells_uri),
+    }
+
+
+def _inference(tmp: str, model_uri: str, *, images: int, height: int, width: int, seed: int):
+    from neuroseg import synth
+
+    source = os.path.join(tmp, "inference-source")
+    synth.write_uploads(
+        source, plates=1, images_per_plate=images, seed=seed, height=height, width=width
+    )
+    roots = {}
+    for name in ("library", "flow_1_thread", "flow_default"):
+        roots[name] = os.path.join(tmp, f"infer-{name}")
+        _copy_tree(os.path.join(source, "uploads"), os.path.join(roots[name], "uploads"))
+    runs = {
+        "library": library_plate(roots["library"], model_uri),
+        "flow_1_thread": _flow_plate(roots["flow_1_thread"], model_uri, 1),
+        "flow_default": _flow_plate(roots["flow_default"], model_uri, 2),
+    }
+    for run in runs.values():
+        run["images_per_second"] = run["images"] / run["seconds"]
+    lib = runs["library"]["seconds"]
+    overhead = runs["flow_1_thread"]["seconds"] / lib - 1.0
+    return {
+        **runs,
+        "overhead_ratio": overhead,
+        "overhead_ratio_default_executor": runs["flow_default"]["seconds"] / lib - 1.0,
+        "target": {"overhead_below": OVERHEAD_TARGET, "met": bool(overhead < OVERHEAD_TARGET)},
+        "same_rows": len({r["rows"] for r in runs.values()}) == 1,
+    }
+
+
+# ----------------------------------------------------------------------------- (b, c) prepare
+
+
+def _library_ingest(root: str, dataset_uri: str) -> list[dict]:
+    from neuroseg import ingest
+
+    cands, problems = ingest.discover_dataset(dataset_uri, DATASET)
+    if problems:
+        raise ValueError(f"{dataset_uri}: unexpected problems in the synthetic dataset: {problems}")
+    return [ingest.ingest_one(root, cand) for cand in cands]
+
+
+def _library_prepare(root: str, *, tile: int, min_overlap: int, seed: int) -> dict:
+    from neuroseg import ingest, prepare
+
+    records = ingest.read_manifest(root, "datasets", DATASET).to_dict("records")
+    version = prepare.prepared_version(records, tile=tile, min_overlap=min_overlap, seed=seed)
+    out = prepare.prepared_uri(root, DATASET, version)
+    metas = [
+        prepare.prepare_image(
+            out, r["image_id"], r["image_uri"], r["mask_uri"], tile=tile, min_overlap=min_overlap
+        )
+        for r in records
+    ]
+    params = {"tile": tile, "min_overlap": min_overlap, "seed": seed}
+    summary = prepare.finalize(out, metas, seed=seed, params=params)
+    return {"tiles": summary["tiles"], "cells": summary["n_cells"], "version": version}
+
+
+def _flow_prepare(root: str, executor: dict, *, tile: int, min_overlap: int, seed: int) -> dict:
+    from flows.prepare import ExecutorConfig, PrepareParams, prepare
+
+    params = PrepareParams(
+        root=root,
+        dataset=DATASET,
+        tile=tile,
+        min_overlap=min_overlap,
+        seed=seed,
+        executor=ExecutorConfig(**executor),
+    )
+    result = prepare(params)
+    if result["cached"]:
+        raise RuntimeError(f"{root}: prepare reused a cached version; the bench needs fresh roots")
+    return {"tiles": result["tiles"], "cells": result["cells"], "version": result["version"]}
+
+
+def _ingest_prepare(tmp: str, *, images: int, height: int, width: int, seed: int) -> dict:
+    from flows.ingest import IngestParams, ingest
+    from neuroseg import synth
+
+    dataset = synth.write_dataset(
+        os.path.join(tmp, "prepare-source"),
+        name=DATASET,
+        images=images,
+        seed=seed,
+        height=height,
+        width=width,
+    )
+    tile = min(400, height, width) // 8 * 8
+    kw = {"tile": tile, "min_overlap": tile // 4, "seed": seed}
+
+    root = os.path.join(tmp, "prep-library")
+    t_ingest, ingested = _timed(_library_ingest, root, dataset)
+    t_prepare, lib = _timed(_library_prepare, root, **kw)
+    library = {
+        "seconds": t_ingest + t_prepare,
+        "ingest_seconds": t_ingest,
+        "prepare_seconds": t_prepare,
+        "ingested": sum(r["status"] == "ingested" for r in ingested),
+        **lib,
+    }
+
+    root = os.path.join(tmp, "prep-flow")
+    t_ingest, summary = _timed(ingest, IngestParams(source=dataset, root=root, dataset=DATASET))
+    t_prepare, fl = _timed(_flow_prepare, root, {"kind": "threads", "workers": 2}, **kw)
+    flows_ = {
+        "seconds": t_ingest + t_prepare,
+        "ingest_seconds": t_ingest,
+        "prepare_seconds": t_prepare,
+        "ingested": summary["ingested"],
+        **fl,
+    }
+
+    executors = {}
+    for name, executor in (
+        ("threads", {"kind": "threads", "workers": 2}),
+        ("dask", {"kind": "dask", "workers": 2}),
+    ):
+        root = os.path.join(tmp, f"prep-{name}")
+        _library_ingest(root, dataset)  # untimed: (c) compares the preparation only
+        seconds, res = _timed(_flow_prepare, root, executor, **kw)
+        executors[name] = {"seconds": seconds, "workers": 2, **res}
+    same = {(r["tiles"], r["cells"], r["version"]) for r in (library, flows_, *executors.values())}
+    return {
+        "ingest_prepare": {
+            "library": library,
+            "flows": flows_,
+            "ratio": flows_["seconds"] / library["seconds"],
+            "tile": tile,
+            "note": "flows use their default executors (ingest: Prefect's thread pool; "
+            "prepare: 2 threads); the library runs one image after another",
+        },
+        "prepare_executors": {
+            **executors,
+            "dask_over_threads": executors["dask"]["seconds"] / executors["threads"]["seconds"],
+            "note": "dask time includes starting and stopping the local cluster",
+        },
+        "same_results": len(same) == 1,
+    }
+
+
+# ----------------------------------------------------------------------------- entry point
+
+
+def bench_orchestration(
+    *, images: int = 20, height: int = 1200, width: int = 1600, seed: int = 0
+) -> dict:
+    """Compare the flows with the library called directly, in one run (see the module notes).
+
+    Parameters
+    ----------
+    images : int
+        Images of the plate (a) and of the annotated dataset (b, c).
+    height, width : int
+        Image size (the lab's 1200x1600).
+    seed : int
+        Seed of the synthetic data (and of the fallback model).
+
+    Returns
+    -------
+    dict
+        JSON-able: ``model``, ``prefect_startup_seconds``, ``warmup_seconds``,
+        ``inference`` (``library``, ``flow_1_thread``, ``flow_default``: ``seconds``,
+        ``images_per_second``, ``images``, ``cells``, ``rows``; ``overhead_ratio`` (1 thread),
+        ``overhead_ratio_default_executor``, ``target``, ``same_rows``), ``ingest_prepare``
+        (``library``, ``flows``, ``ratio``) and ``prepare_executors`` (``threads``, ``dask``,
+        ``dask_over_threads``), ``same_results``.
+    """
+    images = _check_int("images", images, 1)
+    height = _check_int("height", height, 16)
+    width = _check_int("width", width, 16)
+    t_prefect, _ = _timed(_warmup)
+    with tempfile.TemporaryDirectory(prefix="neuroseg-bench-orchestration-") as tmp:
+        model_uri, model_name = bench_model_uri(tmp, seed=seed)
+        t_warm, _ = _timed(_warm_tensorflow, model_uri)
+        inference = _inference(tmp, model_uri, images=images, height=height, width=width, seed=seed)
+        prep = _ingest_prepare(tmp, images=images, height=height, width=width, seed=seed)
+    return {
+        "model": model_name,
+        "images": images,
+        "image_size": [height, width],
+        "prefect_api": os.environ.get("PREFECT_API_URL") or "temporary in-process server",
+        "prefect_startup_seconds": t_prefect,
+        "warmup_seconds": t_warm,
+        "inference": inference,
+        **prep,
+    }
+
+
+def _warm_tensorflow(model_uri: str) -> None:
+    import numpy as np
+
+    from neuroseg.registry import load_model
+
+    bundle = load_model(model_uri)
+    bundle.predict_tiles(np.zeros((1, bundle.tile, bundle.tile, 3), np.uint8))

@@ -1,0 +1,188 @@
+"""The whole system end to end on the embedded default: what `neuroseg demo` runs.
+
+Synthetic plates (plus, optionally, a folder of real images) are generated as a lab would upload
+them, then the same flows the deployments run: ingest, prepare, train (or the shipped model),
+evaluate, nightly inference; finally the cell table is read back with pandas.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from pydantic import BaseModel, Field
+
+from neuroseg import storage
+
+
+class DemoParams(BaseModel):
+    root: str = "./neuroseg-data"
+    plates: int = Field(2, ge=1, le=50)
+    images_per_plate: int = Field(3, ge=1, le=200)
+    train_images: int = Field(10, ge=3, le=500)
+    real_images: str | None = None
+    train: bool = True
+    seed: int = 0
+    height: int = 1200
+    width: int = 1600
+
+
+class _Steps:
+    def __init__(self, total: int):
+        self.total, self.i, self.t0 = total, 0, time.perf_counter()
+
+    def __call__(self, text: str) -> None:
+        self.i += 1
+        print(
+            f"\n[{self.i}/{self.total}] {text}  (t = {time.perf_counter() - self.t0:.0f} s)",
+            flush=True,
+        )
+
+
+def _add_real_images(folder: str, incoming: str) -> tuple[int, bool]:
+    """Copy real images into the incoming area as plate REAL (and FNC pairs as a dataset)."""
+    from neuroseg.ingest import IMAGE_SUFFIXES
+
+    base = Path(folder)
+    if not base.is_dir():
+        raise FileNotFoundError(f"{folder}: --real-images must be a folder")
+    images_dir = base / "images" if (base / "images").is_dir() else base
+    files = sorted(p for p in images_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise ValueError(f"{folder}: no .png/.tif images found")
+    has_masks = (base / "masks").is_dir()
+    for p in files:
+        data = p.read_bytes()
+        storage.write_bytes(storage.join(incoming, "plates", "REAL", p.name), data)
+        mask = base / "masks" / p.name
+        if has_masks and mask.exists():
+            storage.write_bytes(storage.join(incoming, "real", "images", p.name), data)
+            storage.write_bytes(storage.join(incoming, "real", "masks", p.name), mask.read_bytes())
+    return len(files), has_masks
+
+
+def demo(params: DemoParams) -> dict:
+    from flows.evaluate import EvaluateParams, evaluate
+    from flows.infer import InferParams, nightly_inference
+    from flows.ingest import IngestParams, ingest
+    from flows.prepare import PrepareParams, prepare
+    from flows.train import TrainParams, train
+    from neuroseg import synth
+    from neuroseg.inference import read_cells
+
+    root = params.root
+    incoming = storage.join(root, "incoming")
+    step = _Steps(8)
+
+    step(
+        f"synthetic data: {params.train_images} annotated images, "
+        f"{params.plates} plate(s) x {params.images_per_plate} uploads"
+    )
+    synth.write_dataset(
+        incoming,
+        name="synthetic",
+        images=params.train_images,
+        seed=params.seed,
+        height=params.height,
+        width=params.width,
+    )
+    synth.write_uploads(
+        storage.join(incoming, "plates-root"),
+        plates=params.plates,
+        images_per_plate=params.images_per_plate,
+        seed=params.seed + 1000,
+        height=params.height,
+        width=params.width,
+    )
+    real = None
+    if params.real_images:
+        real = _add_real_images(params.real_images, incoming)
+        print(f"  + {real[0]} real image(s) from {params.real_images} as plate REAL")
+
+    step("ingest: validate, hash and record")
+    ds = ingest(
+        IngestParams(
+            source=storage.join(incoming, "datasets", "synthetic"), root=root, dataset="synthetic"
+        )
+    )
+    up = ingest(IngestParams(source=storage.join(incoming, "plates-root", "uploads"), root=root))
+    print(
+        f"  dataset: {ds['ingested']} new, {ds['skipped']} known; uploads: {up['ingested']} "
+        f"new, {up['skipped']} known, {up['quarantined']} quarantined"
+    )
+    if real:
+        ingest(IngestParams(source=storage.join(incoming, "plates"), root=root))
+        if real[1]:
+            ingest(IngestParams(source=storage.join(incoming, "real"), root=root, dataset="real"))
+
+    step("prepare: mask analysis and tiling per image, split by image")
+    prep = prepare(PrepareParams(root=root, dataset="synthetic", seed=params.seed))
+    print(
+        f"  {prep['images']} images -> {prep['tiles']} tiles, {prep['cells']} cells, "
+        f"overlap suggestion {prep['suggested_overlap']} px"
+    )
+
+    if params.train:
+        step("train: the cpu-small preset, three phases, checkpoint after each")
+        trained = train(
+            TrainParams(root=root, dataset="synthetic", preset="cpu-small", evaluate=False)
+        )
+        model_spec = f"neuroseg@{trained['version']}"
+        print(f"  registered {trained['model_uri']} on {trained['device']}")
+    else:
+        step("train: skipped (--no-train), the shipped model serves")
+        model_spec = "default"
+
+    step("evaluate: stitched full-resolution scores, confusion matrix, plots, promotion")
+    ev = evaluate(EvaluateParams(root=root, dataset="synthetic", model=model_spec, promote=True))
+    kf = ev["key_figures"]
+    print(
+        f"  object F1 {kf['object_f1']:.3f} (P {kf['object_precision']:.3f}, "
+        f"R {kf['object_recall']:.3f}), count MAE {kf['count_mae']:.2f}, pixel F1 "
+        f"{kf['pixel_f1']:.3f}; baseline object F1 {kf.get('baseline_object_f1', float('nan')):.3f}"
+    )
+    if real and real[1]:
+        ev_real = evaluate(
+            EvaluateParams(root=root, dataset="real", model=model_spec, split="all", promote=False)
+        )
+        print(f"  on the real images: object F1 {ev_real['key_figures']['object_f1']:.3f}")
+
+    step("nightly inference: new uploads -> cells/plate_id=<id>/<image>.parquet")
+    serving = model_spec if not ev.get("promoted") else "neuroseg"
+    night = nightly_inference(InferParams(root=root, model=serving))
+    print(f"  {night['images']} image(s), {night['cells']} cells, {night['failed']} failed")
+    again = nightly_inference(InferParams(root=root, model=serving))
+    print(f"  re-run of the same night: {again['images']} new image(s) (idempotent)")
+
+    step("query the cell table with pandas")
+    cells = read_cells(storage.join(root, "cells"))
+    per_image = cells.groupby(["plate_id", "image_id"], observed=True).size()
+    print(
+        cells[
+            [
+                "plate_id",
+                "image_id",
+                "cell_id",
+                "centroid_x",
+                "centroid_y",
+                "area_px",
+                "mean_probability",
+            ]
+        ]
+        .head(8)
+        .to_string(index=False)
+    )
+    print(
+        f"  {len(cells)} cells in {len(per_image)} images; cells per image: "
+        f"{per_image.describe()[['mean', 'min', 'max']].round(1).to_dict()}"
+    )
+
+    step("where to look")
+    print(f"  cell table:   pd.read_parquet({storage.join(root, 'cells')!r})")
+    print(f"  reports/plots: {storage.join(root, 'reports')}")
+    print(f"  models:        {storage.join(root, 'models')}")
+    print(
+        "  artifacts:     `prefect artifact ls` (same PREFECT_HOME), or run "
+        "`prefect server start` and open http://127.0.0.1:4200"
+    )
+    return {"evaluation": kf, "nightly": night, "cells": len(cells)}

@@ -1,0 +1,147 @@
+"""Nightly inference: new plates under uploads/ to the per-cell Parquet table.
+
+Scheduled every night (see prefect.yaml). Images run in parallel by task mapping on the chosen
+task runner; the model is loaded once per worker. Re-running a night writes nothing new; a
+re-run after a crash completes the missing images only; ``reprocess`` replaces the rows of
+images processed by another model version.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+from typing import Literal
+
+from prefect import flow, get_run_logger
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.runtime import flow_run
+from pydantic import BaseModel, Field
+
+from neuroseg import storage
+from tasks.common import ExecutorConfig, artifact_key, make_task_runner
+from tasks.infer import find_pending, resolve_model, segment_image
+
+
+class InferParams(BaseModel):
+    """What the nightly run reads, which model it uses and where it writes."""
+
+    root: str = Field("./neuroseg-data", description="storage root of the system")
+    uploads: str | None = Field(None, description="uploads root (default ROOT/uploads)")
+    cells: str | None = Field(None, description="cell table root (default ROOT/cells)")
+    model: str = Field(
+        "neuroseg",
+        description="registry name (production version, else the shipped model), "
+        "NAME@VERSION, a model folder, or 'default'",
+    )
+    plates: list[str] | None = Field(None, description="only these plates (default: all)")
+    reprocess: bool = Field(False, description="replace rows written by other model versions")
+    precision: Literal["fp32", "bf16"] = Field("fp32", description="bf16 on CPUs that have it")
+    executor: ExecutorConfig = Field(default_factory=ExecutorConfig)
+
+
+def _segment_all(model_uri, precision, pending, root, cells, report_uri, run_id) -> list[dict]:
+    futures = segment_image.map(model_uri, precision, pending, root, cells, report_uri, run_id)
+    out = []
+    for item, fut in zip(pending, futures, strict=True):
+        try:
+            out.append(fut.result())
+        except Exception as exc:  # retries exhausted: report it, the batch goes on
+            out.append({**item, "status": "failed", "reason": f"{item['image_uri']}: {exc}"})
+    return out
+
+
+@flow(name="nightly-inference", flow_run_name="nightly-{params.model}", log_prints=True)
+def nightly_inference(params: InferParams) -> dict:
+    """Segment every new upload and append one record per cell to the cell table."""
+    logger = get_run_logger()
+    t0 = time.perf_counter()
+    uploads = params.uploads or storage.join(params.root, "uploads")
+    cells = params.cells or storage.join(params.root, "cells")
+    model = resolve_model(params.root, params.model)
+    found = find_pending(params.root, uploads, model["version"], params.plates, params.reprocess)
+    pending = found["pending"]
+    logger.info(
+        "model %s@%s: %d image(s) to segment, %d already done",
+        model["name"],
+        model["version"],
+        len(pending),
+        found["done"],
+    )
+    run_id = flow_run.id
+    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
+    report_uri = storage.join(params.root, "reports", f"infer-{stamp}")
+    results = []
+    if pending:
+        sub = flow(name="segment-images", task_runner=make_task_runner(params.executor))(
+            _segment_all
+        )
+        results = sub(
+            model["uri"], params.precision, pending, params.root, cells, report_uri, run_id
+        )
+    summary = _summarize(results, found["done"], cells, model, time.perf_counter() - t0)
+    _publish(summary, results, report_uri)
+    return summary
+
+
+def _summarize(results, done, cells, model, seconds) -> dict:
+    ok = [r for r in results if r["status"] == "done"]
+    return {
+        "images": len(ok),
+        "plates": len({r["plate_id"] for r in ok}),
+        "cells": sum(r["cells"] for r in ok),
+        "failed": len(results) - len(ok),
+        "skipped": done,
+        "cells_uri": cells,
+        "model": f"{model['name']}@{model['version']}",
+        "seconds": round(seconds, 2),
+    }
+
+
+def _publish(summary: dict, results: list[dict], report_uri: str) -> None:
+    plates: dict[str, dict] = {}
+    for r in results:
+        p = plates.setdefault(
+            r.get("plate_id") or "?", {"images": 0, "cells": 0, "failed": 0, "seconds": 0.0}
+        )
+        if r["status"] == "done":
+            p["images"] += 1
+            p["cells"] += r["cells"]
+            p["seconds"] += sum(r.get("seconds", {}).values())
+        else:
+            p["failed"] += 1
+    rows = [
+        {
+            "plate": k,
+            "images": v["images"],
+            "cells": v["cells"],
+            "cells per image": round(v["cells"] / v["images"], 1) if v["images"] else 0,
+            "failures": v["failed"],
+            "seconds": round(v["seconds"], 1),
+        }
+        for k, v in sorted(plates.items())
+    ]
+    create_table_artifact(
+        key="nightly-plates",
+        table=rows or [{"plate": "", "images": 0, "cells": 0}],
+        description=f"Per-plate summary of the nightly run ({summary['model']})",
+    )
+    failures = [
+        {"file": r["image_uri"], "reason": r.get("reason", "")}
+        for r in results
+        if r["status"] != "done"
+    ]
+    if failures:
+        create_table_artifact(
+            key="nightly-failures",
+            table=failures,
+            description="Uploads quarantined or failed tonight",
+        )
+    create_markdown_artifact(
+        key=artifact_key("nightly-summary"),
+        markdown=(
+            f"# Nightly inference\n\nModel `{summary['model']}`: {summary['images']} image(s), "
+            f"{summary['cells']} cells in {summary['plates']} plate(s), {summary['failed']} "
+            f"failed, {summary['skipped']} already done, {summary['seconds']} s.\n\n"
+            f"Cell table: `{summary['cells_uri']}`  \nOverlays: `{report_uri}`"
+        ),
+    )

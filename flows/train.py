@@ -1,0 +1,162 @@
+"""Phased training on the GPU pool: each phase a task, a checkpoint after each phase.
+
+A retried or resumed run (same ``run_id``, or a Prefect retry of the same flow run) continues
+after the last finished phase. The parameters are pydantic models, so the Prefect UI shows a
+form for "retrain": dataset, preset, model, loss and per-phase overrides.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Literal
+
+from prefect import flow, get_run_logger
+from prefect.artifacts import create_progress_artifact, create_table_artifact
+from prefect.runtime import flow_run
+from pydantic import BaseModel, Field
+
+from neuroseg import storage
+from neuroseg.training import PhaseConfig, TrainConfig, get_preset
+from tasks.common import artifact_key
+from tasks.train import register, resolve_prepared, train_phase
+
+
+class TrainParams(BaseModel):
+    """What to train on and how; unset fields keep the preset's values."""
+
+    root: str = Field("./neuroseg-data", description="storage root of the system")
+    dataset: str = Field("synthetic", description="prepared dataset to train on")
+    preset: Literal["seed", "cpu-small", "tiny"] = Field(
+        "cpu-small", description="seed = the notebook exactly; cpu-small = minutes on a CPU"
+    )
+    model: Literal["shallow", "unet"] | None = Field(None, description="architecture")
+    loss: Literal["weighted_bce", "dice", "jaccard", "focal", "tversky", "bce_dice"] | None = None
+    epochs: int | None = Field(None, ge=1, description="epochs of every phase")
+    learning_rate: float | None = Field(None, gt=0, description="learning rate of every phase")
+    batch_size: int | None = Field(None, ge=1, description="batch size of every phase")
+    phases: list[PhaseConfig] | None = Field(None, description="replace the phases entirely")
+    mixed_precision: bool | None = Field(None, description="bfloat16 compute")
+    seed: int | None = None
+    model_name: str = Field("neuroseg", description="name in the model registry")
+    run_id: str | None = Field(None, description="resume this run (default: the flow run id)")
+    evaluate: bool = Field(True, description="evaluate on the test split after training")
+    promote: bool = Field(True, description="promote if it beats the production model")
+
+
+def build_config(p: TrainParams) -> TrainConfig:
+    """The preset with the user's overrides applied (validated)."""
+    over: dict = {}
+    if p.model:
+        over["model"] = p.model
+        if p.model == "shallow":
+            over["crop"] = None  # the seed CNN needs whole 400x400 tiles
+    for key in ("loss", "mixed_precision", "seed"):
+        if getattr(p, key) is not None:
+            over[key] = getattr(p, key)
+    phases = [ph.model_dump() for ph in (p.phases or get_preset(p.preset).phases)]
+    for ph in phases:
+        for key, field in (
+            ("epochs", "epochs"),
+            ("learning_rate", "learning_rate"),
+            ("batch_size", "batch_size"),
+        ):
+            if getattr(p, field) is not None:
+                ph[key] = getattr(p, field)
+    over["phases"] = phases
+    return get_preset(p.preset, **over)
+
+
+@flow(name="train", flow_run_name="train-{params.dataset}-{params.preset}", log_prints=True)
+def train(params: TrainParams) -> dict:
+    """Train a segmentation model in phases, register it, optionally evaluate and promote."""
+    logger = get_run_logger()
+    prepared = resolve_prepared(params.root, params.dataset)
+    config = build_config(params)
+    run_id = params.run_id or f"run-{flow_run.id}"
+    work = storage.join(params.root, "training", run_id)
+    cfg_uri = storage.join(work, "config.json")
+    cfg = json.loads(config.model_dump_json())
+    if storage.exists(cfg_uri):
+        saved = storage.read_json(cfg_uri)
+        if saved["config"] != cfg or saved["prepared"]["uri"] != prepared["uri"]:
+            raise ValueError(f"run {run_id} was started with another configuration or dataset")
+        logger.info("resuming run %s", run_id)
+    else:
+        storage.write_json(
+            cfg_uri, {"config": cfg, "prepared": prepared, "params": params.model_dump()}
+        )
+    print(f"training run {run_id} (resume with --run-id {run_id})")
+    total = sum(ph.epochs for ph in config.phases)
+    progress_id = str(
+        create_progress_artifact(
+            0.0,
+            key=artifact_key("train", params.model_name, "progress"),
+            description=f"Training progress of run {run_id}",
+        )
+    )
+    records, previous, epochs_before = [], None, 0
+    for i, phase in enumerate(config.phases):
+        done_uri = storage.join(work, f"phase-{i}.json")
+        if storage.exists(done_uri):
+            rec = storage.read_json(done_uri)
+            logger.info("phase %s already finished in an earlier attempt: skipped", phase.name)
+        else:
+            rec = train_phase(
+                prepared["uri"], cfg, i, previous, work, progress_id, epochs_before, total
+            )
+        records.append(rec)
+        previous = rec["checkpoint_uri"]
+        epochs_before += phase.epochs
+    _publish_history(params.model_name, records)
+    device = records[-1].get("device") or "unknown"
+    lineage = {
+        "dataset": params.dataset,
+        "prepared_uri": prepared["uri"],
+        "prepared_version": prepared["version"],
+        "run_id": run_id,
+        "flow_run_id": str(flow_run.id),
+        "device": device,
+        "seconds": round(sum(r["seconds"] for r in records), 1),
+        "history": {r["phase"]: r["history"] for r in records},
+    }
+    reg = register(params.root, params.model_name, previous, cfg, lineage)
+    result = {
+        "model_uri": reg["uri"],
+        "version": reg["version"],
+        "device": device,
+        "run_id": run_id,
+    }
+    if params.evaluate:
+        from flows.evaluate import EvaluateParams, evaluate
+
+        ev = evaluate(
+            EvaluateParams(
+                root=params.root,
+                dataset=params.dataset,
+                model=f"{params.model_name}@{reg['version']}",
+                promote=params.promote,
+            )
+        )
+        result["evaluation"] = {**ev["key_figures"], "promoted": ev["promoted"]}
+    return result
+
+
+def _publish_history(name: str, records: list[dict]) -> None:
+    rows = []
+    for rec in records:
+        hist = rec["history"]
+        n = len(next(iter(hist.values()), []))
+        for e in range(n):
+            rows.append(
+                {
+                    "phase": rec["phase"],
+                    "epoch": e + 1,
+                    **{k: round(float(v[e]), 5) for k, v in hist.items()},
+                }
+            )
+    if rows:
+        create_table_artifact(
+            key=artifact_key("train", name, "history"),
+            table=rows,
+            description="Loss and cell-class precision/recall per epoch",
+        )

@@ -1,0 +1,244 @@
+"""Nightly inference, library side: which uploads are new, and one image to per-cell records.
+
+Light at import (TensorFlow only comes in through the model bundle a caller passes).
+
+Idempotence. Each processed image ends with one record
+``manifests/processed/<plate_id>/<image_id>.json`` (model version, image hash, row count),
+written after its Parquet file ``cells/plate_id=<plate_id>/<image_id>.parquet``. Both writes are
+atomic and the Parquet path depends only on plate and image, so a re-run of the same night, or
+a re-run after a crash halfway, writes each image's rows exactly once: no duplicates, no gaps.
+Reprocessing with a newer model is explicit (``reprocess=True``) and replaces the image's rows.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+from pathlib import PurePosixPath
+
+import numpy as np
+import pandas as pd
+
+from neuroseg import storage
+from neuroseg.images import decode_image, encode_png
+from neuroseg.ingest import IMAGE_SUFFIXES, Candidate, check_id, quarantine
+from neuroseg.measure import cell_records, to_arrow
+from neuroseg.predict import predict_image, segment
+
+
+def processed_record_uri(root: str, plate_id: str, image_id: str) -> str:
+    return storage.join(root, "manifests", "processed", plate_id, f"{image_id}.json")
+
+
+def cells_file_uri(cells_uri: str, plate_id: str, image_id: str) -> str:
+    return storage.join(cells_uri, f"plate_id={plate_id}", f"{image_id}.parquet")
+
+
+def list_uploads(uploads_uri: str, *, plates: list[str] | None = None) -> list[dict]:
+    """All images under ``uploads_uri`` as ``{plate_id, image_id, image_uri}`` (sorted).
+
+    Files outside a plate folder or with unsafe names are returned with a ``problem``.
+    """
+    if not storage.exists(uploads_uri):
+        return []
+    base = uploads_uri.split("://", 1)[-1].rstrip("/")
+    items = []
+    for uri in storage.list_files(uploads_uri, suffixes=IMAGE_SUFFIXES):
+        rel = uri.split("://", 1)[-1][len(base) + 1 :]
+        parts = rel.split("/")
+        item = {"plate_id": parts[0] if len(parts) == 2 else "", "image_uri": uri}
+        item["image_id"] = PurePosixPath(parts[-1]).stem
+        try:
+            if len(parts) != 2:
+                raise ValueError(f"{uri}: not inside a plate folder <plate_id>/<image>")
+            check_id(item["plate_id"], what="plate id")
+            check_id(item["image_id"], what="image id")
+        except ValueError as exc:
+            item["problem"] = str(exc)
+        if plates and item["plate_id"] not in plates:
+            continue
+        items.append(item)
+    return items
+
+
+def find_pending(
+    root: str,
+    uploads_uri: str,
+    *,
+    model_version: str,
+    plates: list[str] | None = None,
+    reprocess: bool = False,
+) -> tuple[list[dict], int]:
+    """Uploads the serving model has not processed yet; returns ``(pending, already_done)``.
+
+    An image is pending when it has no processed record, when its record names another image
+    hash (the file was replaced), or, with ``reprocess``, another model version.
+    """
+    pending, done = [], 0
+    for item in list_uploads(uploads_uri, plates=plates):
+        if "problem" in item:
+            pending.append(item)
+            continue
+        rec_uri = processed_record_uri(root, item["plate_id"], item["image_id"])
+        if storage.exists(rec_uri):
+            rec = storage.read_json(rec_uri)
+            same_model = rec.get("model_version") == model_version
+            if (same_model or not reprocess) and not _changed(item["image_uri"], rec):
+                done += 1
+                continue
+        pending.append(item)
+    return pending, done
+
+
+def fingerprint(uri: str) -> str:
+    """Size plus ETag (S3) or modification time (local): changes when a file is replaced."""
+    fs, path = storage.filesystem(uri)
+    info = fs.info(path)
+    stamp = info.get("ETag") or info.get("mtime") or info.get("LastModified") or ""
+    return f"{info.get('size')}:{stamp}"
+
+
+def _changed(uri: str, rec: dict) -> bool:
+    """Whether an upload differs from what was processed: fingerprint first, hash if needed."""
+    if rec.get("image_uri") != uri:
+        return True
+    if rec.get("fingerprint") == fingerprint(uri):
+        return False
+    return storage.sha256_bytes(storage.read_bytes(uri)) != rec.get("image_sha256")
+
+
+def process_image(
+    bundle,
+    item: dict,
+    *,
+    root: str,
+    cells_uri: str,
+    report_uri: str | None,
+    flow_run_id: str | None,
+    processed_at: dt.datetime | None = None,
+) -> dict:
+    """Segment one uploaded image and write its per-cell records; quarantine it if invalid.
+
+    Returns a small summary dict (``status`` "done" | "quarantined", counts, timings).
+    """
+    if "problem" in item:
+        cand = Candidate(
+            "uploads",
+            item["plate_id"] or "_unsorted",
+            item["image_id"],
+            item["image_uri"],
+            None,
+            PurePosixPath(item["image_uri"]).name,
+        )
+        where = quarantine(root, cand, None, item["problem"])
+        return {**item, "status": "quarantined", "reason": item["problem"], "quarantine": where}
+    t = {}
+    t0 = time.perf_counter()
+    data = storage.read_bytes(item["image_uri"])
+    sha = storage.sha256_bytes(data)
+    try:
+        image = decode_image(data, name=item["image_uri"])
+    except ValueError as exc:
+        cand = Candidate(
+            "uploads",
+            item["plate_id"],
+            item["image_id"],
+            item["image_uri"],
+            None,
+            PurePosixPath(item["image_uri"]).name,
+        )
+        where = quarantine(root, cand, data, str(exc))
+        return {**item, "status": "quarantined", "reason": str(exc), "quarantine": where}
+    t["decode"] = time.perf_counter() - t0
+    cfg = bundle.config
+    t0 = time.perf_counter()
+    prob = predict_image(bundle, image)
+    t["predict"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    labels, n = segment(
+        prob,
+        threshold=float(cfg.get("threshold", 0.5)),
+        min_area=int(cfg.get("min_area", 0)),
+        watershed=bool(cfg.get("watershed", False)),
+    )
+    t["label"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    processed_at = processed_at or dt.datetime.now(dt.UTC)
+    df = cell_records(
+        labels,
+        image,
+        prob,
+        plate_id=item["plate_id"],
+        image_id=item["image_id"],
+        image_uri=item["image_uri"],
+        image_sha256=sha,
+        model_name=bundle.name,
+        model_version=bundle.version,
+        processed_at=processed_at,
+        flow_run_id=flow_run_id,
+    )
+    t["measure"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    out = cells_file_uri(cells_uri, item["plate_id"], item["image_id"])
+    write_cells(df, out)
+    if report_uri:
+        storage.write_bytes(
+            storage.join(report_uri, item["plate_id"], f"{item['image_id']}.png"),
+            overlay_png(image, labels),
+        )
+    record = {
+        "plate_id": item["plate_id"],
+        "image_id": item["image_id"],
+        "image_uri": item["image_uri"],
+        "image_sha256": sha,
+        "fingerprint": fingerprint(item["image_uri"]),
+        "cells_uri": out,
+        "cells": int(n),
+        "model_name": bundle.name,
+        "model_version": bundle.version,
+        "processed_at": processed_at.isoformat(),
+        "flow_run_id": flow_run_id,
+    }
+    storage.write_json(processed_record_uri(root, item["plate_id"], item["image_id"]), record)
+    t["write"] = time.perf_counter() - t0
+    return {
+        **record,
+        "status": "done",
+        "seconds": t,
+        "height": image.shape[0],
+        "width": image.shape[1],
+    }
+
+
+def write_cells(df: pd.DataFrame, uri: str) -> None:
+    """Write one image's records into the hive-partitioned table (atomic).
+
+    ``plate_id`` is dropped from the file: it lives in the ``plate_id=<id>`` folder name, from
+    which pandas/pyarrow restore it on reading the dataset.
+    """
+    import io
+
+    import pyarrow.parquet as pq
+
+    table = to_arrow(df).drop_columns(["plate_id"])
+    buf = io.BytesIO()
+    pq.write_table(table, buf, compression="zstd")
+    storage.write_bytes(uri, buf.getvalue())
+
+
+def read_cells(cells_uri: str, **kw) -> pd.DataFrame:
+    """Read the cell table (all plates, or ``filters=[("plate_id", "==", "P001")]``)."""
+    return pd.read_parquet(
+        cells_uri, storage_options=storage.storage_options(cells_uri) or None, **kw
+    )
+
+
+def overlay_png(image: np.ndarray, labels: np.ndarray, *, max_side: int = 800) -> bytes:
+    """A small PNG of the image with the outlines of the predicted cells in cyan."""
+    from skimage.segmentation import find_boundaries
+
+    step = max(1, int(np.ceil(max(image.shape[:2]) / max_side)))
+    edges = find_boundaries(labels, mode="inner")
+    out = image.copy()
+    out[edges] = (0, 255, 255)
+    return encode_png(np.ascontiguousarray(out[::step, ::step]))

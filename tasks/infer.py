@@ -1,0 +1,64 @@
+"""Prefect tasks of the nightly inference flow (thin wrappers of ``neuroseg.inference``)."""
+
+from __future__ import annotations
+
+import threading
+
+from prefect import task
+
+from neuroseg import inference as lib
+from neuroseg import storage
+from tasks.common import IO_RETRIES
+
+_BUNDLES: dict[tuple[str, str], object] = {}
+_LOCK = threading.Lock()
+
+
+def get_bundle(model_uri: str, precision: str = "fp32"):
+    """The model, loaded once per worker process (thread-safe), not once per image."""
+    key = (model_uri, precision)
+    with _LOCK:
+        if key not in _BUNDLES:
+            from neuroseg.registry import load_model
+
+            _BUNDLES[key] = load_model(model_uri, precision=precision)
+        return _BUNDLES[key]
+
+
+@task(name="resolve-model", **IO_RETRIES)
+def resolve_model(root: str, spec: str) -> dict:
+    """Which model serves: a registry name (its production version, else the shipped model),
+    ``NAME@VERSION``, a folder URI or ``default``."""
+    from neuroseg.registry import resolve_model_uri
+
+    uri = resolve_model_uri(root, spec)
+    bundle = get_bundle(uri)
+    in_registry = uri.rstrip("/").startswith(storage.join(root, "models").rstrip("/") + "/")
+    return {"uri": uri, "name": bundle.name, "version": bundle.version, "writable": in_registry}
+
+
+@task(name="find-pending", **IO_RETRIES)
+def find_pending(
+    root: str, uploads: str, model_version: str, plates: list[str] | None, reprocess: bool
+) -> dict:
+    pending, done = lib.find_pending(
+        root, uploads, model_version=model_version, plates=plates, reprocess=reprocess
+    )
+    return {"pending": pending, "done": done}
+
+
+@task(name="segment-image", task_run_name="segment-{item[plate_id]}-{item[image_id]}", **IO_RETRIES)
+def segment_image(
+    model_uri: str,
+    precision: str,
+    item: dict,
+    root: str,
+    cells: str,
+    report_uri: str,
+    flow_run_id: str | None,
+) -> dict:
+    """Segment one upload and write its cell records (or quarantine it)."""
+    bundle = get_bundle(model_uri, precision)
+    return lib.process_image(
+        bundle, item, root=root, cells_uri=cells, report_uri=report_uri, flow_run_id=flow_run_id
+    )

@@ -1,0 +1,187 @@
+"""Training, evaluation and nightly inference flows on a real Prefect API, local and moto S3.
+
+One tiny model is trained per module (a few seconds) and shared by the inference tests.
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from neuroseg import storage
+from neuroseg.images import encode_png
+from neuroseg.synth import synth_plate
+
+pytestmark = pytest.mark.slow
+SIZE = {"height": 256, "width": 320}
+STABLE = [
+    "image_id",
+    "cell_id",
+    "centroid_x",
+    "centroid_y",
+    "area_px",
+    "bbox_width",
+    "mean_intensity",
+    "model_version",
+]
+
+
+def _artifacts() -> dict:
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        return {a.key: a for a in client.read_artifacts() if a.key}
+
+
+@pytest.fixture(scope="module")
+def trained(prefect_api, tmp_path_factory):
+    """Ingest, prepare and train the tiny preset; evaluation and promotion chained."""
+    from flows.ingest import IngestParams, ingest
+    from flows.prepare import PrepareParams, prepare
+    from flows.train import TrainParams, train
+
+    root = str(tmp_path_factory.mktemp("train-root"))
+    src = str(tmp_path_factory.mktemp("src"))
+    for i in range(5):  # small images: ask for enough cells explicitly
+        s = synth_plate(seed=3 + i, n_cells=5, **SIZE)
+        storage.write_bytes(
+            storage.join(src, "datasets", "syn", "images", f"s{i}.png"), encode_png(s.image)
+        )
+        storage.write_bytes(
+            storage.join(src, "datasets", "syn", "masks", f"s{i}.png"), encode_png(s.mask)
+        )
+    ingest(IngestParams(source=storage.join(src, "datasets", "syn"), root=root, dataset="syn"))
+    prepare(PrepareParams(root=root, dataset="syn", tile=128, min_overlap=32))
+    result = train(TrainParams(root=root, dataset="syn", preset="tiny", model_name="tiny"))
+    return {"root": root, "result": result}
+
+
+def test_train_registers_evaluates_and_promotes(trained):
+    root, res = trained["root"], trained["result"]
+    assert res["device"] == "CPU"
+    cfg = storage.read_json(storage.join(res["model_uri"], "config.json"))
+    assert cfg["architecture"] == "unet" and cfg["tile"] == 128
+    assert 0.0 < cfg["threshold"] < 1.0  # chosen by the sweep on the val split
+    ev = res["evaluation"]
+    assert ev["promoted"] is True  # first model: no production to beat
+    prod = storage.read_json(storage.join(root, "models", "tiny", "production.json"))
+    assert prod["version"] == res["version"]
+    metrics = storage.read_json(storage.join(res["model_uri"], "metrics.json"))
+    assert metrics["scores"]["pixel"]["confusion"][0][0] > 0
+    report = metrics["report_uri"]
+    for png in ("confusion.png", "roc_pr.png", "history.png", "cell_sizes.png"):
+        assert storage.read_bytes(storage.join(report, png))[:4] == b"\x89PNG"
+    keys = _artifacts()
+    for k in (
+        "eval-tiny-confusion-matrix",
+        "eval-tiny-classification-report",
+        "eval-tiny-summary",
+        "eval-tiny-counts",
+        "train-tiny-history",
+    ):
+        assert k in keys, k
+    # phases each left a checkpoint and a done-record in the run folder
+    work = storage.join(root, "training", res["run_id"])
+    assert len(storage.list_files(work, suffixes=(".keras",))) == 3
+
+
+def test_second_model_is_not_promoted_unless_better(trained):
+    from flows.evaluate import EvaluateParams, evaluate
+
+    root, res = trained["root"], trained["result"]
+    # re-evaluating the production model itself never promotes anything new
+    again = evaluate(
+        EvaluateParams(root=root, dataset="syn", model=f"tiny@{res['version']}", promote=True)
+    )
+    assert again["promoted"] is False and "already" in again["decision"]
+
+
+def test_resume_skips_finished_phases(trained, caplog):
+    from flows.train import TrainParams, train
+
+    root, res = trained["root"], trained["result"]
+    work = storage.join(root, "training", res["run_id"])
+    before = storage.read_json(storage.join(work, "phase-0.json"))
+    storage.delete(storage.join(work, "phase-2.json"))  # as if killed during the last phase
+    out = train(
+        TrainParams(
+            root=root,
+            dataset="syn",
+            preset="tiny",
+            model_name="tiny",
+            run_id=res["run_id"],
+            evaluate=False,
+        )
+    )
+    assert storage.read_json(storage.join(work, "phase-0.json")) == before  # not retrained
+    assert storage.exists(storage.join(work, "phase-2.json"))
+    assert out["version"] != res["version"]
+
+
+def _uploads(root: str, *, corrupt: bool = True) -> None:
+    for p, plate in enumerate(("P001", "P002")):
+        for i in range(2):
+            s = synth_plate(seed=50 + 10 * p + i, n_cells=4, **SIZE)
+            storage.write_bytes(
+                storage.join(root, "uploads", plate, f"{plate}_{i}.png"), encode_png(s.image)
+            )
+    if corrupt:
+        storage.write_bytes(storage.join(root, "uploads", "P002", "broken.png"), b"\x89PNG oops")
+
+
+def _night(root: str, model: str, **kw):
+    from flows.infer import InferParams, nightly_inference
+
+    return nightly_inference(InferParams(root=root, model=model, **kw))
+
+
+def _table(root: str) -> pd.DataFrame:
+    from neuroseg.inference import read_cells
+
+    df = read_cells(storage.join(root, "cells"))
+    return df.sort_values(["image_id", "cell_id"]).reset_index(drop=True)
+
+
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_nightly_inference_idempotent_and_crash_safe(trained, where, tmp_path, request):
+    model = trained["result"]["model_uri"]
+    if where == "s3":
+        bucket = request.getfixturevalue("s3_bucket")
+        root_a, root_b = f"{bucket}/a", f"{bucket}/b"
+    else:
+        root_a, root_b = str(tmp_path / "a"), str(tmp_path / "b")
+    _uploads(root_a)
+    first = _night(root_a, model)
+    assert first["images"] == 4 and first["failed"] == 1
+    assert storage.exists(
+        storage.join(root_a, "quarantine", "uploads", "P002", "broken.png.reason.txt")
+    )
+    table = _table(root_a)
+    assert len(table) == first["cells"] > 0
+    assert set(table["plate_id"].astype(str)) <= {"P001", "P002"}
+    assert (
+        table.groupby("image_id")["cell_id"]
+        .apply(lambda s: list(s) == list(range(1, len(s) + 1)))
+        .all()
+    )
+    # the same night again: nothing new, the table is unchanged
+    second = _night(root_a, model)
+    assert second["images"] == 0 and second["skipped"] == 4
+    pd.testing.assert_frame_equal(_table(root_a), table)
+    # a crash halfway: one plate done, then a crash between an image's Parquet write and its
+    # record; the re-run completes the rest and the table equals the uninterrupted run's
+    _uploads(root_b, corrupt=False)
+    _night(root_b, model, plates=["P001"])
+    done = storage.list_files(storage.join(root_b, "manifests", "processed"))
+    assert {u.rsplit("/", 2)[-2] for u in done} == {"P001"}
+    storage.delete(storage.join(root_b, "manifests", "processed", "P001", "P001_1.json"))
+    _night(root_b, model)
+    pd.testing.assert_frame_equal(_table(root_b)[STABLE], table[STABLE])
+    # filters are pushed down to the hive partitions
+    only = pd.read_parquet(
+        storage.join(root_b, "cells"),
+        filters=[("plate_id", "==", "P001")],
+        storage_options=storage.storage_options(root_b) or None,
+    )
+    assert len(only) == (table["plate_id"].astype(str) == "P001").sum()
+    assert "nightly-plates" in _artifacts()
