@@ -133,7 +133,7 @@ def _write_dataset(src: str, n: int = 3) -> None:
     from neuroseg.synth import synth_plate
 
     for i in range(n):
-        s = synth_plate(seed=100 + i, height=300, width=400)
+        s = synth_plate(seed=100 + i, height=300, width=400, n_cells=4)
         storage.write_bytes(storage.join(src, "images", f"s{i}.png"), encode_png(s.image))
         storage.write_bytes(storage.join(src, "masks", f"s{i}.png"), encode_png(s.mask))
 
@@ -155,3 +155,27 @@ def test_ingest_and_prepare_deployments(server):
     assert summary["images"] == 3 and summary["tiles"] > 3
     tiles = storage.read_parquet(storage.join(latest["uri"], "tiles.parquet"))
     assert np.array_equal(np.sort(tiles["image_id"].unique()), ["s0", "s1", "s2"])
+
+
+def test_train_and_nightly_deployments(server):
+    """Retrain on the gpu pool (tiny preset), then the nightly deployment serves the model."""
+    root = server["root"]
+    if not storage.exists(storage.join(root, "prepared", "synth", "latest.json")):
+        pytest.skip("needs the prepared dataset of test_ingest_and_prepare_deployments")
+    run_deployment(
+        server,
+        "train/train",
+        {"root": root, "dataset": "synth", "preset": "tiny", "model_name": "dep"},
+    )
+    prod = storage.read_json(storage.join(root, "models", "dep", "production.json"))
+    assert storage.exists(storage.join(root, "models", "dep", prod["version"], "model.keras"))
+    from neuroseg.images import encode_png
+    from neuroseg.synth import synth_plate
+
+    for i in range(2):
+        s = synth_plate(seed=7 + i, height=300, width=400, n_cells=3)
+        storage.write_bytes(storage.join(root, "uploads", "P9", f"P9_{i}.png"), encode_png(s.image))
+    run_deployment(server, "nightly-inference/nightly", {"root": root, "model": "dep"})
+    done = storage.list_files(storage.join(root, "manifests", "processed", "P9"))
+    assert len(done) == 2
+    assert all(storage.read_json(u)["model_version"] == prod["version"] for u in done)
