@@ -144,6 +144,9 @@ def random_shapes(
 
     grid_r = tf.range(rows, dtype=tf.float32)[None, :, None]  # (1, rows, 1)
     grid_c = tf.range(cols, dtype=tf.float32)[None, None, :]  # (1, 1, cols)
+    # Which slot paints each pixel last (0: none); one colour lookup at the end instead of an
+    # RGB select per slot.
+    owner = tf.zeros([b, rows, cols], tf.int32)
     for k in range(n_slots):  # a fixed, small number of shape slots, not a loop over tiles
         dr = grid_r - centre_r[:, k, None, None]  # (b, rows, 1)
         dc = grid_c - centre_c[:, k, None, None]  # (b, 1, cols)
@@ -156,13 +159,17 @@ def random_shapes(
             rad = radius[:, k, None, None]
             qr = tf.abs(dr) - (hh - rad)
             qc = tf.abs(dc) - (hw - rad)
-            outer = tf.sqrt(tf.square(tf.maximum(qr, 0.0)) + tf.square(tf.maximum(qc, 0.0)))
-            inner = tf.minimum(tf.maximum(qr, qc), 0.0)
-            inside = outer + inner <= rad
+            # signed distance to the rounded box <= 0: inside the core box (qr, qc <= 0) or
+            # within rad of it
+            outer = tf.square(tf.maximum(qr, 0.0)) + tf.square(tf.maximum(qc, 0.0))
+            inside = outer <= tf.square(rad)
             active = (k - max_ellipses) < n_rect
-        paint = tf.logical_and(inside, active[:, None, None])[..., None]  # (b, rows, cols, 1)
-        colour = _lerp_colour(colours[0], colours[1], frac[:, k])[:, None, None, :]
-        out = tf.where(paint, colour, out)
+        paint = tf.logical_and(inside, active[:, None, None])
+        owner = tf.where(paint, k + 1, owner)
+    table = _lerp_colour(colours[0], colours[1], tf.reshape(frac, [-1]))
+    table = tf.concat([tf.zeros([b, 1, 3]), tf.reshape(table, [b, n_slots, 3])], axis=1)
+    colour = tf.gather(table, owner, batch_dims=1)  # (b, rows, cols, 3)
+    out = tf.where(owner[..., None] > 0, colour, out)
     return _restore_dtype(out, dtype)
 
 

@@ -61,7 +61,7 @@ def _conv_block(x, filters: int, batch_norm: bool, kw: dict, name: str):
             filters, 3, padding="same", use_bias=not batch_norm, name=f"{name}_conv{i}", **kw
         )(x)
         if batch_norm:
-            x = layers.BatchNormalization(name=f"{name}_bn{i}", **kw)(x)
+            x = layers.BatchNormalization(momentum=0.9, name=f"{name}_bn{i}", **kw)(x)
         x = layers.Activation("relu", name=f"{name}_relu{i}", **kw)(x)
     return x
 

@@ -173,7 +173,7 @@ PRESETS: dict[str, TrainConfig] = {
     ),
     "cpu-small": TrainConfig(
         model="unet",
-        width=8,
+        width=16,
         depth=3,
         loss="weighted_bce",
         positive_scale=0.33,
@@ -185,11 +185,10 @@ PRESETS: dict[str, TrainConfig] = {
                 ("2", 3, "all", True, True),
             ],
             batch=8,
-            lr=3e-3,
-            steps=12,
+            lr=2e-3,
+            steps=20,
         ),
         val_max_tiles=16,
-        early_stopping_patience=None,
     ),
     "tiny": TrainConfig(
         model="unet",
