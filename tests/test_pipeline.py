@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 
 import numpy as np
 import pandas as pd
@@ -10,7 +11,7 @@ import pytest
 from PIL import Image
 
 from neuroseg import storage
-from neuroseg.benchmarks.pipeline import write_synthetic_prepared
+from neuroseg.benchmarks.pipeline import bench_pipeline, write_synthetic_prepared
 from neuroseg.pipeline import class_weights_for, has_split, load_tiles, make_dataset
 
 T = 32
@@ -194,3 +195,19 @@ def test_bad_input_raises_with_the_file_named(tmp_path, counted):
     bad = _write_prepared(tmp_path / "empty", {"a": (*_tiles_with_pixels([0]), "train")})
     with pytest.raises(ValueError, match="class weights"):
         class_weights_for(bad, tile_filter="all")
+
+
+@pytest.mark.slow
+def test_bench_pipeline_reports_json_numbers():
+    result = bench_pipeline(
+        tiles=8, tile=32, batch_size=4, steps=2, models=("unet",), precisions=("float32",)
+    )
+    assert json.loads(json.dumps(result)) == result
+    assert result["pipeline"]["tiles_per_s"] > 0 and result["device"] == "CPU"
+    train = result["training"]["unet/float32"]
+    assert train["tiles_per_s"] == pytest.approx(4 * train["steps_per_s"])
+    assert result["ratio"]["unet/float32"] == pytest.approx(
+        result["pipeline"]["tiles_per_s"] / train["tiles_per_s"]
+    )
+    with pytest.raises(ValueError, match="batch_size"):
+        bench_pipeline(tiles=2, batch_size=4)
