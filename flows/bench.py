@@ -266,12 +266,18 @@ def bench_orchestration(
         "model": model_name,
         "images": images,
         "image_size": [height, width],
-        "prefect_api": os.environ.get("PREFECT_API_URL") or "temporary in-process server",
+        "prefect_api": _api_url(),
         "prefect_startup_seconds": t_prefect,
         "warmup_seconds": t_warm,
         "inference": inference,
         **prep,
     }
+
+
+def _api_url() -> str:
+    from prefect.settings import PREFECT_API_URL
+
+    return PREFECT_API_URL.value() or "temporary in-process server"
 
 
 def _warm_tensorflow(model_uri: str) -> None:
