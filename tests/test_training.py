@@ -91,6 +91,18 @@ def test_shallow_model_trains_on_downscaled_targets(tmp_path):
     assert result["train_tiles"] == 4 and np.isfinite(result["history"]["val_loss"]).all()
 
 
+@pytest.mark.slow
+def test_same_seed_same_model(prepared, tmp_path):
+    runs = [
+        run_phase(prepared, _tiny(seed=5), 2, checkpoint_uri=str(tmp_path / f"{i}.keras"))
+        for i in range(2)
+    ]
+    assert runs[0]["history"] == runs[1]["history"]
+    a, b = (keras.saving.load_model(r["checkpoint_uri"]) for r in runs)
+    for x, y in zip(a.get_weights(), b.get_weights(), strict=True):
+        np.testing.assert_array_equal(x, y)
+
+
 def test_early_stopping_stops_a_flat_phase(prepared, tmp_path):
     flat = [
         PhaseConfig(
