@@ -21,7 +21,7 @@ from neuroseg import evaluation as lib
 from neuroseg import storage
 from tasks.common import ExecutorConfig, artifact_key, make_task_runner
 from tasks.evaluate import BASELINE_MIN_AREA, evaluate_image, list_samples, sweep
-from tasks.infer import resolve_model
+from tasks.infer import forget_bundle, resolve_model
 
 N_OVERLAYS = 3
 
@@ -84,6 +84,7 @@ def evaluate(params: EvaluateParams) -> dict:
             if model["writable"]:
                 cfg.update(threshold=threshold, min_area=min_area, threshold_sweep=chosen)
                 storage.write_json(cfg_uri, cfg)
+                forget_bundle(model["uri"])  # later runs in this process see the new threshold
     stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
     report = storage.join(params.root, "reports", f"eval-{model['name']}-{stamp}")
     overlays = [

@@ -33,7 +33,9 @@ def configure_prefect(root: str | None = None) -> None:
     """
     if "PREFECT_HOME" not in os.environ:
         base = Path(root) if root and "://" not in root else Path(".")
-        os.environ["PREFECT_HOME"] = str((base / ".prefect").resolve())
+        home = (base / ".prefect").resolve()
+        home.mkdir(parents=True, exist_ok=True)
+        os.environ["PREFECT_HOME"] = str(home)
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "INFO")

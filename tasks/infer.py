@@ -25,6 +25,13 @@ def get_bundle(model_uri: str, precision: str = "fp32"):
         return _BUNDLES[key]
 
 
+def forget_bundle(model_uri: str) -> None:
+    """Drop cached bundles of a model whose config changed (e.g. a new threshold)."""
+    with _LOCK:
+        for key in [k for k in _BUNDLES if k[0] == model_uri]:
+            del _BUNDLES[key]
+
+
 @task(name="resolve-model", **IO_RETRIES)
 def resolve_model(root: str, spec: str) -> dict:
     """Which model serves: a registry name (its production version, else the shipped model),
