@@ -356,7 +356,8 @@ def copy_model(src_uri: str, dst_uri: str) -> str:
 # ----------------------------------------------------------------------------- load
 
 
-def _rebuild_bf16(model: keras.Model, config: dict) -> keras.Model:
+def _rebuild(model: keras.Model, config: dict, *, mixed_precision: bool) -> keras.Model:
+    """The same network and weights with another precision policy."""
     from neuroseg.models import build_model
 
     train = config.get("train") or {}
@@ -367,11 +368,13 @@ def _rebuild_bf16(model: keras.Model, config: dict) -> keras.Model:
             width=train.get("width"),
             depth=int(train.get("depth", 3)),
             batch_norm=bool(train.get("batch_norm", True)),
-            mixed_precision=True,
+            mixed_precision=mixed_precision,
         )
         clone.set_weights(model.get_weights())
     except (ValueError, KeyError) as exc:
-        raise ValueError(f"cannot run model {config.get('name')} in bf16 ({exc})") from exc
+        raise ValueError(
+            f"cannot change the precision of model {config.get('name')} ({exc})"
+        ) from exc
     return clone
 
 
@@ -384,7 +387,8 @@ def load_model(uri: str, *, precision: str = "fp32") -> ModelBundle:
         A version folder ``<root>/models/<name>/<version>`` or any folder with ``model.keras``
         and ``config.json`` (such as :func:`default_model_uri`).
     precision : {"fp32", "bf16"}
-        ``bf16`` rebuilds the network with the ``mixed_bfloat16`` policy (same weights).
+        Compute precision; when it differs from the training's (``train.mixed_precision``) the
+        network is rebuilt with the other policy and the same weights.
 
     Returns
     -------
@@ -406,8 +410,9 @@ def load_model(uri: str, *, precision: str = "fp32") -> ModelBundle:
         raise ValueError(f"{uri}/config.json: missing {', '.join(missing)}")
     with tempfile.TemporaryDirectory(prefix="neuroseg-load-") as tmp:
         model = _load_keras(data, tmp, uri=uri)
-    if precision == "bf16":
-        model = _rebuild_bf16(model, config)
+    trained_bf16 = bool((config.get("train") or {}).get("mixed_precision", False))
+    if (precision == "bf16") != trained_bf16:
+        model = _rebuild(model, config, mixed_precision=precision == "bf16")
     parts = uri.split("/")
     return ModelBundle(
         model=model,

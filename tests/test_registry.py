@@ -107,6 +107,18 @@ def test_register_in_memory_shallow_model_derives_its_sizes(tmp_path):
     )
 
 
+def test_precision_follows_the_request_not_the_training(tmp_path):
+    model = build_model("unet", width=2, depth=1, tile=16, mixed_precision=True)
+    train = {"model": "unet", "width": 2, "depth": 1, "mixed_precision": True}
+    uri = registry.register_model(
+        str(tmp_path), "m", model=model, config={"tile": 16, "train": train}, lineage={}
+    )
+    for precision, dtype in (("fp32", "float32"), ("bf16", "bfloat16")):
+        bundle = registry.load_model(uri, precision=precision)
+        assert bundle.model.get_layer("down0_conv1").compute_dtype == dtype
+        assert bundle.predict_tiles(np.zeros((1, 16, 16, 3), np.uint8)).dtype == np.float32
+
+
 def test_versions_and_production_pointer(tmp_path):
     root = str(tmp_path)
     assert registry.list_versions(root, "neuroseg") == []
