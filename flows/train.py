@@ -35,6 +35,7 @@ class TrainParams(BaseModel):
     learning_rate: float | None = Field(None, gt=0, description="learning rate of every phase")
     batch_size: int | None = Field(None, ge=1, description="batch size of every phase")
     phases: list[PhaseConfig] | None = Field(None, description="replace the phases entirely")
+    crop: int | None = Field(None, ge=16, description="random training crop (U-Net only)")
     mixed_precision: bool | None = Field(None, description="bfloat16 compute")
     seed: int | None = None
     model_name: str = Field("neuroseg", description="name in the model registry")
@@ -50,7 +51,7 @@ def build_config(p: TrainParams) -> TrainConfig:
         over["model"] = p.model
         if p.model == "shallow":
             over["crop"] = None  # the seed CNN needs whole 400x400 tiles
-    for key in ("loss", "mixed_precision", "seed"):
+    for key in ("loss", "crop", "mixed_precision", "seed"):
         if getattr(p, key) is not None:
             over[key] = getattr(p, key)
     phases = [ph.model_dump() for ph in (p.phases or get_preset(p.preset).phases)]
