@@ -40,6 +40,7 @@ __all__ = [
     "bench_model_uri",
     "fallback_model",
     "library_plate",
+    "load_average",
 ]
 
 #: Target end-to-end seconds per 1600x1200 image in fp32 with the shipped U-Net.
@@ -288,6 +289,14 @@ def _check_int(name: str, value, minimum: int) -> int:
     return value
 
 
+def load_average() -> float | None:
+    """The 1-minute load average (how busy the shared machine was), None where unknown."""
+    try:
+        return round(os.getloadavg()[0], 2)
+    except (AttributeError, OSError):
+        return None
+
+
 def _device() -> dict:
     import tensorflow as tf
 
@@ -339,12 +348,12 @@ def bench_inference(
     -------
     dict
         JSON-able: ``model`` (its name, or :data:`FALLBACK_MODEL`), ``image_size`` ``[h, w]``,
-        ``tiles_per_image``, ``device``; per precision under ``precisions``: ``load_seconds``,
-        ``first_call_seconds`` (tracing), ``steps`` (seconds per image by step),
-        ``sum_of_steps``, ``end_to_end_seconds`` (median), ``images_per_second``,
-        ``cells_per_image``; ``library_plate_seconds`` (fp32 plate through ``process_image``,
-        model load included) with ``library_plate`` details; ``target`` (end-to-end fp32
-        under :data:`TARGET_SECONDS`).
+        ``tiles_per_image``, ``device``, ``load_average`` (1-minute, at start and end); per
+        precision under ``precisions``: ``load_seconds``, ``first_call_seconds`` (tracing),
+        ``steps`` (seconds per image by step), ``sum_of_steps``, ``end_to_end_seconds``
+        (median), ``images_per_second``, ``cells_per_image``; ``library_plate_seconds`` (fp32
+        plate through ``process_image``, model load included) with ``library_plate`` details;
+        ``target`` (end-to-end fp32 under :data:`TARGET_SECONDS`).
     """
     images = _check_int("images", images, 1)
     step_images = _check_int("step_images", step_images, 1)
@@ -358,6 +367,8 @@ def bench_inference(
     from neuroseg import synth
     from neuroseg.registry import load_model
     from neuroseg.tiling import tile_grid
+
+    load_start = load_average()
 
     with tempfile.TemporaryDirectory(prefix="neuroseg-bench-inference-") as tmp:
         model_uri, model_name = bench_model_uri(tmp, seed=seed)
@@ -406,6 +417,7 @@ def bench_inference(
         "step_images": len(sample),
         "repeat": repeat,
         "device": _device(),
+        "load_average": [load_start, load_average()],
         "precisions": per_precision,
         "library_plate_seconds": plate["seconds"],
         "library_plate": {
