@@ -86,6 +86,9 @@ def test_bench_orchestration_small(prefect_api):
     assert inf["library_seconds"] == pytest.approx(lib)
     assert inf["overhead_ratio"] == pytest.approx(inf["flow_1_thread"]["seconds"] / lib - 1)
     assert inf["overhead_seconds_per_image"] == pytest.approx(inf["overhead_seconds"] / 3)
+    small = inf["small_images"]
+    assert small["images"] == 3 and len(small["runs"]["flow"]) == len(small["runs"]["library"])
+    assert inf["projected_overhead_ratio"] == pytest.approx(small["overhead_seconds"] / lib)
     ip = r["ingest_prepare"]
     assert ip["library"]["ingested"] == ip["flows"]["ingested"] == 3
     assert ip["library"]["tiles"] == ip["flows"]["tiles"] == 3 * 2  # 256x320 in 256-px tiles
