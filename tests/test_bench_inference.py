@@ -48,6 +48,7 @@ def test_bench_inference_small():
         assert set(res["steps"]) == STEPS and all(v > 0 for v in res["steps"].values())
         assert res["sum_of_steps"] == pytest.approx(sum(res["steps"].values()))
         assert 0 < res["end_to_end_seconds"] < 60 and res["load_seconds"] > 0
+        assert 0 < res["end_to_end_best_seconds"] <= res["end_to_end_seconds"]
         assert res["images_per_second"] == pytest.approx(1 / res["end_to_end_seconds"])
     plate = r["library_plate"]
     assert r["library_plate_seconds"] == plate["seconds"] > plate["load_seconds"] > 0

@@ -351,9 +351,10 @@ def bench_inference(
         ``tiles_per_image``, ``device``, ``load_average`` (1-minute, at start and end); per
         precision under ``precisions``: ``load_seconds``, ``first_call_seconds`` (tracing),
         ``steps`` (seconds per image by step), ``sum_of_steps``, ``end_to_end_seconds``
-        (median), ``images_per_second``, ``cells_per_image``; ``library_plate_seconds`` (fp32
-        plate through ``process_image``, model load included) with ``library_plate`` details;
-        ``target`` (end-to-end fp32 under :data:`TARGET_SECONDS`).
+        (median; the target is checked on it), ``end_to_end_best_seconds`` (the least, less
+        sensitive to other users of the machine), ``images_per_second``, ``cells_per_image``;
+        ``library_plate_seconds`` (fp32 plate through ``process_image``, model load included)
+        with ``library_plate`` details; ``target`` (end-to-end fp32 under :data:`TARGET_SECONDS`).
     """
     images = _check_int("images", images, 1)
     step_images = _check_int("step_images", step_images, 1)
@@ -399,6 +400,7 @@ def bench_inference(
                 "steps": med,
                 "sum_of_steps": sum(med.values()),
                 "end_to_end_seconds": statistics.median(e2e),
+                "end_to_end_best_seconds": min(e2e),
                 "images_per_second": 1.0 / statistics.median(e2e),
                 "cells_per_image": statistics.mean(cells),
             }
