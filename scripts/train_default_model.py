@@ -59,6 +59,9 @@ def main() -> None:
     ap.add_argument("--images", type=int, default=30, help="synthetic training images")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--crop", type=int, default=160)
+    ap.add_argument("--loss", default=None, help="loss name (default: the preset's)")
+    ap.add_argument("--steps", type=int, default=32, help="steps per epoch")
+    ap.add_argument("--out", default=str(ASSET), help="where to copy the model folder")
     ap.add_argument("--fnc", default=str(REPO.parent / "shared" / "data" / "fnc-samples"))
     args = ap.parse_args()
 
@@ -89,25 +92,26 @@ def main() -> None:
             root=work,
             dataset="synthetic",
             preset="cpu-small",
-            phases=PHASES,
+            phases=[{**p, "steps_per_epoch": args.steps} for p in PHASES],
             crop=args.crop,
+            loss=args.loss,
             model_name="default",
             seed=args.seed,
         )
     )
-    src = Path(result["model_uri"])
-    if ASSET.exists():
-        shutil.rmtree(ASSET)
-    shutil.copytree(src, ASSET)
+    src, dest = Path(result["model_uri"]), Path(args.out)
+    if dest.exists():
+        shutil.rmtree(dest)
+    shutil.copytree(src, dest)
     scores = {"synthetic test split": result["evaluation"]}
     for colour in ("yellow", "red"):
         folder = Path(args.fnc) / colour
         if folder.is_dir():
             ev = evaluate(
-                EvaluateParams(root=work, model=str(ASSET), images=str(folder), sweep=False)
+                EvaluateParams(root=work, model=str(dest), images=str(folder), sweep=False)
             )
             scores[f"real FNC {colour}"] = ev["key_figures"]
-    (ASSET / "scores.json").write_text(json.dumps(scores, indent=2, sort_keys=True))
+    (dest / "scores.json").write_text(json.dumps(scores, indent=2, sort_keys=True))
     print(
         json.dumps(
             {"seconds": round(time.time() - t0), "model": str(src), "scores": scores},

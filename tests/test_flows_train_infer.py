@@ -143,8 +143,8 @@ def _table(root: str) -> pd.DataFrame:
 
 
 @pytest.mark.parametrize("where", ["local", "s3"])
-def test_nightly_inference_idempotent_and_crash_safe(trained, where, tmp_path, request):
-    model = trained["result"]["model_uri"]
+def test_nightly_inference_idempotent_and_crash_safe(prefect_api, where, tmp_path, request):
+    model = "default"  # the shipped model: it finds real cells, so rows can be compared
     if where == "s3":
         bucket = request.getfixturevalue("s3_bucket")
         root_a, root_b = f"{bucket}/a", f"{bucket}/b"
