@@ -54,6 +54,7 @@ def test_bench_inference_small():
     assert r["library_plate_seconds"] == plate["seconds"] > plate["load_seconds"] > 0
     assert plate["images"] == 2 and plate["failed"] == 0
     assert plate["rows"] == plate["cells"]  # every counted cell is a row of the table
+    assert {"decode", "predict", "label", "measure", "write"} <= set(plate["steps"])
     assert r["target"]["end_to_end_fp32_seconds"] == 2.5 and isinstance(r["target"]["met"], bool)
     assert r["bf16_speedup"] > 0
 

@@ -145,7 +145,9 @@ def library_plate(root: str, model_uri: str, *, precision: str = "fp32") -> dict
     -------
     dict
         ``seconds`` (wall, model load included), ``load_seconds``, ``images``, ``cells``
-        (sum of per-image counts), ``rows`` (rows of the written cell table), ``failed``.
+        (sum of per-image counts), ``rows`` (rows of the written cell table), ``failed``,
+        ``steps`` (mean seconds per image of ``process_image``'s own steps; its ``write``
+        includes the overlay PNG and the processed record).
     """
     from neuroseg import inference
     from neuroseg.registry import load_model
@@ -166,8 +168,10 @@ def library_plate(root: str, model_uri: str, *, precision: str = "fp32") -> dict
     ]
     seconds = time.perf_counter() - t0
     done = [r for r in results if r["status"] == "done"]
+    steps = sorted({k for r in done for k in r.get("seconds", {})})
     return {
         "seconds": seconds,
+        "steps": {k: sum(r["seconds"].get(k, 0.0) for r in done) / len(done) for k in steps},
         "load_seconds": load,
         "images": len(done),
         "failed": len(results) - len(done),
