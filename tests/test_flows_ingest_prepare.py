@@ -124,11 +124,16 @@ def test_ingest_uploads_s3(prefect_api, s3_bucket):
     _run_ingest_checks(f"{s3_bucket}/incoming", f"{s3_bucket}/root")
 
 
-def test_ingest_and_prepare_dataset(prefect_api, tmp_path):
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_ingest_and_prepare_dataset(prefect_api, tmp_path, where, request):
     from flows.ingest import IngestParams, ingest
     from flows.prepare import PrepareParams, prepare
 
-    src, root = str(tmp_path / "src"), str(tmp_path / "root")
+    if where == "s3":
+        bucket = request.getfixturevalue("s3_bucket")
+        src, root = f"{bucket}/src", f"{bucket}/root"
+    else:
+        src, root = str(tmp_path / "src"), str(tmp_path / "root")
     _write_dataset(src)
     res = ingest(IngestParams(source=src, root=root, dataset="tiny"))
     assert res["ingested"] == 4
