@@ -19,7 +19,7 @@ class DemoParams(BaseModel):
     root: str = "./neuroseg-data"
     plates: int = Field(2, ge=1, le=50)
     images_per_plate: int = Field(3, ge=1, le=200)
-    train_images: int = Field(10, ge=3, le=500)
+    train_images: int = Field(16, ge=3, le=500)
     real_images: str | None = None
     train: bool = True
     seed: int = 0

@@ -281,7 +281,7 @@ def build_parser() -> argparse.ArgumentParser:
     root_arg(sp)
     sp.add_argument("--plates", type=int, default=2, help="synthetic plates for the nightly run")
     sp.add_argument("--images", type=int, default=3, help="images per plate")
-    sp.add_argument("--train-images", type=int, default=10, help="annotated synthetic images")
+    sp.add_argument("--train-images", type=int, default=16, help="annotated synthetic images")
     sp.add_argument("--real-images", help="a folder of real images (FNC layout or plain images)")
     sp.add_argument("--no-train", action="store_true", help="use the shipped model, skip training")
     sp.add_argument("--seed", type=int, default=0)

@@ -177,17 +177,19 @@ PRESETS: dict[str, TrainConfig] = {
         depth=3,
         loss="weighted_bce",
         positive_scale=0.33,
-        crop=128,
-        phases=_phases(
-            [
-                ("1.1", 2, "cells", False, False),
-                ("1.2", 3, "cells", True, False),
-                ("2", 3, "all", True, True),
-            ],
-            batch=8,
-            lr=2e-3,
-            steps=20,
-        ),
+        crop=160,
+        phases=[
+            *_phases(
+                [
+                    ("1.1", 3, "cells", False, False),
+                    ("1.2", 5, "cells", True, False),
+                ],
+                batch=8,
+                lr=2e-3,
+                steps=32,
+            ),
+            *_phases([("2", 6, "all", True, True)], batch=8, lr=1e-3, steps=32),
+        ],
         val_max_tiles=16,
     ),
     "tiny": TrainConfig(

@@ -3,8 +3,8 @@
     .venv/bin/python scripts/train_default_model.py --work /tmp/neuroseg-ship
 
 Steps (each one of the flows the deployments run): synthetic FNC-like dataset -> ingest ->
-prepare (400x400 tiles, >= 100 px overlap, split by image) -> train (cpu-small architecture,
-longer schedule, below) with evaluation and promotion on the synthetic test split -> copy of
+prepare (400x400 tiles, >= 100 px overlap, split by image) -> train (the cpu-small preset)
+with evaluation and promotion on the synthetic test split -> copy of
 the registered model folder into ``neuroseg/assets/models/default/`` -> evaluation on the real
 FNC samples (none of which is used for training) -> ``MODEL_CARD.md``.
 """
@@ -19,38 +19,6 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 ASSET = REPO / "neuroseg" / "assets" / "models" / "default"
-PHASES = [  # the seed's three phases, longer than cpu-small and on larger crops
-    {
-        "name": "1.1",
-        "epochs": 3,
-        "learning_rate": 2e-3,
-        "batch_size": 8,
-        "tile_filter": "cells",
-        "shapes": False,
-        "affine": False,
-        "steps_per_epoch": 32,
-    },
-    {
-        "name": "1.2",
-        "epochs": 5,
-        "learning_rate": 2e-3,
-        "batch_size": 8,
-        "tile_filter": "cells",
-        "shapes": True,
-        "affine": False,
-        "steps_per_epoch": 32,
-    },
-    {
-        "name": "2",
-        "epochs": 6,
-        "learning_rate": 1e-3,
-        "batch_size": 8,
-        "tile_filter": "all",
-        "shapes": True,
-        "affine": True,
-        "steps_per_epoch": 32,
-    },
-]
 
 
 def main() -> None:
@@ -58,9 +26,8 @@ def main() -> None:
     ap.add_argument("--work", required=True, help="scratch storage root")
     ap.add_argument("--images", type=int, default=30, help="synthetic training images")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--crop", type=int, default=160)
+    ap.add_argument("--crop", type=int, default=None, help="override the preset's crop")
     ap.add_argument("--loss", default=None, help="loss name (default: the preset's)")
-    ap.add_argument("--steps", type=int, default=32, help="steps per epoch")
     ap.add_argument("--out", default=str(ASSET), help="where to copy the model folder")
     ap.add_argument("--fnc", default=str(REPO.parent / "shared" / "data" / "fnc-samples"))
     args = ap.parse_args()
@@ -92,7 +59,6 @@ def main() -> None:
             root=work,
             dataset="synthetic",
             preset="cpu-small",
-            phases=[{**p, "steps_per_epoch": args.steps} for p in PHASES],
             crop=args.crop,
             loss=args.loss,
             model_name="default",
