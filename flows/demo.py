@@ -143,9 +143,16 @@ def demo(params: DemoParams) -> dict:
     )
     if real and real[1]:
         ev_real = evaluate(
-            EvaluateParams(root=root, dataset="real", model=model_spec, split="all", promote=False)
+            EvaluateParams(
+                root=root, model=model_spec, images=storage.join(incoming, "real"), sweep=False
+            )
         )
-        print(f"  on the real images: object F1 {ev_real['key_figures']['object_f1']:.3f}")
+        rk = ev_real["key_figures"]
+        print(
+            f"  on the {real[0]} real image(s): object F1 {rk['object_f1']:.3f}, count MAE "
+            f"{rk['count_mae']:.2f}, pixel F1 {rk['pixel_f1']:.3f}; baseline object F1 "
+            f"{rk.get('baseline_object_f1', float('nan')):.3f}"
+        )
 
     step("nightly inference: new uploads -> cells/plate_id=<id>/<image>.parquet")
     serving = model_spec if not ev.get("promoted") else "neuroseg"
