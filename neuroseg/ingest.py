@@ -75,6 +75,8 @@ def discover_uploads(source: str) -> tuple[list[Candidate], list[dict]]:
     Returns the candidates and a list of problems (``{"file", "reason"}``) for files that are not
     in a plate folder or have unsafe names; those are reported, never silently dropped.
     """
+    if not storage.exists(source):
+        raise FileNotFoundError(f"{source}: no such folder or prefix")
     files = storage.list_files(source, suffixes=IMAGE_SUFFIXES)
     base = _strip_scheme(source)
     found, problems = [], []
@@ -101,6 +103,8 @@ def discover_dataset(source: str, name: str) -> tuple[list[Candidate], list[dict
     from neuroseg.datasets import find_fnc_samples
 
     check_id(name, what="dataset name")
+    if not storage.exists(source):
+        raise FileNotFoundError(f"{source}: no such folder or prefix")
     found, problems = [], []
     for sample in find_fnc_samples(source):
         file_name = PurePosixPath(_strip_scheme(sample.image_uri)).name

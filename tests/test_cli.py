@@ -1,0 +1,63 @@
+"""The command line: help for every command, one-line errors, and the light commands."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from neuroseg import storage
+from neuroseg.cli import build_parser, main
+
+COMMANDS = ["demo", "synth", "ingest", "prepare", "train", "evaluate", "infer", "segment", "bench"]
+
+
+def test_every_command_has_help():
+    neuroseg = str(Path(sys.executable).parent / "neuroseg")
+    for cmd in COMMANDS:
+        out = subprocess.run([neuroseg, cmd, "--help"], capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0 and "usage: neuroseg " + cmd in out.stdout, cmd
+
+
+def test_help_does_not_import_heavy_modules():
+    code = (
+        "import sys; from neuroseg.cli import build_parser; build_parser();"
+        "print('tensorflow' in sys.modules, 'prefect' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.stdout.strip() == "False False"
+
+
+def test_bad_size_is_a_usage_error(capsys):
+    with pytest.raises(SystemExit) as exc:
+        build_parser().parse_args(["synth", "out", "--size", "huge"])
+    assert exc.value.code == 2
+    assert "size must look like 1600x1200" in capsys.readouterr().err
+
+
+def test_synth_writes_plates_and_datasets(tmp_path, capsys):
+    assert (
+        main(["synth", str(tmp_path), "--plates", "2", "--images", "1", "--size", "320x256"]) == 0
+    )
+    assert len(storage.list_files(str(tmp_path / "uploads"))) == 2
+    assert (
+        main(["synth", str(tmp_path), "--dataset", "d", "--images", "2", "--size", "320x256"]) == 0
+    )
+    assert len(storage.list_files(str(tmp_path / "datasets" / "d" / "masks"))) == 2
+    assert "wrote 2 annotated images" in capsys.readouterr().out
+
+
+def test_errors_are_one_line_with_exit_2(prefect_api, tmp_path, capsys):
+    assert main(["ingest", str(tmp_path / "missing"), "--root", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1] == f"neuroseg: error: {tmp_path / 'missing'}: no such folder or prefix"
+    assert main(["prepare", "nope", "--root", str(tmp_path / "r")]) == 2
+    assert "dataset 'nope' has no ingested images" in capsys.readouterr().err
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"not an image")
+    assert main(["segment", str(bad), "--out", str(tmp_path / "c.parquet")]) == 2
+    err = capsys.readouterr().err
+    assert "bad.png" in err and "nothing written" in err
+    assert not (tmp_path / "c.parquet").exists()
