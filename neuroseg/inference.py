@@ -21,7 +21,7 @@ import pandas as pd
 
 from neuroseg import storage
 from neuroseg.images import decode_image, encode_png
-from neuroseg.ingest import IMAGE_SUFFIXES, Candidate, check_id, quarantine
+from neuroseg.ingest import Candidate, discover_uploads, quarantine
 from neuroseg.measure import cell_records, to_arrow
 from neuroseg.predict import predict_image, segment
 
@@ -37,28 +37,25 @@ def cells_file_uri(cells_uri: str, plate_id: str, image_id: str) -> str:
 def list_uploads(uploads_uri: str, *, plates: list[str] | None = None) -> list[dict]:
     """All images under ``uploads_uri`` as ``{plate_id, image_id, image_uri}`` (sorted).
 
-    Files outside a plate folder or with unsafe names are returned with a ``problem``.
+    Discovery is ingestion's (:func:`neuroseg.ingest.discover_uploads`); files outside a plate
+    folder or with unsafe names come back with a ``problem`` (and an empty ``plate_id``).
     """
     if not storage.exists(uploads_uri):
         return []
-    base = uploads_uri.split("://", 1)[-1].rstrip("/")
-    items = []
-    for uri in storage.list_files(uploads_uri, suffixes=IMAGE_SUFFIXES):
-        rel = uri.split("://", 1)[-1][len(base) + 1 :]
-        parts = rel.split("/")
-        item = {"plate_id": parts[0] if len(parts) == 2 else "", "image_uri": uri}
-        item["image_id"] = PurePosixPath(parts[-1]).stem
-        try:
-            if len(parts) != 2:
-                raise ValueError(f"{uri}: not inside a plate folder <plate_id>/<image>")
-            check_id(item["plate_id"], what="plate id")
-            check_id(item["image_id"], what="image id")
-        except ValueError as exc:
-            item["problem"] = str(exc)
-        if plates and item["plate_id"] not in plates:
-            continue
-        items.append(item)
-    return items
+    cands, problems = discover_uploads(uploads_uri)
+    items = [{"plate_id": c.group, "image_id": c.image_id, "image_uri": c.image_uri} for c in cands]
+    items += [
+        {
+            "plate_id": "",
+            "image_id": PurePosixPath(p["file"]).stem,
+            "image_uri": p["file"],
+            "problem": p["reason"],
+        }
+        for p in problems
+    ]
+    if plates:
+        items = [it for it in items if it["plate_id"] in plates]
+    return sorted(items, key=lambda it: (it["plate_id"], it["image_id"], it["image_uri"]))
 
 
 def find_pending(
@@ -148,6 +145,18 @@ def process_image(
             PurePosixPath(item["image_uri"]).name,
         )
         where = quarantine(root, cand, data, str(exc))
+        # recorded, so that later nights skip the file until it is replaced
+        storage.write_json(
+            processed_record_uri(root, item["plate_id"], item["image_id"]),
+            {
+                **{k: item[k] for k in ("plate_id", "image_id", "image_uri")},
+                "status": "quarantined",
+                "reason": str(exc),
+                "image_sha256": sha,
+                "fingerprint": fingerprint(item["image_uri"]),
+                "model_version": bundle.version,
+            },
+        )
         return {**item, "status": "quarantined", "reason": str(exc), "quarantine": where}
     t["decode"] = time.perf_counter() - t0
     cfg = bundle.config
