@@ -186,3 +186,19 @@ def test_nightly_inference_idempotent_and_crash_safe(prefect_api, where, tmp_pat
     )
     assert len(only) == (table["plate_id"].astype(str) == "P001").sum()
     assert "nightly-plates" in _artifacts()
+
+
+def test_reprocess_with_a_new_model_replaces_rows(trained, tmp_path):
+    root = str(tmp_path / "r")
+    _uploads(root, corrupt=False)
+    first = _night(root, "default")
+    new = trained["result"]
+    # without --reprocess a new model version leaves processed images alone
+    assert _night(root, new["model_uri"])["images"] == 0
+    again = _night(root, new["model_uri"], reprocess=True)
+    assert again["images"] == first["images"] == 4
+    records = storage.list_files(storage.join(root, "manifests", "processed"))
+    assert {storage.read_json(u)["model_version"] for u in records} == {new["version"]}
+    table = _table(root)
+    assert set(table["model_version"]) <= {new["version"]}  # no row of the old model is left
+    assert len(table) == again["cells"]  # replaced, not appended
