@@ -212,7 +212,7 @@ def _key_figures(ev: dict, combined: dict) -> dict:
     for who in ("baseline", "production"):
         if who in combined:
             out.update({f"{who}_{k}": v for k, v in fig(combined[who]).items()})
-    return lib._clean(out)
+    return storage.to_jsonable(out)
 
 
 def _history_plot(model_uri: str, report: str) -> None:

@@ -21,13 +21,12 @@ scores and :func:`report_plots` the PNG figures.
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any
 
 import numpy as np
 
+from neuroseg import storage
 from neuroseg.masks import label_mask
 from neuroseg.metrics import (
     PixelAccumulator,
@@ -263,21 +262,6 @@ def evaluate_images(
     )
 
 
-def _clean(value: Any) -> Any:
-    """JSON-ready: numpy scalars to Python, NaN/inf to None, tuples to lists."""
-    if isinstance(value, Mapping):
-        return {str(k): _clean(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_clean(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return [_clean(v) for v in value.tolist()]
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
-
-
 def summary(evaluation: Mapping) -> dict:
     """The scores of :func:`combine` as JSON-ready data (for ``metrics.json`` and artifacts).
 
@@ -292,7 +276,7 @@ def summary(evaluation: Mapping) -> dict:
         "objects_iou": {k: v for k, v in evaluation["objects_iou"].items() if k != "per_image"},
         "per_image": evaluation["per_image"],
     }
-    return _clean(out)
+    return storage.to_jsonable(out)
 
 
 def report_plots(

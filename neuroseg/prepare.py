@@ -142,7 +142,7 @@ def finalize(out_uri: str, metas: list[dict], *, seed: int, params: dict) -> dic
     storage.write_parquet(cells, storage.join(out_uri, "cells.parquet"))
     storage.write_json(storage.join(out_uri, "splits.json"), splits)
     summary = {
-        **_jsonable(stats),
+        **storage.to_jsonable(stats),
         "images": len(metas),
         "tiles": len(tiles),
         "tiles_with_cells": int((tiles["foreground_px"] > 5).sum()) if len(tiles) else 0,
@@ -155,15 +155,3 @@ def finalize(out_uri: str, metas: list[dict], *, seed: int, params: dict) -> dic
     }
     storage.write_json(storage.join(out_uri, "summary.json"), summary)  # last: version complete
     return summary
-
-
-def _jsonable(obj):
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    return obj

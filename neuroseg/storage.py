@@ -23,10 +23,11 @@ import io
 import json
 import os
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import fsspec
+import numpy as np
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -47,6 +48,7 @@ __all__ = [
     "read_parquet",
     "sha256_bytes",
     "storage_options",
+    "to_jsonable",
     "write_bytes",
     "write_json",
     "write_parquet",
@@ -278,6 +280,26 @@ def write_bytes(uri: str | os.PathLike, data: bytes) -> None:
     fs, path = filesystem(uri)
     fs.pipe_file(path, bytes(data))
     fs.invalidate_cache(path)
+
+
+def to_jsonable(value: Any) -> Any:
+    """Plain JSON data: numpy scalars and arrays to Python, tuples to lists, NaN/inf to None.
+
+    For results that are both stored and shown (printing ``np.float64(0.5)`` helps nobody).
+    """
+    import math
+
+    if isinstance(value, Mapping):
+        return {str(k): to_jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [to_jsonable(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return [to_jsonable(v) for v in value.tolist()]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
 
 
 def _json_default(obj: Any) -> Any:
