@@ -47,8 +47,9 @@ class TrainParams(BaseModel):
 def build_config(p: TrainParams) -> TrainConfig:
     """The preset with the user's overrides applied (validated)."""
     over: dict = {}
-    if p.model:
+    if p.model and p.model != get_preset(p.preset).model:
         over["model"] = p.model
+        over["width"] = None  # the preset's width belongs to its own architecture
         if p.model == "shallow":
             over["crop"] = None  # the seed CNN needs whole 400x400 tiles
     for key in ("loss", "crop", "mixed_precision", "seed"):

@@ -1,0 +1,33 @@
+"""The retrain form's parameters become a validated training configuration."""
+
+from __future__ import annotations
+
+import pytest
+from pydantic import ValidationError
+
+from flows.train import TrainParams, build_config
+from neuroseg.training import PRESETS
+
+
+def test_preset_unchanged_without_overrides():
+    assert build_config(TrainParams(preset="seed")) == PRESETS["seed"]
+
+
+def test_switching_architecture_resets_its_width_and_crop():
+    cfg = build_config(TrainParams(preset="cpu-small", model="shallow"))
+    # the seed CNN at its own width (196 first filters) on whole tiles, not a 16-wide copy
+    assert cfg.model == "shallow" and cfg.width is None and cfg.crop is None
+    assert [p.steps_per_epoch for p in cfg.phases] == [32, 32, 32]
+
+
+def test_overrides_apply_to_every_phase():
+    cfg = build_config(TrainParams(preset="cpu-small", epochs=2, learning_rate=1e-4, loss="dice"))
+    assert all(p.epochs == 2 and p.learning_rate == 1e-4 for p in cfg.phases)
+    assert cfg.loss == "dice" and cfg.model == "unet" and cfg.width == 16
+
+
+def test_invalid_values_are_refused():
+    with pytest.raises(ValidationError):
+        TrainParams(preset="huge")
+    with pytest.raises(ValueError, match="divisible"):
+        build_config(TrainParams(preset="cpu-small", crop=100))
