@@ -25,7 +25,10 @@ def test_fallback_model_finds_bright_discs_and_keeps_the_cpu_small_architecture(
     from neuroseg.predict import segment
 
     model = fallback_model(seed=0)
-    plain = build_model("unet", tile=400, width=8, depth=3)
+    from neuroseg.training import PRESETS
+
+    small = PRESETS["cpu-small"]
+    plain = build_model(small.model, tile=400, width=small.width, depth=small.depth)
     assert [w.shape for w in model.get_weights()] == [w.shape for w in plain.get_weights()]
     rr, cc = np.indices((400, 400))
     image = np.full((400, 400, 3), 12, np.uint8)

@@ -9,7 +9,7 @@ through :func:`neuroseg.inference.process_image` in a plain loop (what the night
 the reference for the orchestration bench (``flows/bench.py``).
 
 The model is the shipped one (:func:`neuroseg.registry.default_model_uri`). Until one is shipped,
-the fallback is an untrained U-Net of the ``cpu-small`` architecture (``unet``, tile 400, width 8,
+the fallback is an untrained U-Net of the ``cpu-small`` architecture (``unet``, tile 400, width 16,
 depth 3): prediction time depends on the architecture only, but labelling and measuring depend on
 what the model outputs, and an untrained network outputs about 0.5 everywhere (hundreds of
 thousands of one-pixel "cells", a minute of measuring per image). So one channel path of the
@@ -48,7 +48,7 @@ TARGET_SECONDS = 2.5
 #: How the JSON names the fallback model.
 FALLBACK_MODEL = "untrained unet (shipped model absent)"
 #: The cpu-small architecture of the fallback.
-FALLBACK_ARCH = {"model": "unet", "tile": 400, "width": 8, "depth": 3, "batch_norm": True}
+FALLBACK_ARCH = {"model": "unet", "tile": 400, "width": 16, "depth": 3, "batch_norm": True}
 _STEPS = ("decode", "tile", "predict", "stitch", "label", "measure", "write")
 
 
@@ -67,7 +67,7 @@ def fallback_model(*, seed: int = 0, brightness: float = 0.25, gain: float = 30.
     Returns
     -------
     keras.Model
-        ``build_model("unet", tile=400, width=8, depth=3)``; input raw RGB 0..255, output
+        ``build_model("unet", tile=400, width=16, depth=3)``; input raw RGB 0..255, output
         ``(b, T, T, 1)`` probabilities.
     """
     import keras
