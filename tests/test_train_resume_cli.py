@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -65,13 +66,17 @@ def test_killed_training_resumes(tmp_path):
         "--no-evaluate",
     ]
     work = Path(root) / "training" / "r1"
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    # own process group: the kill takes the CLI and its temporary Prefect server down together,
+    # as when a worker machine dies, and leaves no orphaned server behind
+    proc = subprocess.Popen(
+        cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True
+    )
     deadline = time.monotonic() + 300
     while not (work / "phase-0.json").exists():
         assert proc.poll() is None, proc.stdout.read().decode()[-3000:]
         assert time.monotonic() < deadline, "phase 0 did not finish in time"
         time.sleep(0.05)
-    proc.kill()  # SIGKILL: no clean-up of any kind
+    os.killpg(proc.pid, signal.SIGKILL)  # no clean-up of any kind
     proc.wait()
     first = (work / "phase-0.json").read_bytes()
     assert not (work / "phase-2.json").exists()
