@@ -90,11 +90,17 @@ def evaluate_image(
     """Predict and score one image; optionally write its outline overlay PNG."""
     image = read_image(sample["image_uri"])
     mask = read_mask(sample["mask_uri"])
+    predict, kept = _predictor(spec), {}
+
+    def predict_and_keep(img):  # the overlay reuses the probability map: no second prediction
+        kept["prob"] = predict(img)
+        return kept["prob"]
+
     result = lib.evaluate_one(
         sample["image_id"],
         image,
         mask,
-        _predictor(spec),
+        predict_and_keep,
         threshold=threshold,
         min_area=min_area,
         watershed=watershed,
@@ -105,8 +111,7 @@ def evaluate_image(
         from neuroseg.plots import overlay_png
         from neuroseg.predict import segment
 
-        prob = _predictor(spec)(image)
-        pred, _ = segment(prob, threshold=threshold, min_area=min_area, watershed=watershed)
+        pred, _ = segment(kept["prob"], threshold=threshold, min_area=min_area, watershed=watershed)
         true, _ = label_mask(mask)
         storage.write_bytes(overlay_uri, overlay_png(image, true, pred))
     return result
