@@ -31,9 +31,12 @@ from scipy.optimize import linear_sum_assignment
 from scipy.spatial.distance import cdist
 
 __all__ = [
+    "IOU_THRESHOLDS",
     "N_BINS",
     "PixelAccumulator",
     "as_bool_mask",
+    "iou_matching",
+    "iou_scores",
     "match_by_iou",
     "match_objects",
     "object_scores",
@@ -317,6 +320,246 @@ def object_scores(per_image_results: Iterable[Mapping], *, zero_division: float 
     out["count_mae"] = float(np.abs(diff).mean()) if diff.size else float("nan")
     out["count_bias"] = float(diff.mean()) if diff.size else float("nan")
     out["per_image"] = per_image
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# IoU scores at thresholds 0.5:0.95 (StarDist / DSB 2018)
+# --------------------------------------------------------------------------------------------
+IOU_THRESHOLDS = (0.5, 0.55, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95)
+"""IoU thresholds of the instance scores: 0.5 to 0.95 in steps of 0.05 (DSB 2018, COCO)."""
+
+# Largest dense (true x pred) overlap table counted with one np.bincount; above it the
+# overlapping pixel codes are counted with np.unique instead.
+_DENSE_PAIRS = 1 << 23
+
+
+def _overlaps(ct: np.ndarray, cp: np.ndarray, nt: int, npr: int):
+    """Sparse overlap of two compact label images.
+
+    Returns (ti, pi, inter) for every overlapping (true, pred) pair (0-based ids, pixel counts)
+    and the areas of the true and predicted objects.
+    """
+    t = ct.ravel()
+    p = cp.ravel()
+    area_t = np.bincount(t, minlength=nt + 1)[1:]
+    area_p = np.bincount(p, minlength=npr + 1)[1:]
+    if nt == 0 or npr == 0:
+        empty = np.zeros(0, dtype=np.int64)
+        return empty, empty, empty, area_t, area_p
+    if (nt + 1) * (npr + 1) <= max(_DENSE_PAIRS, t.size):
+        table = np.bincount(t * (npr + 1) + p, minlength=(nt + 1) * (npr + 1))
+        table = table.reshape(nt + 1, npr + 1)[1:, 1:]
+        ti, pi = np.nonzero(table)
+        inter = table[ti, pi]
+    else:
+        both = (t > 0) & (p > 0)
+        codes, inter = np.unique((t[both] - 1) * npr + (p[both] - 1), return_counts=True)
+        ti, pi = np.divmod(codes, npr)
+    return ti, pi, inter, area_t, area_p
+
+
+def _check_thresholds(thresholds) -> list[float]:
+    out = [float(t) for t in np.atleast_1d(np.asarray(thresholds, dtype=float))]
+    if not out or not all(0.0 < t <= 1.0 for t in out):
+        raise ValueError(f"IoU thresholds must be a non-empty sequence in (0, 1], got {thresholds}")
+    return out
+
+
+def _match_component(iou: np.ndarray, thr: float) -> tuple[int, float]:
+    """StarDist's assignment on one connected block of the overlap graph: (tp, sum of IoU)."""
+    n_matched = min(iou.shape)
+    costs = -(iou >= thr).astype(float) - iou / (2 * n_matched)
+    r, c = linear_sum_assignment(costs)
+    chosen = iou[r, c]
+    ok = chosen >= thr
+    return int(ok.sum()), float(chosen[ok].sum())
+
+
+def iou_matching(
+    true_labels: np.ndarray,
+    pred_labels: np.ndarray,
+    *,
+    thresholds: Sequence[float] = IOU_THRESHOLDS,
+) -> dict:
+    """One-to-one IoU matching of one image at several thresholds, as counts to pool later.
+
+    At each threshold ``thr`` the matching is StarDist's (``stardist.matching.matching``): the
+    assignment (Hungarian, :func:`scipy.optimize.linear_sum_assignment`) that maximises first the
+    number of pairs with ``IoU >= thr`` and then the total IoU of the assigned pairs (StarDist's
+    costs ``-(iou >= thr) - iou / (2 n_matched)``); true positives are the assigned pairs with
+    ``IoU >= thr``. For ``thr > 0.5`` it is simply every pair with ``IoU >= thr`` (an object
+    has at most one partner above 0.5). The overlaps are counted sparsely (one
+    :func:`numpy.bincount` of the combined labels) and the assignment is solved per connected
+    block of overlapping objects, so a 520x696 image with 150 nuclei takes a few milliseconds.
+
+    Differences from StarDist: IoU is compared in float64 (exact for pixel counts), StarDist
+    rounds it to float32 first; they can only disagree for an IoU within about 1e-7 of a
+    threshold, i.e. objects of millions of pixels.
+
+    Parameters
+    ----------
+    true_labels, pred_labels : (H, W) int arrays
+        Label images of any integer dtype, 0 = background; values need not be consecutive.
+    thresholds : sequence of float
+        IoU thresholds in (0, 1] (default :data:`IOU_THRESHOLDS`, 0.5:0.95).
+
+    Returns
+    -------
+    dict
+        Plain, picklable, JSON-able: ``thresholds`` (list of float), per threshold ``tp``,
+        ``fp``, ``fn`` (lists of int) and ``sum_matched_iou`` (list of float: the IoU summed over
+        the true positives), ``n_true``, ``n_pred`` (int). Pool over images with
+        :func:`iou_scores`.
+    """
+    thresholds = _check_thresholds(thresholds)
+    true_labels = _check_labels(true_labels, "true_labels")
+    pred_labels = _check_labels(pred_labels, "pred_labels")
+    if true_labels.shape != pred_labels.shape:
+        raise ValueError(f"label shapes differ: true {true_labels.shape}, pred {pred_labels.shape}")
+    ids_t, ct = _compact(true_labels)
+    ids_p, cp = _compact(pred_labels)
+    nt, npr = int(ids_t.size), int(ids_p.size)
+    ti, pi, inter, area_t, area_p = _overlaps(ct, cp, nt, npr)
+    iou = inter / (area_t[ti] + area_p[pi] - inter)
+
+    blocks = None  # connected blocks of the overlap graph, computed only when needed
+    tps, sums = [], []
+    for thr in thresholds:
+        ok = iou >= thr
+        # an object with two candidate partners at this threshold (only possible for thr <= 0.5)
+        t_deg = np.bincount(ti[ok], minlength=nt)
+        p_deg = np.bincount(pi[ok], minlength=npr)
+        if (t_deg <= 1).all() and (p_deg <= 1).all():
+            # the candidate pairs are disjoint: the optimal assignment takes all of them
+            tps.append(int(ok.sum()))
+            sums.append(float(iou[ok].sum()))
+            continue
+        if blocks is None:
+            from scipy.sparse import coo_matrix
+            from scipy.sparse.csgraph import connected_components
+
+            graph = coo_matrix((np.ones(ti.size), (ti, nt + pi)), shape=(nt + npr, nt + npr))
+            _, comp = connected_components(graph, directed=False)
+            blocks = comp[ti]  # block of each overlapping pair
+        conflict = np.zeros(blocks.max() + 1, dtype=bool)
+        conflict[blocks[ok & ((t_deg[ti] > 1) | (p_deg[pi] > 1))]] = True
+        simple = ok & ~conflict[blocks]
+        tp, total = int(simple.sum()), float(iou[simple].sum())
+        for b in np.flatnonzero(conflict):
+            sel = blocks == b
+            rows, r_inv = np.unique(ti[sel], return_inverse=True)
+            cols, c_inv = np.unique(pi[sel], return_inverse=True)
+            dense = np.zeros((rows.size, cols.size))
+            dense[r_inv, c_inv] = iou[sel]
+            k, s = _match_component(dense, thr)
+            tp += k
+            total += s
+        tps.append(tp)
+        sums.append(total)
+    return {
+        "thresholds": thresholds,
+        "tp": tps,
+        "fp": [npr - k for k in tps],
+        "fn": [nt - k for k in tps],
+        "n_true": nt,
+        "n_pred": npr,
+        "sum_matched_iou": sums,
+    }
+
+
+def iou_scores(results: Iterable[Mapping], *, zero_division: float = 1.0) -> dict:
+    """Pool :func:`iou_matching` results over images into the field's instance scores.
+
+    Counts are summed over the images first, then turned into ratios, as StarDist's
+    ``matching_dataset(..., by_image=False)`` does (so an image with many objects weighs more than
+    one with few). Per threshold:
+
+    - ``precision = tp / (tp + fp)``, ``recall = tp / (tp + fn)``, ``f1 = 2tp / (2tp + fp + fn)``;
+    - ``ap = tp / (tp + fp + fn)``: StarDist's ``accuracy``, the Data Science Bowl 2018's
+      "average precision" at one threshold; ``mean_ap`` is its mean over the thresholds (the
+      DSB 2018 score for 0.5:0.95);
+    - ``mean_true_score`` = summed matched IoU / n_true, ``mean_matched_score`` = summed matched
+      IoU / tp, ``panoptic_quality`` = summed matched IoU / (tp + fp/2 + fn/2) (Kirillov et al.).
+
+    Zero division follows this module's convention, not StarDist's: a ratio whose denominator is
+    zero is ``zero_division`` (1.0: nothing to find and nothing found is perfect), and
+    ``mean_matched_score`` with no match is 0 unless both sides are empty (as F1). StarDist gives 0
+    in every such case; ``zero_division=0.0`` reproduces it. The two differ only when a side is
+    empty over all the pooled images (e.g. precision with no predictions at all).
+
+    Parameters
+    ----------
+    results : iterable of dict
+        :func:`iou_matching` results (same thresholds), optionally with an ``image_id``.
+    zero_division : float
+        See above.
+
+    Returns
+    -------
+    dict
+        ``thresholds``; per threshold (lists in the order of ``thresholds``) ``tp, fp, fn,
+        precision, recall, f1, ap, mean_true_score, mean_matched_score, panoptic_quality``;
+        ``mean_ap``; ``ap_50``, ``f1_50`` (at IoU 0.5, None when 0.5 is not a threshold);
+        ``count_mae`` (mean over images of ``|n_pred - n_true|``), ``count_bias`` (mean of
+        ``n_pred - n_true``); ``n_images``, ``n_true``, ``n_pred`` (totals); ``table``: one row
+        per threshold (``threshold, tp, fp, fn, precision, recall, f1, ap, mean_true_score,
+        mean_matched_score, panoptic_quality``) for a Markdown table.
+
+    Raises
+    ------
+    ValueError
+        No results, or results computed at different thresholds.
+    """
+    results = list(results)
+    if not results:
+        raise ValueError("iou_scores needs the result of at least one image")
+    thresholds = [float(t) for t in results[0]["thresholds"]]
+    k = len(thresholds)
+    tp, fp, fn = (np.zeros(k, dtype=np.int64) for _ in range(3))
+    sums = np.zeros(k)
+    diffs = []
+    for i, r in enumerate(results):
+        if [float(t) for t in r["thresholds"]] != thresholds:
+            raise ValueError(
+                f"result {r.get('image_id', i)} has thresholds {list(r['thresholds'])}, "
+                f"the first has {thresholds}"
+            )
+        tp += np.asarray(r["tp"], dtype=np.int64)
+        fp += np.asarray(r["fp"], dtype=np.int64)
+        fn += np.asarray(r["fn"], dtype=np.int64)
+        sums += np.asarray(r["sum_matched_iou"], dtype=float)
+        diffs.append(int(r["n_pred"]) - int(r["n_true"]))
+    n_true = sum(int(r["n_true"]) for r in results)
+    n_pred = sum(int(r["n_pred"]) for r in results)
+    zd = float(zero_division)
+
+    table = []
+    for j, thr in enumerate(thresholds):
+        a, b, c, s = int(tp[j]), int(fp[j]), int(fn[j]), float(sums[j])
+        row = {"threshold": thr, "tp": a, "fp": b, "fn": c}
+        row.update(prf(a, b, c, zero_division=zd))
+        row["ap"] = _ratio(a, a + b + c, zd)
+        row["mean_true_score"] = _ratio(s, a + c, zd)
+        row["mean_matched_score"] = s / a if a else (zd if b + c == 0 else 0.0)
+        row["panoptic_quality"] = _ratio(s, a + b / 2 + c / 2, zd)
+        table.append(row)
+
+    out: dict = {"thresholds": thresholds}
+    for key in ("tp", "fp", "fn", "precision", "recall", "f1", "ap", "mean_true_score",
+                "mean_matched_score", "panoptic_quality"):  # fmt: skip
+        out[key] = [row[key] for row in table]
+    out["mean_ap"] = float(np.mean(out["ap"]))
+    at_50 = next((row for row in table if abs(row["threshold"] - 0.5) < 1e-12), None)
+    out["ap_50"] = at_50["ap"] if at_50 else None
+    out["f1_50"] = at_50["f1"] if at_50 else None
+    diffs = np.asarray(diffs, dtype=float)
+    out["count_mae"] = float(np.abs(diffs).mean())
+    out["count_bias"] = float(diffs.mean())
+    out["n_images"] = len(results)
+    out["n_true"] = n_true
+    out["n_pred"] = n_pred
+    out["table"] = table
     return out
 
 

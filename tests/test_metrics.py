@@ -254,3 +254,221 @@ def test_threshold_sweep_validates():
         threshold_sweep([np.zeros((3, 3), np.float32)], [])
     with pytest.raises(ValueError, match="shape"):
         threshold_sweep([np.zeros((3, 3), np.float32)], [np.zeros((3, 4), bool)])
+
+
+# ------------------------------------------------------------------ IoU scores 0.5:0.95
+def boxes(shape, *rects):
+    """Label image with rectangles ``(r0, r1, c0, c1)`` labelled 1..n."""
+    out = np.zeros(shape, dtype=np.int32)
+    for i, (r0, r1, c0, c1) in enumerate(rects, start=1):
+        out[r0:r1, c0:c1] = i
+    return out
+
+
+def stardist_reference(true, pred, thresholds):
+    """StarDist's matching written out densely (full Hungarian with its costs), for checking."""
+    from scipy.optimize import linear_sum_assignment
+
+    s = metrics.iou_table(true, pred)["iou"]
+    n = min(s.shape)
+    tps, sums = [], []
+    for thr in thresholds:
+        if n == 0:
+            tps.append(0)
+            sums.append(0.0)
+            continue
+        r, c = linear_sum_assignment(-(s >= thr).astype(float) - s / (2 * n))
+        ok = s[r, c] >= thr
+        tps.append(int(ok.sum()))
+        sums.append(float(s[r, c][ok].sum()))
+    return tps, sums
+
+
+def test_iou_thresholds_are_exact_decimals():
+    assert metrics.IOU_THRESHOLDS == (0.5, 0.55, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95)
+
+
+def test_iou_perfect_match_scores_one_everywhere():
+    import json
+    import pickle
+
+    lab = disc_labels((220, 320), CENTRES)
+    r = metrics.iou_matching(lab, lab)
+    assert r["tp"] == [4] * 10 and r["fp"] == [0] * 10 and r["fn"] == [0] * 10
+    assert (r["n_true"], r["n_pred"]) == (4, 4)
+    assert pickle.loads(pickle.dumps(r)) == r and json.loads(json.dumps(r)) == r
+    s = metrics.iou_scores([r])
+    for key in ("precision", "recall", "f1", "ap", "mean_true_score", "mean_matched_score",
+                "panoptic_quality"):  # fmt: skip
+        assert s[key] == [1.0] * 10, key
+    assert s["mean_ap"] == s["ap_50"] == s["f1_50"] == 1.0
+    assert s["count_mae"] == 0.0 and (s["n_images"], s["n_true"], s["n_pred"]) == (1, 4, 4)
+    assert len(s["table"]) == 10 and s["table"][3]["threshold"] == 0.65
+    json.dumps(s)
+
+
+def test_iou_shifted_object_passes_thresholds_up_to_its_iou():
+    # 10x10 square shifted 2 columns: overlap 80, union 120 -> IoU 2/3 (0.5 .. 0.65 pass)
+    true = boxes((30, 30), (5, 15, 5, 15))
+    pred = boxes((30, 30), (5, 15, 7, 17))
+    r = metrics.iou_matching(true, pred)
+    assert r["tp"] == [1, 1, 1, 1, 0, 0, 0, 0, 0, 0]
+    assert r["fp"] == r["fn"] == [0, 0, 0, 0, 1, 1, 1, 1, 1, 1]
+    np.testing.assert_allclose(r["sum_matched_iou"], [2 / 3] * 4 + [0] * 6)
+    s = metrics.iou_scores([r])
+    assert s["ap"] == [1.0] * 4 + [0.0] * 6
+    assert s["mean_ap"] == pytest.approx(0.4)
+    np.testing.assert_allclose(s["mean_matched_score"], [2 / 3] * 4 + [0] * 6)
+    np.testing.assert_allclose(s["panoptic_quality"], [2 / 3] * 4 + [0] * 6)
+    # StarDist's docstring example: rolled 5 rows, IoU 50 / 150 = 1/3: a miss at 0.5, a hit at 0.3
+    true = boxes((100, 100), (10, 20, 10, 20))
+    pred = np.roll(true, 5, axis=0)
+    r = metrics.iou_matching(true, pred, thresholds=(0.3, 0.5))
+    assert (r["tp"], r["fp"], r["fn"]) == ([1, 0], [0, 1], [0, 1])
+
+
+def test_iou_equal_to_threshold_matches():
+    # 10x20 rectangle shifted 5 columns: overlap 150, union 250 -> IoU exactly 0.6
+    true = boxes((20, 40), (5, 15, 5, 25))
+    pred = boxes((20, 40), (5, 15, 10, 30))
+    r = metrics.iou_matching(true, pred)
+    assert r["tp"] == [1, 1, 1, 0, 0, 0, 0, 0, 0, 0]
+
+
+def test_iou_true_object_split_in_two_predictions():
+    # one 10x20 true object, predicted as two 10x10 halves: each IoU exactly 0.5
+    true = boxes((20, 30), (5, 15, 5, 25))
+    pred = boxes((20, 30), (5, 15, 5, 15), (5, 15, 15, 25))
+    r = metrics.iou_matching(true, pred)
+    assert (r["tp"][0], r["fp"][0], r["fn"][0]) == (1, 1, 0)  # one half matches at 0.5
+    assert (r["tp"][1], r["fp"][1], r["fn"][1]) == (0, 2, 1)
+    # split unevenly (12 + 8 columns): IoU 0.6 and 0.4 -> the larger part matches up to 0.6
+    pred = boxes((20, 30), (5, 15, 5, 17), (5, 15, 17, 25))
+    r = metrics.iou_matching(true, pred)
+    assert r["tp"] == [1, 1, 1, 0, 0, 0, 0, 0, 0, 0]
+    assert r["fp"] == [1, 1, 1, 2, 2, 2, 2, 2, 2, 2]
+    s = metrics.iou_scores([r])
+    assert s["precision"][0] == 0.5 and s["recall"][0] == 1.0
+    assert s["f1"][0] == pytest.approx(2 / 3) and s["ap"][0] == pytest.approx(1 / 2)
+    assert s["count_mae"] == 1.0 and s["count_bias"] == 1.0
+
+
+def test_iou_two_true_objects_merged_in_one_prediction():
+    true = boxes((20, 30), (5, 15, 5, 15), (5, 15, 15, 25))
+    pred = (true > 0).astype(np.uint8)
+    r = metrics.iou_matching(true, pred)
+    assert (r["tp"][0], r["fp"][0], r["fn"][0]) == (1, 0, 1)
+    np.testing.assert_allclose(r["sum_matched_iou"][0], 0.5)
+    assert r["tp"][1:] == [0] * 9 and r["fn"][1:] == [2] * 9
+    s = metrics.iou_scores([r])
+    assert s["ap"][0] == 0.5 and s["recall"][0] == 0.5 and s["precision"][0] == 1.0
+    assert s["mean_true_score"][0] == 0.25 and s["mean_matched_score"][0] == 0.5
+    assert s["panoptic_quality"][0] == pytest.approx(0.5 / 1.5)
+
+
+def test_iou_empty_sides():
+    empty = np.zeros((20, 30), dtype=np.int32)
+    two = boxes((20, 30), (2, 8, 2, 8), (10, 18, 10, 18))
+    # both empty: nothing to find, nothing found -> perfect (StarDist would give 0)
+    s = metrics.iou_scores([metrics.iou_matching(empty, empty)])
+    assert s["mean_ap"] == 1.0 and s["f1"] == [1.0] * 10 and s["panoptic_quality"] == [1.0] * 10
+    assert s["mean_matched_score"] == [1.0] * 10 and s["count_mae"] == 0.0
+    assert (
+        metrics.iou_scores([metrics.iou_matching(empty, empty)], zero_division=0.0)["mean_ap"]
+        == 0.0
+    )
+    # no truth, two predictions: all false positives
+    r = metrics.iou_matching(empty, two)
+    assert (r["tp"][0], r["fp"][0], r["fn"][0]) == (0, 2, 0)
+    s = metrics.iou_scores([r])
+    assert s["precision"][0] == 0.0 and s["f1"][0] == 0.0 and s["ap"][0] == 0.0
+    assert s["recall"][0] == 1.0 and s["mean_true_score"][0] == 1.0  # 0 / 0
+    assert s["mean_matched_score"][0] == 0.0 and s["panoptic_quality"][0] == 0.0
+    s0 = metrics.iou_scores([r], zero_division=0.0)
+    assert s0["recall"][0] == 0.0 and s0["mean_true_score"][0] == 0.0
+    # truth, no predictions: all missed
+    s = metrics.iou_scores([metrics.iou_matching(two, empty)])
+    assert s["precision"][0] == 1.0 and s["recall"][0] == 0.0 and s["ap"][0] == 0.0
+    assert s["mean_true_score"][0] == 0.0 and s["count_mae"] == 2.0
+
+
+def test_iou_non_consecutive_labels_and_dtypes():
+    lab = disc_labels((200, 300), CENTRES[:3])
+    pred = np.roll(lab, 3, axis=1)
+    want = metrics.iou_matching(lab, pred)
+    relab = np.select([lab == 1, lab == 2, lab == 3], [7, 1_000_000, 42], 0).astype(np.int64)
+    got = metrics.iou_matching(relab, pred.astype(np.uint16))
+    assert got == want
+    assert metrics.iou_matching(lab.astype(np.uint8), relab.astype(np.uint32))["tp"] == [3] * 10
+
+
+def test_iou_pooling_differs_from_averaging_per_image():
+    perfect = boxes((20, 20), (2, 8, 2, 8))
+    three = boxes((20, 20), (2, 6, 2, 6), (10, 14, 2, 6), (10, 14, 10, 14))
+    a = metrics.iou_matching(perfect, perfect)
+    b = metrics.iou_matching(three, np.zeros_like(three))
+    s = metrics.iou_scores([a, b])
+    # pooled: tp 1, fp 0, fn 3 -> AP 1/4, F1 2/5; the mean of per-image APs would be 1/2
+    assert s["ap"] == [0.25] * 10 and s["mean_ap"] == 0.25
+    assert s["f1_50"] == pytest.approx(0.4) and s["ap_50"] == 0.25
+    per_image = np.mean([metrics.iou_scores([r])["mean_ap"] for r in (a, b)])
+    assert per_image == 0.5 != s["mean_ap"]
+    assert s["count_mae"] == 1.5 and s["count_bias"] == -1.5
+    assert (s["n_images"], s["n_true"], s["n_pred"]) == (2, 4, 1)
+
+
+def test_iou_matching_agrees_with_stardist_assignment():
+    """Random overlapping labels, thresholds below 0.5 included (where objects compete)."""
+    rng = np.random.default_rng(3)
+    thresholds = (0.1, 0.3, 0.5, 0.7)
+    rr, cc = np.indices((40, 40))
+    for _ in range(40):
+        pair = []
+        for _side in range(2):
+            lab = np.zeros((40, 40), dtype=np.int32)
+            for i in range(1, rng.integers(0, 9) + 1):
+                r, c, rad = rng.integers(0, 40), rng.integers(0, 40), rng.integers(3, 9)
+                lab[(rr - r) ** 2 + (cc - c) ** 2 <= rad**2] = i
+            pair.append(lab)
+        r = metrics.iou_matching(*pair, thresholds=thresholds)
+        tps, sums = stardist_reference(*pair, thresholds)
+        assert r["tp"] == tps
+        np.testing.assert_allclose(r["sum_matched_iou"], sums, atol=1e-12)
+
+
+def test_iou_matching_validates():
+    a = np.zeros((5, 5), dtype=np.int32)
+    with pytest.raises(ValueError, match="shapes differ"):
+        metrics.iou_matching(a, np.zeros((5, 6), dtype=np.int32))
+    with pytest.raises(ValueError, match="integer"):
+        metrics.iou_matching(a.astype(float), a)
+    with pytest.raises(ValueError, match="thresholds"):
+        metrics.iou_matching(a, a, thresholds=(0.0, 0.5))
+    with pytest.raises(ValueError, match="at least one"):
+        metrics.iou_scores([])
+    r1 = metrics.iou_matching(a, a)
+    r2 = metrics.iou_matching(a, a, thresholds=(0.5,))
+    with pytest.raises(ValueError, match="thresholds"):
+        metrics.iou_scores([r1, r2])
+    assert metrics.iou_scores([r2])["f1_50"] == 1.0
+    assert metrics.iou_scores([metrics.iou_matching(a, a, thresholds=(0.7,))])["f1_50"] is None
+
+
+def test_iou_matching_fast():
+    from skimage.draw import disk
+
+    rng = np.random.default_rng(4)
+    true = np.zeros((520, 696), dtype=np.uint16)
+    for i in range(1, 151):
+        rr, cc = disk(
+            (rng.integers(0, 520), rng.integers(0, 696)), rng.integers(8, 15), shape=true.shape
+        )
+        true[rr, cc] = i
+    pred = np.roll(true, 2, axis=1)
+    metrics.iou_matching(true, pred)
+    t0 = time.perf_counter()
+    for _ in range(5):
+        r = metrics.iou_matching(true, pred)
+    elapsed = (time.perf_counter() - t0) / 5
+    assert r["tp"][0] > 100
+    assert elapsed < 0.05, f"iou_matching of a 520x696 image took {elapsed * 1000:.0f} ms"
