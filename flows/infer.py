@@ -13,13 +13,19 @@ import time
 from typing import Literal
 
 from prefect import flow, get_run_logger
-from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.artifacts import (
+    create_link_artifact,
+    create_markdown_artifact,
+    create_table_artifact,
+)
 from prefect.runtime import flow_run
 from pydantic import BaseModel, Field
 
 from neuroseg import storage
+from neuroseg.progress import Progress
 from tasks.common import ExecutorConfig, artifact_key, make_task_runner
 from tasks.infer import find_pending, resolve_model, segment_image
+from tasks.report import plate_report
 
 
 class InferParams(BaseModel):
@@ -36,17 +42,29 @@ class InferParams(BaseModel):
     plates: list[str] | None = Field(None, description="only these plates (default: all)")
     reprocess: bool = Field(False, description="replace rows written by other model versions")
     precision: Literal["fp32", "bf16"] = Field("fp32", description="bf16 on CPUs that have it")
+    channel: int | None = Field(
+        None,
+        ge=0,
+        description="channel (0-based) of multi-channel images; default: the model's input",
+    )
+    report: bool = Field(True, description="write an HTML report per plate under reports/plates/")
     executor: ExecutorConfig = Field(default_factory=ExecutorConfig)
 
 
-def _segment_all(model_uri, precision, pending, root, cells, report_uri, run_id) -> list[dict]:
-    futures = segment_image.map(model_uri, precision, pending, root, cells, report_uri, run_id)
+def _segment_all(
+    model_uri, precision, pending, root, cells, report_uri, run_id, channel=None
+) -> list[dict]:
+    futures = segment_image.map(
+        model_uri, precision, pending, root, cells, report_uri, run_id, channel
+    )
+    progress = Progress("segment", len(pending), unit="images", emit=get_run_logger().info)
     out = []
     for item, fut in zip(pending, futures, strict=True):
         try:
             out.append(fut.result())
         except Exception as exc:  # retries exhausted: report it, the batch goes on
             out.append({**item, "status": "failed", "reason": f"{item['image_uri']}: {exc}"})
+        progress.update()
     return out
 
 
@@ -76,11 +94,43 @@ def nightly_inference(params: InferParams) -> dict:
             _segment_all
         )
         results = sub(
-            model["uri"], params.precision, pending, params.root, cells, report_uri, run_id
+            model["uri"],
+            params.precision,
+            pending,
+            params.root,
+            cells,
+            report_uri,
+            run_id,
+            params.channel,
         )
     summary = _summarize(results, found["done"], cells, model, time.perf_counter() - t0)
+    if params.report:
+        summary["reports"] = _plate_reports(params.root, cells, results)
     _publish(summary, results, report_uri)
     return summary
+
+
+def _plate_reports(root: str, cells: str, results: list[dict]) -> dict[str, str]:
+    """One HTML page per plate seen tonight, each linked by a link artifact with a stable key."""
+    logger = get_run_logger()
+    pages = {}
+    for plate in sorted({r["plate_id"] for r in results if r.get("plate_id")}):
+        failed = [r for r in results if r.get("plate_id") == plate and r["status"] != "done"]
+        try:
+            page = plate_report(root, plate, cells, failed)
+        except Exception as exc:  # the rows are written: a missing page must not fail the night
+            logger.error("plate %s: no report (%s)", plate, exc)
+            continue
+        pages[plate] = page["uri"]
+        logger.info("plate %s: report %s (%.2f MB)", plate, page["uri"], page["bytes"] / 1e6)
+        create_link_artifact(
+            key=artifact_key("plate-report", plate),
+            link=page["link"],
+            link_text=f"Plate {plate}: {page['images']} images, {page['cells']} cells, "
+            f"{page['failures']} failed",
+            description=f"Per-plate report of plate {plate} (self-contained HTML): {page['uri']}",
+        )
+    return pages
 
 
 def _summarize(results, done, cells, model, seconds) -> dict:

@@ -45,11 +45,15 @@ __all__ = [
     "MAX_PIXELS",
     "ImageDecodeError",
     "decode_image",
+    "decode_labels",
     "decode_mask",
+    "decode_native",
     "encode_png",
     "image_size",
     "read_image",
+    "read_labels",
     "read_mask",
+    "read_native",
 ]
 
 MAX_PIXELS = 100_000_000
@@ -395,6 +399,143 @@ def decode_mask(data: bytes, *, name: str, max_pixels: int = MAX_PIXELS) -> np.n
     return np.ascontiguousarray(out)
 
 
+# ----------------------------------------------------------------------------- native pixels
+
+
+def _native_pil(img: Image.Image) -> np.ndarray:
+    """Pillow image -> (H, W, C) in its own dtype (alpha composited over black)."""
+    mode = img.mode
+    if mode == "1":
+        out = np.asarray(img, dtype=bool).astype(np.uint8) * np.uint8(255)
+    elif mode == "L":
+        out = np.array(img, dtype=np.uint8)
+    elif mode in _SIXTEEN_BIT:
+        out = np.asarray(img).astype(np.uint16)
+    elif mode == "I":
+        raw = np.asarray(img)
+        if raw.size and raw.min() >= 0 and raw.max() <= 65535:
+            out = raw.astype(np.uint16)
+        else:
+            out = raw.astype(np.float32)
+    elif mode == "F":
+        out = np.asarray(img, dtype=np.float32)
+    elif mode == "RGB":
+        out = np.array(img, dtype=np.uint8)
+    elif mode in ("RGBA", "LA"):
+        out = _over_black(np.asarray(img))
+    elif mode == "PA" or (mode == "P" and "transparency" in img.info):
+        out = _over_black(np.asarray(img.convert("RGBA")))
+    else:
+        out = np.array(img.convert("RGB"), dtype=np.uint8)
+    return out[..., None] if out.ndim == 2 else out
+
+
+def _yx_last_channels(array: np.ndarray, axes: str) -> np.ndarray:
+    """Move the Y and X axes of a tifffile series to the front, every other axis to channels."""
+    if len(axes) != array.ndim or "Y" not in axes or "X" not in axes:
+        axes = "Q" * (array.ndim - 2) + "YX"
+    y, x = axes.index("Y"), axes.index("X")
+    rest = [i for i in range(array.ndim) if i not in (y, x)]
+    out = np.transpose(array, (y, x, *rest))
+    return out.reshape(out.shape[0], out.shape[1], -1)
+
+
+def _native_tiff(data: bytes, name: str, max_pixels: int) -> np.ndarray | None:
+    """Decode a TIFF with tifffile (all pages and samples); None where tifffile cannot."""
+    try:
+        import tifffile
+    except ImportError:  # pragma: no cover - scikit-image depends on it
+        return None
+    try:
+        with tifffile.TiffFile(io.BytesIO(data)) as tif:
+            series = tif.series[0]
+            shape, axes = tuple(series.shape), series.axes
+            total = int(np.prod(shape, dtype=np.int64))
+            if len(shape) < 2 or total == 0:
+                raise ImageDecodeError(name, f"TIFF holds no image (shape {shape})")
+            if total > 16 * max_pixels:
+                raise ImageDecodeError(
+                    name, f"image too large: {total} values > {16 * max_pixels} allowed"
+                )
+            array = series.asarray()
+    except ImageDecodeError:
+        raise
+    except MemoryError:
+        raise
+    except (ValueError, KeyError, IndexError, OSError, NotImplementedError, TypeError) as exc:
+        if "imagecodecs" in str(exc) or isinstance(exc, NotImplementedError):
+            return None  # a compression tifffile cannot decode without imagecodecs: Pillow's turn
+        raise ImageDecodeError(name, f"corrupt or truncated TIFF ({exc})") from exc
+    except Exception as exc:
+        raise ImageDecodeError(name, f"corrupt or truncated TIFF ({exc})") from exc
+    out = _yx_last_channels(np.asarray(array), axes)
+    if out.dtype == bool:
+        out = out.astype(np.uint8) * np.uint8(255)
+    elif out.dtype.kind == "f" and out.dtype != np.float32:
+        out = out.astype(np.float32)
+    elif out.dtype.kind == "c":
+        raise ImageDecodeError(name, "complex-valued TIFF is not supported")
+    return out
+
+
+def decode_native(data: bytes, *, name: str, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+    """Decode PNG or TIFF bytes without loss: ``(H, W, C)`` in the file's own dtype.
+
+    8-bit stays ``uint8``, 12/16-bit ``uint16``, 32-bit float ``float32`` (other floats
+    converted), 32-bit integer ``uint16`` when it fits else ``float32``; 1-bit to 0/255. Grey
+    is one channel, RGB three; alpha is composited over black (RGBA -> 3, LA -> 1 channel).
+    TIFFs are read with tifffile: every page and sample of the first series becomes a channel
+    (a two-page grey TIFF is ``(H, W, 2)``; ``CYX``, ``ZYX``, ``YXS`` likewise). 16-bit colour
+    PNGs are the one lossy case (Pillow keeps the high byte). Safety checks and errors are
+    those of :func:`decode_image`.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(H, W, C)``, axes row, column, channel.
+    """
+    with _open(data, name, max_pixels) as img:
+        fmt = img.format
+        if fmt == "TIFF":
+            out = _native_tiff(bytes(data), name, max_pixels)
+            if out is not None:
+                if out.shape[:2] != (img.size[1], img.size[0]):
+                    raise ImageDecodeError(
+                        name, f"TIFF pages differ in size from the first ({img.size})"
+                    )
+                return np.ascontiguousarray(out)
+        _load(img, name)
+        out = _native_pil(img)
+    return np.ascontiguousarray(out)
+
+
+def decode_labels(data: bytes, *, name: str, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+    """Decode an instance label image: ``(H, W) int32``, 0 = background, values kept.
+
+    Accepts one-channel 8-, 16- or 32-bit integer PNG/TIFF (and float TIFFs holding whole
+    numbers). Colour or multi-channel label images are refused: their colours are not ids.
+
+    Raises
+    ------
+    ImageDecodeError
+        As :func:`decode_image`, and for several channels, negative or fractional values.
+    """
+    out = decode_native(data, name=name, max_pixels=max_pixels)
+    if out.shape[2] != 1:
+        raise ImageDecodeError(
+            name, f"a label image must have one channel, this one has {out.shape[2]}"
+        )
+    out = out[..., 0]
+    if out.dtype.kind == "f":
+        if not np.all(np.isfinite(out)) or np.any(out != np.round(out)):
+            raise ImageDecodeError(name, "label image holds fractional values, not integer ids")
+    if out.size and out.min() < 0:
+        raise ImageDecodeError(name, "label image holds negative values")
+    if out.size and out.max() > np.iinfo(np.int32).max:
+        raise ImageDecodeError(name, "label image holds ids beyond int32")
+    return np.ascontiguousarray(out.astype(np.int32))
+
+
 def image_size(data: bytes, *, name: str) -> tuple[int, int]:
     """``(height, width)`` read from the header only; no pixel is decoded.
 
@@ -436,6 +577,42 @@ def read_mask(uri: str | os.PathLike, *, max_pixels: int = MAX_PIXELS) -> np.nda
     """
     name = os.fspath(uri)
     return decode_mask(storage.read_bytes(name), name=name, max_pixels=max_pixels)
+
+
+def read_native(uri: str | os.PathLike, *, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+    """Read `uri` and :func:`decode_native` it: ``(H, W, C)`` in the file's own dtype."""
+    name = os.fspath(uri)
+    return decode_native(storage.read_bytes(name), name=name, max_pixels=max_pixels)
+
+
+def read_labels(uri: str | os.PathLike, *, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+    """Read `uri` and :func:`decode_labels` it: ``(H, W) int32``."""
+    name = os.fspath(uri)
+    return decode_labels(storage.read_bytes(name), name=name, max_pixels=max_pixels)
+
+
+def encode_labels(labels: np.ndarray) -> tuple[bytes, str]:
+    """Encode an instance label image losslessly: ``(bytes, suffix)``.
+
+    16-bit PNG (``".png"``) while the largest id fits in 65,535, else a zlib-compressed 32-bit
+    TIFF (``".tif"``). Fiji and napari open both with the ids as pixel values.
+    """
+    labels = np.asarray(labels)
+    if labels.ndim != 2 or labels.dtype.kind not in "iub":
+        raise ValueError(f"expected a 2-D integer label image, got {labels.dtype} {labels.shape}")
+    top = int(labels.max()) if labels.size else 0
+    if labels.size and int(labels.min()) < 0:
+        raise ValueError("label image holds negative values")
+    buf = io.BytesIO()
+    if top <= 65535:
+        Image.fromarray(np.ascontiguousarray(labels.astype(np.uint16))).save(
+            buf, format="PNG", compress_level=6
+        )
+        return buf.getvalue(), ".png"
+    import tifffile
+
+    tifffile.imwrite(buf, np.ascontiguousarray(labels.astype(np.uint32)), compression="zlib")
+    return buf.getvalue(), ".tif"
 
 
 def encode_png(array: np.ndarray) -> bytes:

@@ -20,10 +20,11 @@ import numpy as np
 import pandas as pd
 
 from neuroseg import storage
-from neuroseg.images import decode_image, encode_png
+from neuroseg.images import decode_native, encode_labels, encode_png
 from neuroseg.ingest import Candidate, discover_uploads, quarantine
 from neuroseg.measure import cell_records, to_arrow
-from neuroseg.predict import predict_image, segment
+from neuroseg.normalize import select_channels, to_uint8
+from neuroseg.predict import segment_image
 
 
 def processed_record_uri(root: str, plate_id: str, image_id: str) -> str:
@@ -32,6 +33,21 @@ def processed_record_uri(root: str, plate_id: str, image_id: str) -> str:
 
 def cells_file_uri(cells_uri: str, plate_id: str, image_id: str) -> str:
     return storage.join(cells_uri, f"plate_id={plate_id}", f"{image_id}.parquet")
+
+
+def labels_file_uri(root: str, plate_id: str, image_id: str, suffix: str = ".png") -> str:
+    """Where the nightly run writes an image's label image (``.tif`` above 65,535 cells)."""
+    return storage.join(root, "labels", f"plate_id={plate_id}", f"{image_id}{suffix}")
+
+
+def write_label_image(root: str, plate_id: str, image_id: str, labels: np.ndarray) -> str:
+    """Write an image's label image atomically; remove a stale one of the other format."""
+    data, suffix = encode_labels(labels)
+    uri = labels_file_uri(root, plate_id, image_id, suffix)
+    storage.write_bytes(uri, data)
+    other = labels_file_uri(root, plate_id, image_id, ".tif" if suffix == ".png" else ".png")
+    storage.delete(other, missing_ok=True)
+    return uri
 
 
 def list_uploads(uploads_uri: str, *, plates: list[str] | None = None) -> list[dict]:
@@ -113,8 +129,14 @@ def process_image(
     report_uri: str | None,
     flow_run_id: str | None,
     processed_at: dt.datetime | None = None,
+    channel: int | None = None,
 ) -> dict:
     """Segment one uploaded image and write its per-cell records; quarantine it if invalid.
+
+    Writes, in this order, the label image (``labels/plate_id=<id>/<image>.png``), the
+    image's Parquet file and last its processed record, so a crash at any point leaves the
+    image pending and the next run rewrites all three consistently. ``channel`` picks one
+    channel of multi-channel images (default: the model's declared input).
 
     Returns a small summary dict (``status`` "done" | "quarantined", counts, timings).
     """
@@ -134,7 +156,11 @@ def process_image(
     data = storage.read_bytes(item["image_uri"])
     sha = storage.sha256_bytes(data)
     try:
-        image = decode_image(data, name=item["image_uri"])
+        image = decode_native(data, name=item["image_uri"])
+        if channel is not None and not 0 <= channel < image.shape[2]:
+            raise ValueError(
+                f"{item['image_uri']}: has {image.shape[2]} channel(s), channel {channel} asked"
+            )
     except ValueError as exc:
         cand = Candidate(
             "uploads",
@@ -159,18 +185,9 @@ def process_image(
         )
         return {**item, "status": "quarantined", "reason": str(exc), "quarantine": where}
     t["decode"] = time.perf_counter() - t0
-    cfg = bundle.config
     t0 = time.perf_counter()
-    prob = predict_image(bundle, image)
+    labels, n, prob = segment_image(bundle, image, channel=channel)
     t["predict"] = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    labels, n = segment(
-        prob,
-        threshold=float(cfg.get("threshold", 0.5)),
-        min_area=int(cfg.get("min_area", 0)),
-        watershed=bool(cfg.get("watershed", False)),
-    )
-    t["label"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     processed_at = processed_at or dt.datetime.now(dt.UTC)
     df = cell_records(
@@ -188,6 +205,7 @@ def process_image(
     )
     t["measure"] = time.perf_counter() - t0
     t0 = time.perf_counter()
+    labels_uri = write_label_image(root, item["plate_id"], item["image_id"], labels)
     out = cells_file_uri(cells_uri, item["plate_id"], item["image_id"])
     write_cells(df, out)
     if report_uri:
@@ -202,6 +220,7 @@ def process_image(
         "image_sha256": sha,
         "fingerprint": fingerprint(item["image_uri"]),
         "cells_uri": out,
+        "labels_uri": labels_uri,
         "cells": int(n),
         "model_name": bundle.name,
         "model_version": bundle.version,
@@ -243,11 +262,15 @@ def read_cells(cells_uri: str, **kw) -> pd.DataFrame:
 
 
 def overlay_png(image: np.ndarray, labels: np.ndarray, *, max_side: int = 800) -> bytes:
-    """A small PNG of the image with the outlines of the predicted cells in cyan."""
+    """A small PNG of the image with the outlines of the predicted cells in cyan.
+
+    Any decoded image works: non-8-bit images are percentile-stretched for display, one
+    channel is shown grey, more than three show the first three.
+    """
     from skimage.segmentation import find_boundaries
 
     step = max(1, int(np.ceil(max(image.shape[:2]) / max_side)))
     edges = find_boundaries(labels, mode="inner")
-    out = image.copy()
+    out = np.array(select_channels(to_uint8(image), channels="rgb"))
     out[edges] = (0, 255, 255)
     return encode_png(np.ascontiguousarray(out[::step, ::step]))

@@ -14,8 +14,10 @@ Column definitions (pixels of the original image; x = column, y = row):
   ``bbox_width``, ``bbox_height`` (int32): box size in pixels (inclusive, as the seed's
   ``markGroups``).
 - ``area_px`` (int64): number of pixels.
-- ``mean_intensity`` (float64, 0..255): mean of the raw image over the cell's pixels and over the
-  three RGB channels, i.e. the mean of ``(R + G + B) / 3``.
+- ``mean_intensity`` (float64, in the image's own units): mean of the raw decoded image over the
+  cell's pixels and over its channels (for 8-bit RGB the mean of ``(R + G + B) / 3``, 0..255;
+  for a 12-bit camera image in a 16-bit file the camera's own 0..4095 values). Schema version 2
+  made this the image's own units; version 1 scaled 16-bit images to 0..255 first.
 - ``mean_probability`` (float64, 0..1): mean model probability over the cell's pixels (NaN when
   no probability map is given).
 - ``touches_border`` (bool): the bounding box touches an image edge (the cell may be cut).
@@ -39,7 +41,7 @@ from neuroseg.masks import analyze_labels
 
 __all__ = ["CELL_COLUMNS", "CELL_SCHEMA", "SCHEMA_VERSION", "cell_records", "to_arrow"]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 _TS = pa.timestamp("us", tz="UTC")
 _FIELDS = [
@@ -144,8 +146,9 @@ def cell_records(
     labels : (H, W) integer array
         Cell labels ``1..n`` (0 = background), every label present, e.g. from
         :func:`neuroseg.predict.segment`.
-    image : (H, W, 3) uint8 array
-        The raw RGB image (for ``mean_intensity``).
+    image : (H, W[, C]) array
+        The decoded image in its own dtype and units (for ``mean_intensity``), e.g. from
+        ``neuroseg.images.decode_native``.
     prob : (H, W) float array or None
         The cell probability map (for ``mean_probability``; NaN when None).
     plate_id, image_id, image_uri, image_sha256, model_name, model_version : str
@@ -168,10 +171,17 @@ def cell_records(
         raise ValueError(
             f"labels must be a 2-D integer array, got shape {labels.shape} dtype {labels.dtype}"
         )
-    if image.shape != (*labels.shape, 3) or image.dtype != np.uint8:
+    if image.ndim == 2:
+        image = image[..., None]
+    if (
+        image.ndim != 3
+        or image.shape[:2] != labels.shape
+        or image.shape[2] < 1
+        or image.dtype.kind not in "uif"
+    ):
         raise ValueError(
-            f"image must be ({labels.shape[0]}, {labels.shape[1]}, 3) uint8 like the labels, "
-            f"got shape {image.shape} dtype {image.dtype}"
+            f"image must be ({labels.shape[0]}, {labels.shape[1]}[, C]) of a real dtype like "
+            f"the labels, got shape {image.shape} dtype {image.dtype}"
         )
     if prob is not None:
         prob = np.asarray(prob)
@@ -200,8 +210,11 @@ def cell_records(
         )
     flat = labels.ravel()
     area = base["area_px"].astype(np.float64)
-    rgb_sum = image.sum(axis=2, dtype=np.float64).ravel()
-    intensity = np.bincount(flat, weights=rgb_sum, minlength=n + 1)[1 : n + 1] / (3.0 * area)
+    channels = image.shape[2]
+    channel_sum = image.sum(axis=2, dtype=np.float64).ravel()
+    intensity = np.bincount(flat, weights=channel_sum, minlength=n + 1)[1 : n + 1] / (
+        channels * area
+    )
     if prob is None:
         mean_prob = np.full(n, np.nan)
     else:

@@ -16,9 +16,17 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from neuroseg.masks import label_mask
+from neuroseg.normalize import input_spec, model_input
 from neuroseg.tiling import BLENDS, UPSCALE_METHODS, crop_tiles, stitch, tile_grid, upscale_tiles
 
-__all__ = ["predict_image", "predict_probabilities", "relabel_raster", "segment"]
+__all__ = [
+    "predict_image",
+    "predict_probabilities",
+    "prepare_input",
+    "relabel_raster",
+    "segment",
+    "segment_image",
+]
 
 PredictTiles = Callable[[np.ndarray], Any]
 _EIGHT = np.ones((3, 3), dtype=bool)
@@ -26,10 +34,10 @@ _EIGHT = np.ones((3, 3), dtype=bool)
 
 def _check_image(image) -> np.ndarray:
     image = np.asarray(image)
-    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+    if image.ndim != 3 or image.shape[2] != 3 or image.dtype not in (np.uint8, np.float32):
         raise ValueError(
-            f"image must be an (H, W, 3) uint8 RGB array, got shape {image.shape} "
-            f"dtype {image.dtype}"
+            f"image must be an (H, W, 3) uint8 or float32 (0..255) array, got shape "
+            f"{image.shape} dtype {image.dtype}"
         )
     if image.shape[0] == 0 or image.shape[1] == 0:
         raise ValueError(f"image is empty: shape {image.shape}")
@@ -73,8 +81,9 @@ def predict_probabilities(
     predict_tiles : callable
         ``predict_tiles(tiles)`` with ``tiles`` an ``(n, tile, tile, 3)`` uint8 batch returns
         ``(n, s, s)`` (or ``(n, s, s, 1)``) float probabilities, ``s <= tile``.
-    image : (H, W, 3) uint8 array
-        RGB image of any size; sides shorter than ``tile`` are padded with 0 (black).
+    image : (H, W, 3) uint8 or float32 array
+        Model input of any size on the 0..255 scale (:func:`neuroseg.normalize.model_input`);
+        sides shorter than ``tile`` are padded with 0 (black).
     tile : int
         Tile side in pixels (400 in the seed).
     output_size : int or None
@@ -115,12 +124,38 @@ def predict_probabilities(
     return stitch(np.concatenate(outputs), grid, (height, width), blend=blend)
 
 
-def predict_image(bundle: Any, image: np.ndarray, *, batch_size: int = 8) -> np.ndarray:
-    """Probability map of an image with a loaded model bundle.
+def prepare_input(config: Mapping, image: np.ndarray, *, channel: int | None = None):
+    """The model input of a decoded image as the model's config declares it.
 
-    Reads ``tile`` (400), ``output_size`` (None), ``min_overlap`` (100), ``blend`` ("min") and
-    ``upscale`` ("bilinear") from ``bundle.config`` (defaults in brackets) and predicts with
-    ``bundle.predict_tiles``; see :func:`predict_probabilities`.
+    ``config["input"]`` (absent = the legacy fixed 0..255 RGB) goes to
+    :func:`neuroseg.normalize.model_input`. An 8-bit RGB image for a fixed-scale RGB model is
+    passed on as ``uint8`` unchanged (the same numbers, a quarter of the memory).
+    """
+    spec = input_spec(config.get("input"))
+    image = np.asarray(image)
+    if (
+        spec["normalization"] == "fixed"
+        and spec["channels"] == "rgb"
+        and channel is None
+        and image.dtype == np.uint8
+        and image.ndim == 3
+        and image.shape[2] == 3
+    ):
+        return image
+    return model_input(image, spec, channel=channel)
+
+
+def predict_image(
+    bundle: Any, image: np.ndarray, *, batch_size: int = 8, channel: int | None = None
+) -> np.ndarray:
+    """Probability map of a decoded image with a loaded model bundle.
+
+    The image (any dtype and channel count, e.g. from ``neuroseg.images.decode_native``) is
+    turned into the model's declared input by :func:`prepare_input` (``channel`` picks one
+    channel of a multi-channel image). Reads ``tile`` (400), ``output_size`` (None),
+    ``min_overlap`` (100), ``blend`` ("min") and ``upscale`` ("bilinear") from
+    ``bundle.config`` (defaults in brackets) and predicts with ``bundle.predict_tiles``; see
+    :func:`predict_probabilities`.
 
     Returns
     -------
@@ -129,7 +164,7 @@ def predict_image(bundle: Any, image: np.ndarray, *, batch_size: int = 8) -> np.
     config: Mapping = getattr(bundle, "config", None) or {}
     return predict_probabilities(
         bundle.predict_tiles,
-        image,
+        prepare_input(config, image, channel=channel),
         tile=int(config.get("tile", 400)),
         output_size=config.get("output_size"),
         min_overlap=int(config.get("min_overlap", 100)),
@@ -265,3 +300,37 @@ def segment(
     if watershed or min_area > 0:
         labels, n = relabel_raster(labels)
     return labels.astype(np.int32, copy=False), int(n)
+
+
+def segment_image(
+    bundle: Any,
+    image: np.ndarray,
+    *,
+    channel: int | None = None,
+    threshold: float | None = None,
+    min_area: int | None = None,
+    watershed: bool | None = None,
+    batch_size: int = 8,
+) -> tuple[np.ndarray, int, np.ndarray]:
+    """Cells of a decoded image with a loaded model: the one path every command uses.
+
+    :func:`predict_image` (input as the model declares it), then :func:`segment` with the
+    model's ``threshold``, ``min_area`` and ``watershed`` from ``bundle.config`` unless given.
+
+    Returns
+    -------
+    labels : (H, W) int32 array
+        ``0`` background, ``1..n`` cells in raster order.
+    n : int
+    prob : (H, W) float32 array
+        The stitched cell probability map.
+    """
+    config: Mapping = getattr(bundle, "config", None) or {}
+    prob = predict_image(bundle, image, batch_size=batch_size, channel=channel)
+    labels, n = segment(
+        prob,
+        threshold=float(config.get("threshold", 0.5) if threshold is None else threshold),
+        min_area=int(config.get("min_area", 0) if min_area is None else min_area),
+        watershed=bool(config.get("watershed", False) if watershed is None else watershed),
+    )
+    return labels, n, prob

@@ -21,9 +21,10 @@ from typing import Any
 import pandas as pd
 
 from neuroseg import storage
-from neuroseg.images import decode_image
+from neuroseg.images import decode_native, encode_labels
 from neuroseg.measure import CELL_COLUMNS, cell_records, to_arrow
-from neuroseg.predict import predict_image, segment
+from neuroseg.predict import segment_image
+from neuroseg.progress import Progress
 
 __all__ = ["load_bundle", "segment_files"]
 
@@ -85,6 +86,10 @@ def _plate_id(uri: str) -> str:
     return PurePosixPath(uri.replace(os.sep, "/")).parent.name
 
 
+def _stem(uri: str) -> str:
+    return PurePosixPath(uri.replace(os.sep, "/")).stem
+
+
 def _one_line(uri: str, exc: BaseException) -> str:
     text = " ".join(str(exc).split()) or type(exc).__name__
     return text if text.startswith(uri) else f"{uri}: {text}"
@@ -123,6 +128,8 @@ def segment_files(
     threshold: float | None = None,
     watershed: bool = False,
     precision: str = "fp32",
+    channel: int | None = None,
+    labels: str | None = None,
 ) -> pd.DataFrame:
     """Segment image files and write all their cells to one Parquet file.
 
@@ -146,6 +153,12 @@ def segment_files(
         model's config (0 when absent).
     precision : {"fp32", "bf16"}
         Precision of a model loaded from a URI.
+    channel : int, optional
+        Channel (0-based) of multi-channel images to segment; default: the model's declared
+        input (:mod:`neuroseg.normalize`: grey models take the maximum over channels).
+    labels : str, optional
+        Folder (local or ``s3://``) for one label image per input, ``<stem>.png`` (16-bit; a
+        32-bit ``<stem>.tif`` above 65,535 cells), pixel value = the table's ``cell_id``.
 
     Returns
     -------
@@ -165,30 +178,43 @@ def segment_files(
         The model folder (or the shipped model) does not exist.
     """
     uris = _check_args(images, out, threshold, watershed)
+    stems = [_stem(u) for u in uris]
+    if labels is not None:
+        if not isinstance(labels, str) or not labels:
+            raise ValueError(f"labels must name a folder, got {labels!r}")
+        twice = sorted({s for s in stems if stems.count(s) > 1})
+        if twice:
+            raise ValueError(
+                f"two input images share the name {twice[0]!r}: their label images would "
+                "overwrite each other; segment them in separate calls"
+            )
     bundle = load_bundle(model, precision=precision)
-    config = dict(getattr(bundle, "config", None) or {})
-    thr = float(config.get("threshold", 0.5) if threshold is None else threshold)
-    min_area = int(config.get("min_area", 0))
-    split = bool(watershed or config.get("watershed", False))
 
     frames, failed = [], []
-    for uri in uris:
+    progress = Progress("segment", len(uris), unit="images")
+    for uri, stem in progress.track(zip(uris, stems, strict=True)):
         try:
             data = storage.read_bytes(uri)
-            image = decode_image(data, name=uri)
+            image = decode_native(data, name=uri)
+            if channel is not None and not 0 <= channel < image.shape[2]:
+                raise ValueError(f"has {image.shape[2]} channel(s), --channel {channel} asked")
         except (OSError, ValueError) as exc:  # missing, unreadable, corrupt, not an image
             failed.append(uri)
             print(f"neuroseg segment: skipped {_one_line(uri, exc)}", file=sys.stderr)
             continue
-        prob = predict_image(bundle, image)
-        labels, _ = segment(prob, threshold=thr, min_area=min_area, watershed=split)
+        label_image, _, prob = segment_image(
+            bundle, image, channel=channel, threshold=threshold, watershed=watershed or None
+        )
+        if labels is not None:
+            data_out, suffix = encode_labels(label_image)
+            storage.write_bytes(storage.join(labels, stem + suffix), data_out)
         plate = _plate_id(uri)
         df = cell_records(
-            labels,
+            label_image,
             image,
             prob,
             plate_id=plate or "-",  # cell_records wants a non-empty id; "" is restored below
-            image_id=PurePosixPath(uri.replace(os.sep, "/")).stem,
+            image_id=stem,
             image_uri=uri,
             image_sha256=storage.sha256_bytes(data),
             model_name=str(bundle.name),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 
 from prefect import task
@@ -11,6 +12,7 @@ from neuroseg import storage
 from tasks.common import IO_RETRIES
 
 _BUNDLES: dict[tuple[str, str], object] = {}
+_STATS: dict[tuple[str, str], dict[str, int]] = {}
 _LOCK = threading.Lock()
 
 
@@ -18,11 +20,26 @@ def get_bundle(model_uri: str, precision: str = "fp32"):
     """The model, loaded once per worker process (thread-safe), not once per image."""
     key = (model_uri, precision)
     with _LOCK:
-        if key not in _BUNDLES:
+        stats = _STATS.setdefault(key, {"loads": 0, "hits": 0})
+        if key in _BUNDLES:
+            stats["hits"] += 1
+        else:
             from neuroseg.registry import load_model
 
             _BUNDLES[key] = load_model(model_uri, precision=precision)
+            stats["loads"] += 1
         return _BUNDLES[key]
+
+
+def cache_info() -> dict:
+    """This process's model cache: its pid and, per model URI and precision, how often
+    :func:`get_bundle` loaded the model and how often it reused it. On a Dask cluster,
+    ``client.run(cache_info)`` asks every worker process."""
+    with _LOCK:
+        return {
+            "pid": os.getpid(),
+            "models": [{"uri": u, "precision": p, **n} for (u, p), n in sorted(_STATS.items())],
+        }
 
 
 def forget_bundle(model_uri: str) -> None:
@@ -63,9 +80,16 @@ def segment_image(
     cells: str,
     report_uri: str,
     flow_run_id: str | None,
+    channel: int | None = None,
 ) -> dict:
-    """Segment one upload and write its cell records (or quarantine it)."""
+    """Segment one upload and write its label image and cell records (or quarantine it)."""
     bundle = get_bundle(model_uri, precision)
     return lib.process_image(
-        bundle, item, root=root, cells_uri=cells, report_uri=report_uri, flow_run_id=flow_run_id
+        bundle,
+        item,
+        root=root,
+        cells_uri=cells,
+        report_uri=report_uri,
+        flow_run_id=flow_run_id,
+        channel=channel,
     )

@@ -5,6 +5,7 @@ One tiny model is trained per module (a few seconds) and shared by the inference
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -142,6 +143,24 @@ def _table(root: str) -> pd.DataFrame:
     return df.sort_values(["image_id", "cell_id"]).reset_index(drop=True)
 
 
+def _assert_labels_equal_table(root: str, table: pd.DataFrame) -> None:
+    """Every image's label image holds exactly its rows: one label per row, same centroid."""
+    from neuroseg.images import read_labels
+    from neuroseg.inference import labels_file_uri
+
+    files = storage.list_files(storage.join(root, "labels"))
+    assert len(files) == table["image_id"].nunique() or len(table) == 0
+    for (plate, image_id), rows in table.groupby(["plate_id", "image_id"], observed=True):
+        labels = read_labels(labels_file_uri(root, str(plate), str(image_id)))
+        ids = np.unique(labels[labels > 0])
+        assert list(ids) == sorted(rows["cell_id"])
+        for row in rows.itertuples():
+            rr, cc = np.nonzero(labels == row.cell_id)
+            assert rr.size == row.area_px
+            assert abs(cc.mean() - row.centroid_x) < 1e-6
+            assert abs(rr.mean() - row.centroid_y) < 1e-6
+
+
 @pytest.mark.parametrize("where", ["local", "s3"])
 def test_nightly_inference_idempotent_and_crash_safe(prefect_api, where, tmp_path, request):
     model = "default"  # the shipped model: it finds real cells, so rows can be compared
@@ -164,6 +183,7 @@ def test_nightly_inference_idempotent_and_crash_safe(prefect_api, where, tmp_pat
         .apply(lambda s: list(s) == list(range(1, len(s) + 1)))
         .all()
     )
+    _assert_labels_equal_table(root_a, table)
     # the same night again: nothing new, the table is unchanged
     second = _night(root_a, model)
     assert second["images"] == 0 and second["failed"] == 0
@@ -178,6 +198,7 @@ def test_nightly_inference_idempotent_and_crash_safe(prefect_api, where, tmp_pat
     storage.delete(storage.join(root_b, "manifests", "processed", "P001", "P001_1.json"))
     _night(root_b, model)
     pd.testing.assert_frame_equal(_table(root_b)[STABLE], table[STABLE])
+    _assert_labels_equal_table(root_b, _table(root_b))
     # filters are pushed down to the hive partitions
     only = pd.read_parquet(
         storage.join(root_b, "cells"),
@@ -202,3 +223,4 @@ def test_reprocess_with_a_new_model_replaces_rows(trained, tmp_path):
     table = _table(root)
     assert set(table["model_version"]) <= {new["version"]}  # no row of the old model is left
     assert len(table) == again["cells"]  # replaced, not appended
+    _assert_labels_equal_table(root, table)

@@ -133,8 +133,10 @@ def test_lineage_validation(scene, change, message):
 
 def test_array_validation(scene):
     labels, image, prob = scene
-    with pytest.raises(ValueError, match="uint8"):
-        cell_records(labels, image[..., 0], prob, **LINEAGE)
+    with pytest.raises(ValueError, match="like the labels"):
+        cell_records(labels, image[:-1], prob, **LINEAGE)
+    with pytest.raises(ValueError, match="real dtype"):
+        cell_records(labels, image.astype(np.complex64), prob, **LINEAGE)
     with pytest.raises(ValueError, match="prob shape"):
         cell_records(labels, image, prob[:-1], **LINEAGE)
     gappy = np.where(labels == 2, 5, labels)
@@ -150,3 +152,15 @@ def test_to_arrow_rejects_wrong_columns(scene):
     with pytest.raises(ValueError, match="unexpected"):
         to_arrow(df.assign(extra=1))
     assert isinstance(to_arrow(df), pa.Table)
+
+
+def test_mean_intensity_in_the_image_units(scene):
+    """A 12-bit grey image gives mean_intensity in camera units; channels are averaged."""
+    labels, image, prob = scene
+    grey = image[..., 0].astype(np.uint16) * 16  # 0..4080, as a 12-bit camera writes
+    df16 = cell_records(labels, grey, prob, **LINEAGE)
+    df8 = cell_records(labels, image[..., :1], prob, **LINEAGE)
+    np.testing.assert_allclose(df16["mean_intensity"], 16 * df8["mean_intensity"])
+    two = np.stack([grey, np.zeros_like(grey)], axis=2)
+    df2 = cell_records(labels, two, prob, **LINEAGE)
+    np.testing.assert_allclose(df2["mean_intensity"], df16["mean_intensity"] / 2)
