@@ -1,0 +1,17 @@
+"""Prefect task of the per-plate HTML report (a thin wrapper of ``neuroseg.report``)."""
+
+from __future__ import annotations
+
+from prefect import task
+
+from tasks.common import IO_RETRIES
+
+
+@task(name="plate-report", task_run_name="report-{plate_id}", **IO_RETRIES)
+def plate_report(root: str, plate_id: str, cells_uri: str, failures: list[dict]) -> dict:
+    """Write ``reports/plates/<plate_id>.html``; returns its URI, link and counts."""
+    from neuroseg.report import report_link, write_plate_report
+
+    result = write_plate_report(root, plate_id, cells_uri=cells_uri, failures=failures)
+    keep = ("uri", "images", "cells", "failures", "bytes")
+    return {**{k: result[k] for k in keep}, "link": report_link(result["uri"])}
