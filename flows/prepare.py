@@ -7,13 +7,17 @@ A dataset whose content and parameters are unchanged is not prepared again.
 
 from __future__ import annotations
 
+from typing import Literal
+
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.utilities.annotations import unmapped
 from pydantic import BaseModel, Field
 
 from neuroseg import ingest as ingest_lib
 from neuroseg import prepare as lib
 from neuroseg import storage
+from neuroseg.normalize import input_spec
 from tasks.common import ExecutorConfig, artifact_key, make_task_runner
 from tasks.prepare import finalize, prepare_image
 
@@ -28,17 +32,47 @@ class PrepareParams(BaseModel):
     tile: int = Field(400, ge=32, le=4096, description="tile side in pixels (seed: 400)")
     min_overlap: int = Field(100, ge=0, description="minimum tile overlap (seed: 100)")
     seed: int = Field(0, description="seed of the by-image train/val/test split")
+    channels: Literal["rgb", "grey"] = Field(
+        "rgb", description="model input planes: rgb (FNC composites) or grey (one stain)"
+    )
+    normalization: Literal["fixed", "percentile"] = Field(
+        "fixed",
+        description="fixed: 8-bit as is (the seed's); percentile: per image 1 / 99.8 "
+        "percentiles, any bit depth (for 12/16-bit microscope images)",
+    )
+    channel: int | None = Field(
+        None, ge=0, description="channel (0-based) of multi-channel images; default: all"
+    )
     executor: ExecutorConfig = Field(default_factory=ExecutorConfig)
 
+    def input_spec(self) -> dict:
+        """The model input these parameters declare (see neuroseg.normalize)."""
+        return dict(input_spec({"channels": self.channels, "normalization": self.normalization}))
 
-def _map_images(out_uri: str, records: list[dict], tile: int, min_overlap: int) -> list[dict]:
+
+def _optional(record: dict, key: str) -> str | None:
+    value = record.get(key)
+    return value if isinstance(value, str) and value else None
+
+
+def _map_images(
+    out_uri: str,
+    records: list[dict],
+    tile: int,
+    min_overlap: int,
+    input: dict | None = None,
+    channel: int | None = None,
+) -> list[dict]:
     futures = prepare_image.map(
         out_uri,
         [r["image_id"] for r in records],
         [r["image_uri"] for r in records],
-        [r["mask_uri"] for r in records],
+        [_optional(r, "mask_uri") for r in records],
         tile,
         min_overlap,
+        [_optional(r, "labels_uri") for r in records],
+        unmapped(input),
+        channel,
     )
     return [f.result() for f in futures]
 
@@ -60,8 +94,14 @@ def prepare(params: PrepareParams) -> dict:
             f"dataset {params.dataset!r} has no ingested images under {params.root}/manifests"
         )
     records = manifest.to_dict("records")
+    spec = params.input_spec()
     version = lib.prepared_version(
-        records, tile=params.tile, min_overlap=params.min_overlap, seed=params.seed
+        records,
+        tile=params.tile,
+        min_overlap=params.min_overlap,
+        seed=params.seed,
+        input=spec,
+        channel=params.channel,
     )
     out = lib.prepared_uri(params.root, params.dataset, version)
     summary_uri = storage.join(out, "summary.json")
@@ -72,13 +112,19 @@ def prepare(params: PrepareParams) -> dict:
     else:
         logger.info("preparing %d image(s) into %s", len(records), out)
         metas = prepare_images_subflow(params.executor)(
-            out, records, params.tile, params.min_overlap
+            out, records, params.tile, params.min_overlap, spec, params.channel
         )
         summary = finalize(
             out,
             metas,
             params.seed,
-            {"tile": params.tile, "min_overlap": params.min_overlap, "seed": params.seed},
+            {
+                "tile": params.tile,
+                "min_overlap": params.min_overlap,
+                "seed": params.seed,
+                "input": spec,
+                "channel": params.channel,
+            },
         )
         storage.write_json(
             storage.join(params.root, "prepared", params.dataset, "latest.json"),

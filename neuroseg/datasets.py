@@ -43,11 +43,15 @@ class Sample(NamedTuple):
         URI of the image.
     mask_uri : str or None
         URI of the mask of the same file name in ``masks/``, or ``None`` if it has none.
+    labels_uri : str or None
+        URI of the instance label image of the same name in ``labels/`` (0 background, one
+        integer id per cell, touching cells apart), or ``None``.
     """
 
     name: str
     image_uri: str
     mask_uri: str | None
+    labels_uri: str | None = None
 
 
 # --------------------------------------------------------------------------------------------
@@ -66,14 +70,14 @@ def _split_name(leaf: str) -> tuple[str, str]:
 
 
 def find_fnc_samples(dataset_uri: str | os.PathLike) -> list[Sample]:
-    """Image/mask pairs of a dataset in the FNC layout.
+    """Image/mask (and instance label) pairs of a dataset in the FNC layout.
 
     Parameters
     ----------
     dataset_uri : str or path-like
-        Folder (local, ``file://`` or ``s3://``) holding ``images/`` and ``masks/``. Only files
-        directly inside those folders with a ``.png``, ``.tif`` or ``.tiff`` suffix (any case)
-        count.
+        Folder (local, ``file://`` or ``s3://``) holding ``images/`` and ``masks/`` and/or
+        ``labels/`` (instance label images). Only files directly inside those folders with a
+        ``.png``, ``.tif`` or ``.tiff`` suffix (any case) count.
 
     Returns
     -------
@@ -81,7 +85,8 @@ def find_fnc_samples(dataset_uri: str | os.PathLike) -> list[Sample]:
         One per image, sorted by file name. The mask is the file of the same name in
         ``masks/``; failing that, the one file there with the same stem and another image
         suffix (e.g. ``a.tif`` with ``a.png``). An image without a mask has ``mask_uri=None``;
-        a mask without an image is ignored. A missing or empty ``images/`` gives ``[]``.
+        a mask without an image is ignored. Label images in ``labels/`` pair the same way
+        (``labels_uri``). A missing or empty ``images/`` gives ``[]``.
 
     Raises
     ------
@@ -92,20 +97,17 @@ def find_fnc_samples(dataset_uri: str | os.PathLike) -> list[Sample]:
     from neuroseg import storage
 
     root = os.fspath(dataset_uri)
-    images = [
-        u
-        for u in storage.list_files(storage.join(root, "images"), recursive=False)
-        if _split_name(_leaf(u))[1] in IMAGE_SUFFIXES
-    ]
-    masks = [
-        u
-        for u in storage.list_files(storage.join(root, "masks"), recursive=False)
-        if _split_name(_leaf(u))[1] in IMAGE_SUFFIXES
-    ]
-    by_name = {_leaf(u): u for u in masks}
-    by_stem: dict[str, list[str]] = {}
-    for u in masks:
-        by_stem.setdefault(_split_name(_leaf(u))[0], []).append(u)
+
+    def listing(folder: str) -> list[str]:
+        return [
+            u
+            for u in storage.list_files(storage.join(root, folder), recursive=False)
+            if _split_name(_leaf(u))[1] in IMAGE_SUFFIXES
+        ]
+
+    images = listing("images")
+    match_mask = _matcher(listing("masks"), "masks")
+    match_labels = _matcher(listing("labels"), "label images")
 
     samples: list[Sample] = []
     seen: dict[str, str] = {}
@@ -117,15 +119,29 @@ def find_fnc_samples(dataset_uri: str | os.PathLike) -> list[Sample]:
                 f"{uri}: image id {stem!r} is ambiguous, {_leaf(seen[stem])} has the same stem"
             )
         seen[stem] = uri
-        mask = by_name.get(leaf)
-        if mask is None:
-            candidates = by_stem.get(stem, [])
+        samples.append(Sample(stem, uri, match_mask(uri), match_labels(uri)))
+    return samples
+
+
+def _matcher(files: list[str], what: str):
+    """``match(image_uri) -> uri | None``: the file of the same name, else the one of its stem."""
+    by_name = {_leaf(u): u for u in files}
+    by_stem: dict[str, list[str]] = {}
+    for u in files:
+        by_stem.setdefault(_split_name(_leaf(u))[0], []).append(u)
+
+    def match(image_uri: str) -> str | None:
+        leaf = _leaf(image_uri)
+        found = by_name.get(leaf)
+        if found is None:
+            candidates = by_stem.get(_split_name(leaf)[0], [])
             if len(candidates) > 1:
                 names = ", ".join(_leaf(c) for c in candidates)
-                raise ValueError(f"{uri}: several masks match its name ({names})")
-            mask = candidates[0] if candidates else None
-        samples.append(Sample(stem, uri, mask))
-    return samples
+                raise ValueError(f"{image_uri}: several {what} match its name ({names})")
+            found = candidates[0] if candidates else None
+        return found
+
+    return match
 
 
 def fnc_shared_root() -> Path | None:

@@ -22,10 +22,11 @@ import re
 from dataclasses import asdict, dataclass
 from pathlib import PurePosixPath
 
+import numpy as np
 import pandas as pd
 
 from neuroseg import storage
-from neuroseg.images import decode_image, decode_mask, image_size
+from neuroseg.images import decode_labels, decode_mask, decode_native, encode_labels, image_size
 
 IMAGE_SUFFIXES = (".png", ".tif", ".tiff")
 MIN_SIDE = 16
@@ -42,6 +43,8 @@ class Candidate:
     image_uri: str
     mask_uri: str | None = None
     file_name: str = ""
+    labels_uri: str | None = None  # instance label image in labels/
+    coco_uri: str | None = None  # or the dataset's COCO annotations.json, read for this image
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -98,13 +101,24 @@ def discover_uploads(source: str) -> tuple[list[Candidate], list[dict]]:
     return found, problems
 
 
+COCO_FILE = "annotations.json"
+"""A dataset's COCO instance annotations (as LIVECell ships them), beside ``images/``."""
+
+
 def discover_dataset(source: str, name: str) -> tuple[list[Candidate], list[dict]]:
-    """Find image/mask pairs of an FNC-layout dataset (``images/`` and ``masks/``)."""
+    """Find the annotated images of a dataset.
+
+    Layout: ``images/`` with, per image, a binary mask of the same name in ``masks/`` and/or an
+    instance label image in ``labels/``, or instances in a COCO ``annotations.json`` beside
+    ``images/`` (used for images that have neither).
+    """
     from neuroseg.datasets import find_fnc_samples
 
     check_id(name, what="dataset name")
     if not storage.exists(source):
         raise FileNotFoundError(f"{source}: no such folder or prefix")
+    coco = storage.join(source, COCO_FILE)
+    coco_uri = coco if storage.exists(coco) else None
     found, problems = [], []
     for sample in find_fnc_samples(source):
         file_name = PurePosixPath(_strip_scheme(sample.image_uri)).name
@@ -115,7 +129,16 @@ def discover_dataset(source: str, name: str) -> tuple[list[Candidate], list[dict
             problems.append({"file": sample.image_uri, "reason": str(exc)})
             continue
         found.append(
-            Candidate("datasets", name, stem, sample.image_uri, sample.mask_uri, file_name)
+            Candidate(
+                "datasets",
+                name,
+                stem,
+                sample.image_uri,
+                sample.mask_uri,
+                file_name,
+                sample.labels_uri,
+                coco_uri if not (sample.mask_uri or sample.labels_uri) else None,
+            )
         )
     if not found and not problems:
         raise FileNotFoundError(f"{source}: no images found in images/ (FNC layout expected)")
@@ -125,6 +148,16 @@ def discover_dataset(source: str, name: str) -> tuple[list[Candidate], list[dict
 def record_uri(root: str, kind: str, group: str, image_id: str) -> str:
     """URI of the manifest record of one image."""
     return storage.join(root, "manifests", kind, group, f"{image_id}.json")
+
+
+def labels_destination(root: str, cand: Candidate) -> str | None:
+    """Where an ingested dataset image's instance label image is stored (None: it has none)."""
+    if cand.kind != "datasets" or not (cand.labels_uri or cand.coco_uri):
+        return None
+    suffix = (
+        PurePosixPath(_strip_scheme(cand.labels_uri)).suffix.lower() if cand.labels_uri else ".png"
+    )
+    return storage.join(root, "datasets", cand.group, "labels", cand.image_id + suffix)
 
 
 def destinations(root: str, cand: Candidate) -> tuple[str, str | None]:
@@ -140,8 +173,15 @@ def destinations(root: str, cand: Candidate) -> tuple[str, str | None]:
     )
 
 
-def validate(cand: Candidate, image_bytes: bytes, mask_bytes: bytes | None) -> dict:
-    """Check that an image (and its mask) decode and agree; return their dimensions.
+def validate(
+    cand: Candidate,
+    image_bytes: bytes,
+    mask_bytes: bytes | None,
+    labels_bytes: bytes | None = None,
+) -> dict:
+    """Check that an image (and its mask and label image) decode and agree; return their sizes.
+
+    A dataset image needs a mask or a label image; each must have the image's size.
 
     Raises
     ------
@@ -152,23 +192,52 @@ def validate(cand: Candidate, image_bytes: bytes, mask_bytes: bytes | None) -> d
         height, width = image_size(image_bytes, name=cand.image_uri)
         if min(height, width) < MIN_SIDE:
             raise InvalidInput(f"{cand.image_uri}: image is {width}x{height}, below {MIN_SIDE} px")
-        decode_image(image_bytes, name=cand.image_uri)
-        info = {"height": height, "width": width}
+        image = decode_native(image_bytes, name=cand.image_uri)
+        info = {"height": height, "width": width, "channels": int(image.shape[2])}
+        info["dtype"] = str(image.dtype)
         if cand.kind == "datasets":
-            if mask_bytes is None:
-                raise InvalidInput(f"{cand.image_uri}: no mask with the same name in masks/")
-            mask = decode_mask(mask_bytes, name=cand.mask_uri or "mask")
-            if mask.shape != (height, width):
+            if mask_bytes is None and labels_bytes is None:
                 raise InvalidInput(
-                    f"{cand.mask_uri}: mask is {mask.shape[1]}x{mask.shape[0]}, "
-                    f"image is {width}x{height}"
+                    f"{cand.image_uri}: no mask in masks/ nor label image in labels/ "
+                    "with the same name"
                 )
-            info["mask_foreground_px"] = int((mask > 127).sum())
+            if mask_bytes is not None:
+                mask = decode_mask(mask_bytes, name=cand.mask_uri or "mask")
+                _check_size(cand.mask_uri or "mask", "mask", mask.shape, height, width)
+                info["mask_foreground_px"] = int((mask > 127).sum())
+            if labels_bytes is not None:
+                where = cand.labels_uri or f"{cand.coco_uri} ({cand.file_name})"
+                labels = decode_labels(labels_bytes, name=where)
+                _check_size(where, "label image", labels.shape, height, width)
+                info["n_instances"] = int(np.unique(labels[labels > 0]).size)
+                info.setdefault("mask_foreground_px", int((labels > 0).sum()))
         return info
     except InvalidInput:
         raise
     except ValueError as exc:  # ImageDecodeError and friends carry the file name already
         raise InvalidInput(str(exc)) from exc
+
+
+def _check_size(where: str, what: str, shape: tuple, height: int, width: int) -> None:
+    if tuple(shape) != (height, width):
+        raise InvalidInput(f"{where}: {what} is {shape[1]}x{shape[0]}, image is {width}x{height}")
+
+
+_COCO_CACHE: dict[str, dict] = {}
+
+
+def _coco_labels(cand: Candidate) -> bytes:
+    """A COCO image's instances as a 16-bit label PNG (the parsed JSON is cached per process)."""
+    from neuroseg.datasets import coco_instance_masks
+
+    coco = _COCO_CACHE.get(cand.coco_uri)
+    if coco is None:
+        coco = _COCO_CACHE.setdefault(cand.coco_uri, storage.read_json(cand.coco_uri))
+    try:
+        masks = coco_instance_masks(coco, image_names=[cand.file_name])
+    except ValueError as exc:
+        raise InvalidInput(f"{cand.coco_uri}: {cand.file_name}: {exc}") from exc
+    return encode_labels(masks[cand.file_name])[0]
 
 
 def quarantine(root: str, cand: Candidate, data: bytes | None, reason: str) -> str:
@@ -192,16 +261,24 @@ def ingest_one(root: str, cand: Candidate) -> dict:
     try:
         image_bytes = storage.read_bytes(cand.image_uri)
         mask_bytes = storage.read_bytes(cand.mask_uri) if cand.mask_uri else None
+        labels_bytes = storage.read_bytes(cand.labels_uri) if cand.labels_uri else None
     except (FileNotFoundError, PermissionError) as exc:
         return {**cand.to_dict(), "status": "failed", "reason": f"{cand.image_uri}: {exc}"}
     sha = storage.sha256_bytes(image_bytes)
-    mask_sha = storage.sha256_bytes(mask_bytes) if mask_bytes is not None else None
-    if storage.exists(rec_uri):
-        old = storage.read_json(rec_uri)
-        if old.get("sha256") == sha and old.get("mask_sha256") == mask_sha:
-            return {**old, "status": "skipped"}
     try:
-        info = validate(cand, image_bytes, mask_bytes)
+        if cand.coco_uri and labels_bytes is None:
+            labels_bytes = _coco_labels(cand)
+        mask_sha = storage.sha256_bytes(mask_bytes) if mask_bytes is not None else None
+        labels_sha = storage.sha256_bytes(labels_bytes) if labels_bytes is not None else None
+        if storage.exists(rec_uri):
+            old = storage.read_json(rec_uri)
+            if (
+                old.get("sha256") == sha
+                and old.get("mask_sha256") == mask_sha
+                and old.get("labels_sha256") == labels_sha
+            ):
+                return {**old, "status": "skipped"}
+        info = validate(cand, image_bytes, mask_bytes, labels_bytes)
     except InvalidInput as exc:
         where = quarantine(root, cand, image_bytes, str(exc))
         return {**cand.to_dict(), "status": "quarantined", "reason": str(exc), "quarantine": where}
@@ -214,6 +291,9 @@ def ingest_one(root: str, cand: Candidate) -> dict:
         and _strip_scheme(mask_dest) != _strip_scheme(cand.mask_uri or "")
     ):
         storage.write_bytes(mask_dest, mask_bytes)
+    labels_dest = labels_destination(root, cand)
+    if labels_dest and _strip_scheme(labels_dest) != _strip_scheme(cand.labels_uri or ""):
+        storage.write_bytes(labels_dest, labels_bytes)
     record = {
         "kind": cand.kind,
         "group": cand.group,
@@ -223,6 +303,8 @@ def ingest_one(root: str, cand: Candidate) -> dict:
         "mask_uri": mask_dest,
         "sha256": sha,
         "mask_sha256": mask_sha,
+        "labels_uri": labels_dest,
+        "labels_sha256": labels_sha,
         "bytes": len(image_bytes),
         "ingested_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         **info,

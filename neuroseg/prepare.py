@@ -23,30 +23,85 @@ import numpy as np
 import pandas as pd
 
 from neuroseg import storage
-from neuroseg.images import read_image, read_mask
-from neuroseg.masks import analyze_mask, summarize_cells
+from neuroseg.images import read_labels, read_mask, read_native
+from neuroseg.masks import analyze_labels, analyze_mask, label_mask, summarize_cells
+from neuroseg.normalize import input_spec
+from neuroseg.predict import prepare_input
 from neuroseg.tiling import crop_tiles, tile_grid
 
 SPLIT_FRACTIONS = (0.7, 0.15, 0.15)
 
 
-def prepared_version(records: list[dict], *, tile: int, min_overlap: int, seed: int) -> str:
-    """Content hash of a dataset plus the preparation parameters (12 hex digits)."""
+def prepared_version(
+    records: list[dict],
+    *,
+    tile: int,
+    min_overlap: int,
+    seed: int,
+    input: dict | None = None,
+    channel: int | None = None,
+) -> str:
+    """Content hash of a dataset plus the preparation parameters (12 hex digits).
+
+    Label images and a non-legacy input spec or channel enter the hash only when present, so
+    versions of mask-only datasets prepared for legacy models keep their old names.
+    """
     h = hashlib.sha256()
     for rec in sorted(records, key=lambda r: r["image_id"]):
-        h.update(f"{rec['image_id']}:{rec['sha256']}:{rec.get('mask_sha256')}\n".encode())
-    h.update(json.dumps({"tile": tile, "min_overlap": min_overlap, "seed": seed}).encode())
+        line = f"{rec['image_id']}:{rec['sha256']}:{rec.get('mask_sha256')}"
+        if _present(rec.get("labels_sha256")):
+            line += f":{rec['labels_sha256']}"
+        h.update(f"{line}\n".encode())
+    params: dict = {"tile": tile, "min_overlap": min_overlap, "seed": seed}
+    spec = input_spec(input)
+    if spec != input_spec(None):
+        params["input"] = spec
+    if channel is not None:
+        params["channel"] = int(channel)
+    h.update(json.dumps(params, sort_keys=False).encode())
     return h.hexdigest()[:12]
+
+
+def _present(value) -> bool:
+    """A manifest value that is set (not None, NaN or empty: pandas turns None into NaN)."""
+    return isinstance(value, str) and bool(value)
 
 
 def prepared_uri(root: str, dataset: str, version: str) -> str:
     return storage.join(root, "prepared", dataset, version)
 
 
+def model_tiles_input(image: np.ndarray, *, input: dict | None = None, channel=None):
+    """The model input of a decoded image as ``(H, W, 3) uint8`` (0..255), for tile shards.
+
+    :func:`neuroseg.predict.prepare_input` (the function inference uses), rounded to 8 bits:
+    an 8-bit RGB image for a legacy model is unchanged.
+    """
+    x = prepare_input({"input": input_spec(input)}, image, channel=channel)
+    if x.dtype != np.uint8:
+        x = np.clip(np.round(x), 0, 255).astype(np.uint8)
+    return x
+
+
 def prepare_image(
-    out_uri: str, image_id: str, image_uri: str, mask_uri: str, *, tile: int, min_overlap: int
+    out_uri: str,
+    image_id: str,
+    image_uri: str,
+    mask_uri: str | None,
+    *,
+    tile: int,
+    min_overlap: int,
+    labels_uri: str | None = None,
+    input: dict | None = None,
+    channel: int | None = None,
 ) -> dict:
-    """Analyse the mask and tile one image; write its shard, cell table and meta record.
+    """Analyse the annotation and tile one image; write its shard, cell table and meta record.
+
+    The shard ``tiles/<image_id>.npz`` holds ``images (n, T, T, 3) uint8`` (the model input
+    declared by `input`, see :func:`model_tiles_input`), ``masks (n, T, T) uint8`` {0, 255},
+    ``labels (n, T, T) int32`` (instance ids: the label image where there is one, else the
+    4-connected components of the mask) and ``grid (n, 2)``. The cell table has one row per
+    instance of the label image, else per mask component (the seed's markGroups).
 
     Returns the meta record (small: counts and per-tile foreground), never arrays. Resumable:
     when the meta record exists, it is returned without recomputing.
@@ -54,19 +109,30 @@ def prepare_image(
     meta_uri = storage.join(out_uri, "meta", f"{image_id}.json")
     if storage.exists(meta_uri):
         return storage.read_json(meta_uri)
-    image = read_image(image_uri)
-    mask = read_mask(mask_uri)
-    if image.shape[:2] != mask.shape:
-        raise ValueError(f"{mask_uri}: mask shape {mask.shape} != image shape {image.shape[:2]}")
-    cells = analyze_mask(mask)
+    image = read_native(image_uri)
+    labels = read_labels(labels_uri) if _present(labels_uri) else None
+    mask = read_mask(mask_uri) if _present(mask_uri) else None
+    if labels is None and mask is None:
+        raise ValueError(f"{image_uri}: no mask and no label image to prepare")
+    for what, uri, arr in (("mask", mask_uri, mask), ("label image", labels_uri, labels)):
+        if arr is not None and arr.shape != image.shape[:2]:
+            raise ValueError(f"{uri}: {what} shape {arr.shape} != image shape {image.shape[:2]}")
+    if labels is not None:
+        cells = analyze_labels(labels)
+        if mask is None:
+            mask = np.where(labels > 0, np.uint8(255), np.uint8(0))
+    else:
+        cells = analyze_mask(mask)
+        labels, _ = label_mask(mask)
     height, width = mask.shape
     grid = tile_grid(height, width, tile=tile, min_overlap=min_overlap)
-    img_tiles = crop_tiles(image, grid, tile=tile)
+    img_tiles = crop_tiles(model_tiles_input(image, input=input, channel=channel), grid, tile=tile)
     mask_tiles = crop_tiles(mask, grid, tile=tile)
+    label_tiles = crop_tiles(labels.astype(np.int32, copy=False), grid, tile=tile)
     fg = (mask_tiles > 127).reshape(len(grid), -1).sum(axis=1)
 
     buf = io.BytesIO()
-    np.savez(buf, images=img_tiles, masks=mask_tiles, grid=grid)
+    np.savez(buf, images=img_tiles, masks=mask_tiles, labels=label_tiles, grid=grid)
     shard_key = f"tiles/{image_id}.npz"
     storage.write_bytes(storage.join(out_uri, shard_key), buf.getvalue())
     cell_df = pd.DataFrame({"image_id": image_id, **cells})

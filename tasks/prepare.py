@@ -10,11 +10,27 @@ from tasks.common import IO_RETRIES
 
 @task(name="prepare-image", task_run_name="prepare-{image_id}", **IO_RETRIES)
 def prepare_image(
-    out_uri: str, image_id: str, image_uri: str, mask_uri: str, tile: int, min_overlap: int
+    out_uri: str,
+    image_id: str,
+    image_uri: str,
+    mask_uri: str | None,
+    tile: int,
+    min_overlap: int,
+    labels_uri: str | None = None,
+    input: dict | None = None,
+    channel: int | None = None,
 ) -> dict:
-    """Mask analysis and tiling of one image; returns its small meta record (no arrays)."""
+    """Mask/label analysis and tiling of one image; returns its small meta record (no arrays)."""
     return lib.prepare_image(
-        out_uri, image_id, image_uri, mask_uri, tile=tile, min_overlap=min_overlap
+        out_uri,
+        image_id,
+        image_uri,
+        mask_uri,
+        tile=tile,
+        min_overlap=min_overlap,
+        labels_uri=labels_uri,
+        input=input,
+        channel=channel,
     )
 
 

@@ -1,0 +1,171 @@
+"""Instance ground truth: labels/ and COCO datasets through ingestion and preparation.
+
+Two touching discs must stay two instances from the label image to the prepared tiles and the
+cell table; a 12-bit grey image is prepared as the declared (percentile) input.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from neuroseg import storage
+from neuroseg.datasets import find_fnc_samples
+from neuroseg.ingest import discover_dataset, ingest_one, read_manifest
+
+SHAPE = (96, 128)
+
+
+def _png(array: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(array).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def touching(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """A 12-bit grey image (uint16) of two touching discs and a third one, and its labels."""
+    rng = np.random.default_rng(seed)
+    rr, cc = np.indices(SHAPE)
+    labels = np.zeros(SHAPE, np.int32)
+    for k, (r, c) in enumerate([(40, 40), (40, 62), (70, 100)], start=1):
+        labels[((rr - r) ** 2 + (cc - c) ** 2 <= 12**2) & (labels == 0)] = k * 10  # ids 10, 20, 30
+    image = 300 + rng.integers(0, 40, SHAPE)
+    image[labels > 0] += 2500
+    return image.astype(np.uint16), labels
+
+
+def write_label_dataset(source: str, n: int = 3) -> None:
+    for i in range(n):
+        image, labels = touching(i)
+        storage.write_bytes(storage.join(source, "images", f"n{i}.png"), _png(image))
+        storage.write_bytes(
+            storage.join(source, "labels", f"n{i}.png"), _png(labels.astype(np.uint16))
+        )
+    image, labels = touching(9)
+    storage.write_bytes(storage.join(source, "images", "bad.png"), _png(image))
+    storage.write_bytes(
+        storage.join(source, "labels", "bad.png"), _png(labels[:50].astype(np.uint16))
+    )
+
+
+def test_labels_are_found_ingested_and_wrong_sizes_quarantined(tmp_path):
+    src, root = str(tmp_path / "src"), str(tmp_path / "root")
+    write_label_dataset(src)
+    samples = find_fnc_samples(src)
+    assert [s.labels_uri is not None for s in samples] == [True] * 4
+    assert all(s.mask_uri is None for s in samples)
+    found, problems = discover_dataset(src, "nuc")
+    assert problems == []
+    results = {c.image_id: ingest_one(root, c) for c in found}
+    assert results["bad"]["status"] == "quarantined"
+    assert "label image is 128x50, image is 128x96" in results["bad"]["reason"]
+    assert "\n" not in results["bad"]["reason"]
+    ok = results["n0"]
+    assert ok["status"] == "ingested" and ok["n_instances"] == 3 and ok["dtype"] == "uint16"
+    assert storage.exists(ok["labels_uri"])
+    # idempotent; a changed label image is ingested again
+    assert ingest_one(root, found[1])["status"] == "skipped"
+    storage.write_bytes(samples[1].labels_uri, _png(np.zeros(SHAPE, np.uint16)))
+    assert ingest_one(root, discover_dataset(src, "nuc")[0][1])["status"] == "ingested"
+
+
+def test_coco_instances_become_label_images(tmp_path):
+    src, root = str(tmp_path / "coco"), str(tmp_path / "root")
+    image, _ = touching(0)
+    storage.write_bytes(storage.join(src, "images", "c0.png"), _png(image))
+    coco = {
+        "images": [{"id": 1, "file_name": "c0.png", "height": SHAPE[0], "width": SHAPE[1]}],
+        "annotations": [
+            {"id": 1, "image_id": 1, "iscrowd": 0, "segmentation": [[10, 10, 30, 10, 30, 30]]},
+            {"id": 2, "image_id": 1, "iscrowd": 0, "segmentation": [[30, 10, 50, 10, 50, 30]]},
+        ],
+    }
+    storage.write_bytes(storage.join(src, "annotations.json"), json.dumps(coco).encode())
+    [cand], _ = discover_dataset(src, "coco")
+    rec = ingest_one(root, cand)
+    assert rec["status"] == "ingested" and rec["n_instances"] == 2
+    from neuroseg.images import read_labels
+
+    labels = read_labels(rec["labels_uri"])
+    assert set(np.unique(labels)) == {0, 1, 2}
+    assert ingest_one(root, cand)["status"] == "skipped"
+
+
+def test_prepare_keeps_touching_instances_apart_and_normalises_12_bit(tmp_path):
+    from neuroseg.prepare import finalize, prepare_image, prepared_version
+
+    src, root = str(tmp_path / "src"), str(tmp_path / "root")
+    write_label_dataset(src)
+    for cand in discover_dataset(src, "nuc")[0]:
+        ingest_one(root, cand)
+    records = read_manifest(root, "datasets", "nuc").to_dict("records")
+    assert len(records) == 3
+    spec = {"channels": "grey", "normalization": "percentile"}
+    legacy = prepared_version(records, tile=64, min_overlap=16, seed=0)
+    version = prepared_version(records, tile=64, min_overlap=16, seed=0, input=spec)
+    assert version != legacy
+    out = storage.join(root, "prepared", "nuc", version)
+    metas = [
+        prepare_image(
+            out,
+            r["image_id"],
+            r["image_uri"],
+            r["mask_uri"] if isinstance(r["mask_uri"], str) else None,
+            tile=64,
+            min_overlap=16,
+            labels_uri=r["labels_uri"],
+            input=spec,
+        )
+        for r in records
+    ]
+    summary = finalize(out, metas, seed=0, params={"tile": 64, "input": spec})
+    assert summary["n_cells"] == 9  # 3 instances per image, the touching pair is two
+    cells = storage.read_parquet(storage.join(out, "cells.parquet"))
+    assert sorted(cells.loc[cells.image_id == "n0", "cell_id"]) == [10, 20, 30]
+    with np.load(io.BytesIO(storage.read_bytes(storage.join(out, "tiles", "n0.npz")))) as z:
+        images, labels, masks, grid = z["images"], z["labels"], z["masks"], z["grid"]
+    assert images.dtype == np.uint8 and images.shape[1:] == (64, 64, 3)
+    assert labels.dtype == np.int32 and labels.shape == masks.shape == images.shape[:3]
+    # the tile covering both touching discs holds both ids; the mask merges them
+    both = [i for i in range(len(grid)) if {10, 20} <= set(np.unique(labels[i]))]
+    assert both
+    assert set(np.unique(masks[both[0]])) == {0, 255}
+    # percentile-normalised: cells bright, background dark, whatever the 12-bit scale
+    cell_px = images[both[0]][labels[both[0]] > 0]
+    bg_px = images[both[0]][labels[both[0]] == 0]
+    assert cell_px.mean() > 200 and bg_px.mean() < 60
+
+
+@pytest.mark.slow
+def test_prepare_flow_with_labels_and_grey_percentile_input(prefect_api, tmp_path):
+    from flows.ingest import IngestParams, ingest
+    from flows.prepare import PrepareParams, prepare
+
+    src, root = str(tmp_path / "src"), str(tmp_path / "root")
+    write_label_dataset(src, n=4)
+    ingest(IngestParams(root=root, source=src, dataset="nuc"))
+    out = prepare(
+        PrepareParams(
+            root=root,
+            dataset="nuc",
+            tile=64,
+            min_overlap=16,
+            channels="grey",
+            normalization="percentile",
+        )
+    )
+    assert out["cells"] == 12 and not out["cached"]
+    summary = storage.read_json(storage.join(out["prepared_uri"], "summary.json"))
+    assert summary["params"]["input"]["normalization"] == "percentile"
+    assert summary["params"]["input"]["channels"] == "grey"
+    again = prepare(
+        PrepareParams(
+            root=root, dataset="nuc", tile=64, min_overlap=16, channels="grey",
+            normalization="percentile",
+        )
+    )  # fmt: skip
+    assert again["cached"] and again["version"] == out["version"]
