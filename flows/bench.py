@@ -40,7 +40,7 @@ from prefect import flow
 from neuroseg import storage
 from neuroseg.benchmarks.inference import bench_model_uri, count_rows, library_plate, load_average
 
-__all__ = ["OVERHEAD_TARGET", "bench_orchestration"]
+__all__ = ["OVERHEAD_TARGET", "bench_dask_cluster", "bench_orchestration"]
 
 #: Target of the Prefect overhead on nightly inference (flow seconds / loop seconds - 1).
 OVERHEAD_TARGET = 0.15
@@ -347,3 +347,174 @@ def _warm_tensorflow(model_uri: str) -> None:
 
     bundle = load_model(model_uri)
     bundle.predict_tiles(np.zeros((1, bundle.tile, bundle.tile, 3), np.uint8))
+
+
+# -------------------------------------------------------------------------- standing Dask cluster
+
+#: Images of the night the README projects from the measured per-image cost.
+NIGHT_IMAGES = 100_000
+#: Per worker process: one task at a time, and TensorFlow kept to one core (so that N workers
+#: use N cores and the scaling measures the cluster, not TensorFlow's own threads).
+ONE_CORE_ENV = {
+    "TF_NUM_INTRAOP_THREADS": "1",
+    "TF_NUM_INTEROP_THREADS": "1",
+    "OMP_NUM_THREADS": "1",
+}
+
+
+def _warm_worker(model_uri: str) -> int:
+    """Run on every Dask worker before timing: TensorFlow imported, model cached, one predict."""
+    import numpy as np
+
+    from tasks.infer import get_bundle
+
+    bundle = get_bundle(model_uri, "fp32")
+    bundle.predict_tiles(np.zeros((1, bundle.tile, bundle.tile, 3), np.uint8))
+    return os.getpid()
+
+
+def _dask_night(tmp: str, source: str, model_uri: str, address: str, workers: int) -> dict:
+    from flows.infer import InferParams, nightly_inference
+    from tasks.common import ExecutorConfig
+
+    root = os.path.join(tmp, f"dask-{workers}-workers")
+    _copy_tree(os.path.join(source, "uploads"), os.path.join(root, "uploads"))
+    params = InferParams(
+        root=root, model=model_uri, executor=ExecutorConfig(kind="dask", address=address)
+    )
+    seconds, summary = _timed(nightly_inference, params)
+    return {
+        "workers": workers,
+        "seconds": seconds,
+        "images": summary["images"],
+        "failed": summary["failed"],
+        "cells": summary["cells"],
+        "rows": count_rows(storage.join(root, "cells")),
+        "images_per_second": summary["images"] / seconds,
+    }
+
+
+def bench_dask_cluster(
+    *,
+    address: str | None = None,
+    workers: int = 2,
+    images: int = 20,
+    height: int = 1200,
+    width: int = 1600,
+    seed: int = 0,
+) -> dict:
+    """Nightly inference on a standing Dask cluster: images per second by number of workers.
+
+    With ``address``, the cluster there is used as it is (one measurement with all its
+    workers). Without, a local standing cluster is started (``neuroseg.cluster``: a
+    ``dask scheduler`` and worker processes on 127.0.0.1, one thread and one TensorFlow core
+    each) and measured with 1, 2, ..., ``workers`` workers, one worker added before each
+    measurement. Start-up is excluded: before each timed night every worker has imported
+    TensorFlow, loaded the model into its cache (``tasks.infer.get_bundle``) and predicted once,
+    and the flow's own process has the model cached too. Each night runs on a fresh storage
+    root holding the same plate of ``images`` synthetic uploads.
+
+    Returns
+    -------
+    dict
+        JSON-able: ``mode``, ``address``, ``cpu_count``, ``load_average`` (start, end),
+        ``cluster_start_seconds``, ``warm_seconds`` (per measurement), ``runs`` (per number of
+        workers: ``seconds``, ``images_per_second``, ``images``, ``cells``, ``rows``,
+        ``failed``), ``scaling_efficiency`` (ips with 2 workers / (2 x ips with 1), None
+        without both), ``efficiency`` (ips_k / (k x ips_1) per k), ``model_loads`` (per worker
+        process; 1 each when the cache works), ``same_rows`` and ``projection``
+        (``NIGHT_IMAGES`` images from the cost of one image on one worker).
+    """
+    from distributed import Client
+
+    from neuroseg import synth
+    from neuroseg.cluster import StandingCluster
+    from tasks.infer import cache_info, get_bundle
+
+    images = _check_int("images", images, 1)
+    workers = _check_int("workers", workers, 1)
+    height = _check_int("height", height, 16)
+    width = _check_int("width", width, 16)
+    load_start = load_average()
+    _timed(_warmup)
+    cluster = None
+    with tempfile.TemporaryDirectory(prefix="neuroseg-bench-dask-") as tmp:
+        model_uri, model_name = bench_model_uri(tmp, seed=seed)
+        t_flow_model, _ = _timed(get_bundle, model_uri, "fp32")  # resolve-model in the flow
+        source = os.path.join(tmp, "source")
+        synth.write_uploads(
+            source, plates=1, images_per_plate=images, seed=seed, height=height, width=width
+        )
+        try:
+            if address is None:
+                cluster = StandingCluster(0, env=ONE_CORE_ENV).start()
+                address, counts = cluster.address, list(range(1, workers + 1))
+            else:
+                counts = [None]
+            runs, warm = [], []
+            for k in counts:
+                if k is not None:
+                    cluster.add_worker()
+                with Client(address, set_as_default=False) as client:
+                    t_warm, _ = _timed(client.run, _warm_worker, model_uri)
+                    n = len(client.scheduler_info(n_workers=-1)["workers"])
+                warm.append(t_warm)
+                runs.append(_dask_night(tmp, source, model_uri, address, n))
+            with Client(address, set_as_default=False) as client:
+                loads = client.run(cache_info)
+        finally:
+            if cluster is not None:
+                cluster.close()
+    by_k = {r["workers"]: r["images_per_second"] for r in runs}
+    one = by_k.get(1)
+    efficiency = {str(k): v / (k * one) for k, v in by_k.items()} if one else {}
+    model_loads = sorted(
+        m["loads"]
+        for info in loads.values()
+        for m in info["models"]
+        if m["uri"] == model_uri and m["precision"] == "fp32"
+    )
+    return {
+        "mode": "address" if cluster is None else "local standing cluster",
+        "address": address if cluster is None else "127.0.0.1 (started by the bench)",
+        "model": model_name,
+        "images": images,
+        "image_size": [height, width],
+        "cpu_count": os.cpu_count(),
+        "worker": "1 thread, TensorFlow on 1 core" if cluster is not None else "as configured",
+        "load_average": [load_start, load_average()],
+        "cluster_start_seconds": cluster.start_seconds if cluster is not None else None,
+        "flow_process_model_load_seconds": t_flow_model,
+        "warm_seconds": warm,
+        "runs": runs,
+        "scaling_efficiency": efficiency.get("2"),
+        "efficiency": efficiency,
+        "model_loads": model_loads,
+        "same_rows": len({r["rows"] for r in runs}) == 1 and not any(r["failed"] for r in runs),
+        "projection": _projection(runs),
+        "note": "start-up excluded: each worker has TensorFlow and the model loaded before the "
+        "timed night; seconds are the whole flow (find pending, mapping on Dask, writes)",
+    }
+
+
+def _projection(runs: list[dict]) -> dict:
+    """A ``NIGHT_IMAGES`` night from the measured cost: worker-seconds per image with the
+    fewest workers measured, and the workers an 8-hour night needs at the efficiency measured
+    with the most workers (capped at 1)."""
+    import math
+
+    base = min(runs, key=lambda r: r["workers"])
+    top = max(runs, key=lambda r: r["workers"])
+    per_image = base["workers"] / base["images_per_second"]  # worker-seconds per image
+    worker_hours = NIGHT_IMAGES * per_image / 3600
+    eff = min(1.0, top["images_per_second"] / top["workers"] * per_image)
+    return {
+        "images": NIGHT_IMAGES,
+        "worker_seconds_per_image": per_image,
+        "worker_hours": worker_hours,
+        "efficiency_used": eff,
+        "workers_for_8_hours": math.ceil(worker_hours / 8 / eff),
+        "hours_with_measured_workers": {
+            str(r["workers"]): NIGHT_IMAGES / r["images_per_second"] / 3600 for r in runs
+        },
+    }

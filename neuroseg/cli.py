@@ -217,6 +217,11 @@ def cmd_segment(args) -> int:
 
 
 def cmd_bench(args) -> int:
+    standing = args.dask_address is not None or args.workers is not None
+    if standing and args.what != "orchestration":
+        raise ValueError("--dask-address and --workers apply to `bench orchestration` only")
+    if args.dask_address is not None and args.workers is not None:
+        raise ValueError("give --dask-address (a running cluster) or --workers N, not both")
     if args.what == "masks":
         from neuroseg.benchmarks.masks import bench_masks
 
@@ -230,6 +235,15 @@ def cmd_bench(args) -> int:
         from neuroseg.benchmarks.inference import bench_inference
 
         result = bench_inference(images=args.images)
+    elif standing:  # orchestration on a standing Dask cluster
+        configure_prefect(None)
+        from flows.bench import bench_dask_cluster
+
+        result = bench_dask_cluster(
+            address=args.dask_address,
+            workers=2 if args.workers is None else args.workers,
+            images=args.images,
+        )
     else:  # orchestration
         configure_prefect(None)
         from flows.bench import bench_orchestration
@@ -365,6 +379,17 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--fnc-root", help="folder of real FNC samples (default ../shared/...)")
     sp.add_argument("--repeat", type=int, default=3)
     sp.add_argument("--images", type=int, default=20, help="plate size for inference benches")
+    sp.add_argument(
+        "--dask-address",
+        metavar="ADDR",
+        help="orchestration: time the nightly run on the standing Dask cluster at ADDR",
+    )
+    sp.add_argument(
+        "--workers",
+        type=int,
+        metavar="N",
+        help="orchestration: start a local standing Dask cluster and time 1..N workers",
+    )
     sp.set_defaults(func=cmd_bench)
     return p
 

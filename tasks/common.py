@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 from typing import Literal
 
@@ -45,7 +46,7 @@ def make_task_runner(cfg: ExecutorConfig):
     """Build the task runner an ``ExecutorConfig`` asks for."""
     if cfg.kind == "threads":
         return ThreadPoolTaskRunner(max_workers=cfg.workers)
-    from prefect_dask import DaskTaskRunner
+    DaskTaskRunner = _dask_runner_class()
 
     if cfg.address:
         return DaskTaskRunner(address=cfg.address)
@@ -57,6 +58,43 @@ def make_task_runner(cfg: ExecutorConfig):
             "dashboard_address": None,
         }
     )
+
+
+def ephemeral_api_url() -> str | None:
+    """The URL of the temporary API this process started (no ``PREFECT_API_URL``), else None."""
+    from prefect.settings import get_current_settings
+
+    if get_current_settings().api.url:
+        return None
+    from prefect.server.api.server import SubprocessASGIServer
+
+    server = SubprocessASGIServer()  # the singleton Prefect's client started, if any
+    return server.api_url if server.running else None
+
+
+@functools.cache
+def _dask_runner_class():
+    """prefect-dask's runner, made to send task runs to this process's API.
+
+    Each task ships the caller's settings to the Dask worker. Without ``PREFECT_API_URL`` those
+    settings name no API, and every worker process then starts a temporary API of its own
+    (10-20 s each, task runs recorded in another database). So when this process runs on its
+    own temporary API, its URL goes with every task; a deployment (``PREFECT_API_URL`` set)
+    already sends its own.
+    """
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+    from prefect_dask import DaskTaskRunner
+
+    class _DaskTaskRunner(DaskTaskRunner):
+        def submit(self, task, parameters, wait_for=None, dependencies=None):
+            url = ephemeral_api_url()
+            if url is None:
+                return super().submit(task, parameters, wait_for, dependencies)
+            with temporary_settings(updates={PREFECT_API_URL: url}):
+                return super().submit(task, parameters, wait_for, dependencies)
+
+    _DaskTaskRunner.__name__ = _DaskTaskRunner.__qualname__ = "DaskTaskRunner"
+    return _DaskTaskRunner
 
 
 def artifact_key(*parts: str) -> str:
