@@ -1,11 +1,14 @@
 """Evaluation: pixel and object scores on stitched full-resolution masks, artifacts, promotion.
 
 The model is scored on a dataset's test split (split by image) in parallel over images, next to
-the current production model and a classical baseline (Otsu threshold + connected components)
-on the same images. Artifacts with stable keys carry the classification report, the confusion
-matrix (counts and row-normalised), per-image counts and a markdown comparison; plots are PNG
-files under ``reports/``. A model is promoted only when it beats production's object F1 on the
-same images, or when forced.
+the current production model and two classical baselines on the same images: Otsu threshold +
+connected components (the FNC baseline) and the nuclei pipeline of ``neuroseg.baseline``
+(percentiles, Gaussian, Otsu, distance-transform watershed; its parameters tuned on the
+validation split when it has instance labels). Instances are scored at IoU 0.5..0.95 (F1, AP,
+mean AP) as well as by centroid distance. Artifacts with stable keys carry the classification
+report, the confusion matrix (counts and row-normalised), the IoU table, per-image counts and a
+markdown comparison; plots are PNG files under ``reports/``. A model is promoted only when it
+beats production's object F1 on the same images, or when forced.
 """
 
 from __future__ import annotations
@@ -20,7 +23,13 @@ from pydantic import BaseModel, Field
 from neuroseg import evaluation as lib
 from neuroseg import storage
 from tasks.common import ExecutorConfig, artifact_key, make_task_runner
-from tasks.evaluate import BASELINE_MIN_AREA, evaluate_image, list_samples, sweep
+from tasks.evaluate import (
+    BASELINE_MIN_AREA,
+    evaluate_image,
+    list_samples,
+    sweep,
+    tune_classical,
+)
 from tasks.infer import forget_bundle, resolve_model
 
 N_OVERLAYS = 3
@@ -85,6 +94,7 @@ def evaluate(params: EvaluateParams) -> dict:
                 cfg.update(threshold=threshold, min_area=min_area, threshold_sweep=chosen)
                 storage.write_json(cfg_uri, cfg)
                 forget_bundle(model["uri"])  # later runs in this process see the new threshold
+    classical = _classical_params(params, logger)
     stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
     report = storage.join(params.root, "reports", f"eval-{model['name']}-{stamp}")
     overlays = [
@@ -106,6 +116,14 @@ def evaluate(params: EvaluateParams) -> dict:
             0.5,
             BASELINE_MIN_AREA,
             params.watershed,
+            [None] * len(samples),
+        ),
+        (
+            "classical",
+            {"kind": "classical", "params": classical["params"]},
+            0.5,
+            0,
+            False,
             [None] * len(samples),
         ),
     ]
@@ -164,6 +182,7 @@ def evaluate(params: EvaluateParams) -> dict:
         "report_uri": report,
         "scores": key,
         "baseline": lib.summary(combined["baseline"]),
+        "classical": {**lib.summary(combined["classical"]), "tuning": classical},
         "production": lib.summary(combined["production"]) if "production" in combined else None,
         "threshold_sweep": chosen,
         "key_figures": figures,
@@ -188,9 +207,37 @@ def evaluate(params: EvaluateParams) -> dict:
     }
 
 
+def _classical_params(params: EvaluateParams, logger) -> dict:
+    """The classical nuclei baseline's parameters: tuned on a val split with labels, else the
+    defaults (chosen on the nuclei validation images, see neuroseg.baseline)."""
+    from neuroseg.baseline import CLASSICAL_DEFAULTS
+
+    chosen = {"params": {}, "source": "defaults", "defaults": dict(CLASSICAL_DEFAULTS)}
+    if not params.sweep or params.images:
+        return storage.to_jsonable(chosen)
+    try:
+        val = list_samples(params.root, params.dataset, "val", None)
+    except ValueError:
+        val = []
+    if val and all(s.get("labels_uri") for s in val):
+        tuned = tune_classical(val)
+        logger.info(
+            "classical baseline tuned on %d val image(s): %s (val mean AP %.3f)",
+            len(val),
+            tuned["params"],
+            tuned["val_mean_ap"],
+        )
+        chosen = {**chosen, **tuned, "source": f"tuned on {len(val)} val image(s)"}
+    return storage.to_jsonable(chosen)
+
+
 def _key_figures(ev: dict, combined: dict) -> dict:
     def fig(c: dict) -> dict:
+        iou = c.get("iou") or {}
         return {
+            "f1_iou50": iou.get("f1_50"),
+            "ap_iou50": iou.get("ap_50"),
+            "mean_ap": iou.get("mean_ap"),
             "object_precision": c["objects"]["precision"],
             "object_recall": c["objects"]["recall"],
             "object_f1": c["objects"]["f1"],
@@ -209,7 +256,7 @@ def _key_figures(ev: dict, combined: dict) -> dict:
         "threshold": ev["params"]["threshold"],
         "min_area": ev["params"]["min_area"],
     }
-    for who in ("baseline", "production"):
+    for who in ("baseline", "classical", "production"):
         if who in combined:
             out.update({f"{who}_{k}": v for k, v in fig(combined[who]).items()})
     return storage.to_jsonable(out)
@@ -288,8 +335,13 @@ def _publish(model, ev, combined, figures, decision, report) -> None:
         ],
         description="Cells per image: predicted vs true",
     )
-    cols = [("model", "")] + [(w, f"{w}_") for w in ("production", "baseline") if w in combined]
+    others = [w for w in ("production", "baseline", "classical") if w in combined]
+    cols = [("model", "")] + [(w, f"{w}_") for w in others]
+    _publish_iou(name, combined, others)
     rows = [
+        ("F1 (IoU 0.5)", "f1_iou50"),
+        ("AP (IoU 0.5)", "ap_iou50"),
+        ("mean AP (IoU 0.5:0.95)", "mean_ap"),
         ("object precision", "object_precision"),
         ("object recall", "object_recall"),
         ("object F1 (centroid <= 40 px)", "object_f1"),
@@ -317,6 +369,33 @@ def _publish(model, ev, combined, figures, decision, report) -> None:
             f"- overlays: `{report}/overlay-*.png`\n"
         ),
         description="Model vs production vs classical baseline on the same images",
+    )
+
+
+def _publish_iou(name: str, combined: dict, others: list[str]) -> None:
+    """Table artifact of the instance scores at IoU 0.5..0.95, the model beside the others."""
+    methods = [w for w in ["model", *others] if combined[w].get("iou")]
+    if not methods:
+        return
+    thresholds = combined[methods[0]]["iou"]["thresholds"]
+    rows = []
+    for i, t in enumerate(thresholds):
+        row: dict = {"IoU": f"{t:.2f}"}
+        for w in methods:
+            sc = combined[w]["iou"]
+            row[f"{w} F1"] = _r(sc["f1"][i])
+            row[f"{w} AP"] = _r(sc["ap"][i])
+        rows.append(row)
+    mean = {"IoU": "mean 0.5:0.95"}
+    for w in methods:
+        mean[f"{w} F1"] = _r(sum(combined[w]["iou"]["f1"]) / len(thresholds))
+        mean[f"{w} AP"] = _r(combined[w]["iou"]["mean_ap"])
+    rows.append(mean)
+    create_table_artifact(
+        key=artifact_key("eval", name, "iou"),
+        table=rows,
+        description="Instances matched one-to-one by IoU (pooled over images): F1 and "
+        "AP = TP / (TP + FP + FN) per threshold, as StarDist and the DSB 2018 challenge report",
     )
 
 

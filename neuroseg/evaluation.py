@@ -10,8 +10,13 @@ with the ground-truth mask at three levels:
   ("segmentation"), summed over images (micro precision / recall / F1);
 - counts: the mean absolute error of the per-image cell count.
 
-True cells are the 4-connected components of the ground-truth mask (touching cells of a semantic
-mask are one cell); predicted cells come from :func:`neuroseg.predict.segment`.
+True cells are the instances of the ground-truth label image where there is one (touching cells
+apart), else the 4-connected components of the ground-truth mask (touching cells of a semantic
+mask are one cell); predicted cells come from :func:`neuroseg.predict.segment`, or are given
+(a model's own instance labels, the classical baseline's). Instances are also matched at IoU
+0.5, 0.55, ..., 0.95 (:func:`neuroseg.metrics.iou_matching`), pooled over images into
+precision, recall, F1, AP = TP / (TP + FP + FN) per threshold and their mean (``iou`` in
+:func:`combine`), as StarDist and the DSB 2018 challenge report them.
 
 :func:`evaluate_one` works on one image and returns small plain data (picklable, no image
 arrays) so that an orchestrator can map it over images in parallel; :func:`combine` aggregates
@@ -31,6 +36,8 @@ from neuroseg.masks import label_mask
 from neuroseg.metrics import (
     PixelAccumulator,
     as_bool_mask,
+    iou_matching,
+    iou_scores,
     match_by_iou,
     match_objects,
     object_scores,
@@ -78,8 +85,10 @@ def score_prediction(
     watershed: bool = False,
     radius: float = 40.0,
     iou: float = 0.5,
+    true_labels: np.ndarray | None = None,
+    pred_labels: np.ndarray | None = None,
 ) -> dict:
-    """Score one probability map against its ground-truth mask.
+    """Score one probability map (and its cells) against the ground truth.
 
     Parameters
     ----------
@@ -95,31 +104,53 @@ def score_prediction(
     radius : float
         Centroid matching radius in pixels.
     iou : float
-        IoU matching threshold.
+        IoU matching threshold of the ``iou`` entry.
+    true_labels : (H, W) integer array, optional
+        Instance ground truth (0 background); true cells are its labels instead of the
+        components of ``true_mask`` (which may then be None).
+    pred_labels : (H, W) integer array, optional
+        Predicted cells; default: :func:`neuroseg.predict.segment` of ``prob``.
 
     Returns
     -------
     dict
         ``image_id``, ``shape``, ``params``, ``pixel`` (accumulator state), ``centroid`` and
-        ``iou`` (match counts and scores), ``true_count``, ``pred_count``, ``true_areas``,
-        ``pred_areas`` (int64 arrays).
+        ``iou`` (match counts and scores), ``iou_thresholds`` (:func:`iou_matching` counts at
+        0.5..0.95), ``true_count``, ``pred_count``, ``true_areas``, ``pred_areas`` (int64).
     """
     params = _params(threshold, min_area, watershed, radius, iou)
     prob = np.asarray(prob)
-    true_mask = np.asarray(true_mask)
-    if prob.ndim != 2 or prob.shape != true_mask.shape:
+    if true_labels is not None:
+        true_labels = np.asarray(true_labels)
+        if not np.issubdtype(true_labels.dtype, np.integer):
+            raise ValueError(f"{image_id}: true labels must be integers, got {true_labels.dtype}")
+        truth = true_labels > 0
+        reference = true_labels.shape
+    else:
+        true_mask = np.asarray(true_mask)
+        reference = true_mask.shape
+    if prob.ndim != 2 or prob.shape != reference:
         raise ValueError(
-            f"{image_id}: probability map {prob.shape} and mask {true_mask.shape} must be the "
-            "same (H, W) shape"
+            f"{image_id}: probability map {prob.shape} and ground truth {reference} must be "
+            "the same (H, W) shape"
         )
-    truth = as_bool_mask(true_mask, name=f"{image_id}: mask")
-    true_labels, n_true = label_mask(truth, connectivity=4)
-    pred_labels, n_pred = segment(
-        prob, threshold=params["threshold"], min_area=params["min_area"], watershed=watershed
-    )
+    if true_labels is None:
+        truth = as_bool_mask(true_mask, name=f"{image_id}: mask")
+        true_labels, _ = label_mask(truth, connectivity=4)
+    if pred_labels is None:
+        pred_labels, _ = segment(
+            prob, threshold=params["threshold"], min_area=params["min_area"], watershed=watershed
+        )
+    else:
+        pred_labels = np.asarray(pred_labels)
+        if pred_labels.shape != prob.shape:
+            raise ValueError(
+                f"{image_id}: predicted labels {pred_labels.shape} differ from {prob.shape}"
+            )
     pixel = PixelAccumulator(threshold=params["threshold"]).update(truth, prob)
     by_centroid = match_objects(true_labels, pred_labels, radius=params["radius"])
     by_iou = match_by_iou(true_labels, pred_labels, iou=params["iou"])
+    true_areas, pred_areas = _areas(true_labels), _areas(pred_labels)
     return {
         "image_id": str(image_id),
         "shape": tuple(int(s) for s in prob.shape),
@@ -127,11 +158,18 @@ def score_prediction(
         "pixel": pixel.state(),
         "centroid": {k: by_centroid[k] for k in _COUNTS},
         "iou": {k: by_iou[k] for k in _COUNTS},
-        "true_count": int(n_true),
-        "pred_count": int(n_pred),
-        "true_areas": np.bincount(true_labels.ravel(), minlength=n_true + 1)[1:].astype(np.int64),
-        "pred_areas": np.bincount(pred_labels.ravel(), minlength=n_pred + 1)[1:].astype(np.int64),
+        "iou_thresholds": iou_matching(true_labels, pred_labels),
+        "true_count": int(true_areas.size),
+        "pred_count": int(pred_areas.size),
+        "true_areas": true_areas,
+        "pred_areas": pred_areas,
     }
+
+
+def _areas(labels: np.ndarray) -> np.ndarray:
+    """Pixel count of every label present (any ids, not necessarily 1..n)."""
+    _, counts = np.unique(labels[labels > 0], return_counts=True)
+    return counts.astype(np.int64)
 
 
 def evaluate_one(
@@ -148,14 +186,12 @@ def evaluate_one(
 ) -> dict:
     """Predict one image with ``predict_prob(image) -> (H, W) prob`` and score it.
 
-    The image must be ``(H, W, 3)`` uint8 with ``true_mask`` of shape ``(H, W)``. Returns the
-    dict of :func:`score_prediction` plus ``predict_seconds``.
+    The image is ``(H, W[, C])`` of any dtype (what ``predict_prob`` accepts), ``true_mask``
+    of shape ``(H, W)``. Returns the dict of :func:`score_prediction` plus ``predict_seconds``.
     """
     image = np.asarray(image)
-    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
-        raise ValueError(
-            f"{image_id}: image must be (H, W, 3) uint8, got shape {image.shape} {image.dtype}"
-        )
+    if image.ndim not in (2, 3) or 0 in image.shape:
+        raise ValueError(f"{image_id}: image must be (H, W[, C]), got shape {image.shape}")
     if np.shape(true_mask) != image.shape[:2]:
         raise ValueError(
             f"{image_id}: mask shape {np.shape(true_mask)} differs from image shape "
@@ -186,6 +222,9 @@ def combine(results: Iterable[Mapping]) -> dict:
         (:meth:`neuroseg.metrics.PixelAccumulator.scores`); ``curves``: ROC and PR curves for
         :func:`neuroseg.plots.roc_pr_png`; ``objects`` (centroid matching) and ``objects_iou``
         (IoU matching): :func:`neuroseg.metrics.object_scores` with ``count_mae``;
+        ``iou``: :func:`neuroseg.metrics.iou_scores` (pooled precision, recall, F1, AP per
+        IoU threshold 0.5..0.95, ``mean_ap``, ``f1_50``, ``count_mae``, ``table``; None for
+        results without ``iou_thresholds``);
         ``per_image``: list of ``{image_id, true_count, pred_count, tp, fp, fn, iou_tp,
         predict_seconds}``; ``true_areas`` and ``pred_areas``: all cell areas.
     """
@@ -219,6 +258,7 @@ def combine(results: Iterable[Mapping]) -> dict:
         }
         for r in results
     ]
+    with_iou = [r["iou_thresholds"] for r in results if r.get("iou_thresholds")]
     return {
         "n_images": len(results),
         "params": dict(params),
@@ -226,6 +266,7 @@ def combine(results: Iterable[Mapping]) -> dict:
         "curves": acc.curves(),
         "objects": objects,
         "objects_iou": objects_iou,
+        "iou": iou_scores(with_iou) if len(with_iou) == len(results) else None,
         "per_image": per_image,
         "true_areas": np.concatenate([np.asarray(r["true_areas"]) for r in results]),
         "pred_areas": np.concatenate([np.asarray(r["pred_areas"]) for r in results]),
@@ -266,7 +307,8 @@ def summary(evaluation: Mapping) -> dict:
     """The scores of :func:`combine` as JSON-ready data (for ``metrics.json`` and artifacts).
 
     Keeps ``n_images``, ``params``, ``pixel``, ``objects`` and ``objects_iou`` (without their
-    per-image lists) and ``per_image``; drops curves and areas. NaN becomes ``null``.
+    per-image lists), ``iou`` (the scores at IoU 0.5..0.95) and ``per_image``; drops curves and
+    areas. NaN becomes ``null``.
     """
     out = {
         "n_images": evaluation["n_images"],
@@ -274,6 +316,7 @@ def summary(evaluation: Mapping) -> dict:
         "pixel": evaluation["pixel"],
         "objects": {k: v for k, v in evaluation["objects"].items() if k != "per_image"},
         "objects_iou": {k: v for k, v in evaluation["objects_iou"].items() if k != "per_image"},
+        "iou": evaluation.get("iou"),
         "per_image": evaluation["per_image"],
     }
     return storage.to_jsonable(out)

@@ -6,36 +6,87 @@ from prefect import task
 
 from neuroseg import evaluation as lib
 from neuroseg import storage
-from neuroseg.images import read_image, read_mask
+from neuroseg.images import read_labels, read_mask, read_native
 from tasks.common import IO_RETRIES
 from tasks.infer import get_bundle
 
 BASELINE_MIN_AREA = 100
 
 
-def _predictor(spec: dict):
-    """``image -> probability map`` for a model URI or the classical baseline."""
+def _otsu_rgb(image):
+    """The Otsu baseline's input: an 8-bit RGB view of any decoded image."""
+    from neuroseg.normalize import select_channels, to_uint8
+
+    return select_channels(to_uint8(image), channels="rgb")
+
+
+def _segmenter(spec: dict, threshold: float, min_area: int, watershed: bool, channel=None):
+    """``image -> (prob, labels or None)`` for a model, the Otsu or the classical baseline.
+
+    ``labels`` None means "segment ``prob`` with the evaluation's threshold" (Otsu).
+    """
     if spec["kind"] == "baseline":
         from neuroseg.baseline import otsu_probability
 
-        return otsu_probability
-    from neuroseg.predict import predict_image
+        return lambda image: (otsu_probability(_otsu_rgb(image)), None)
+    if spec["kind"] == "classical":
+        from neuroseg.baseline import classical_segment
+
+        params = dict(spec.get("params") or {})
+
+        def classical(image):
+            labels, _ = classical_segment(image, channel=channel, **params)
+            return (labels > 0).astype("float32"), labels
+
+        return classical
+    from neuroseg.predict import segment_image
 
     bundle = get_bundle(spec["uri"])
-    return lambda image: predict_image(bundle, image)
+
+    def model(image):
+        labels, _, prob = segment_image(
+            bundle,
+            image,
+            channel=channel,
+            threshold=threshold,
+            min_area=min_area,
+            watershed=watershed or None,
+        )
+        return prob, labels
+
+    return model
+
+
+def read_truth(sample: dict):
+    """``(true_mask or None, true_labels or None)`` of a sample: labels win where present."""
+    if sample.get("labels_uri"):
+        return None, read_labels(sample["labels_uri"])
+    return read_mask(sample["mask_uri"]), None
+
+
+def _optional(value) -> str | None:
+    return value if isinstance(value, str) and value else None
 
 
 @task(name="list-eval-images", **IO_RETRIES)
 def list_samples(root: str, dataset: str, split: str, images: str | None) -> list[dict]:
-    """Images with masks to score: a prepared split of a dataset, or an FNC-layout folder."""
+    """Annotated images to score: a prepared split of a dataset, or a folder with ``images/``
+    and ``masks/`` and/or ``labels/`` (instance label images)."""
     if images:
         from neuroseg.datasets import find_fnc_samples
 
-        found = [s for s in find_fnc_samples(images) if s.mask_uri]
+        found = [s for s in find_fnc_samples(images) if s.mask_uri or s.labels_uri]
         if not found:
-            raise ValueError(f"{images}: no image/mask pairs (images/ and masks/) found")
+            raise ValueError(
+                f"{images}: no annotated images (images/ with masks/ or labels/) found"
+            )
         return [
-            {"image_id": s.name.rsplit(".", 1)[0], "image_uri": s.image_uri, "mask_uri": s.mask_uri}
+            {
+                "image_id": s.name.rsplit(".", 1)[0],
+                "image_uri": s.image_uri,
+                "mask_uri": s.mask_uri,
+                "labels_uri": s.labels_uri,
+            }
             for s in found
         ]
     latest = storage.join(root, "prepared", dataset, "latest.json")
@@ -57,7 +108,12 @@ def list_samples(root: str, dataset: str, split: str, images: str | None) -> lis
             storage.join(root, "manifests", "datasets", dataset, f"{image_id}.json")
         )
         out.append(
-            {"image_id": image_id, "image_uri": rec["image_uri"], "mask_uri": rec["mask_uri"]}
+            {
+                "image_id": image_id,
+                "image_uri": rec["image_uri"],
+                "mask_uri": _optional(rec.get("mask_uri")),
+                "labels_uri": _optional(rec.get("labels_uri")),
+            }
         )
     return out
 
@@ -66,14 +122,33 @@ def list_samples(root: str, dataset: str, split: str, images: str | None) -> lis
 def sweep(model_uri: str, samples: list[dict], radius: float) -> dict:
     """Probability threshold and minimum area maximising object F1 on validation images."""
     from neuroseg.metrics import threshold_sweep
+    from neuroseg.predict import predict_image
 
-    predict = _predictor({"kind": "model", "uri": model_uri})
+    bundle = get_bundle(model_uri)
     probs, masks = [], []
     for s in samples:
-        probs.append(predict(read_image(s["image_uri"])))
-        masks.append(read_mask(s["mask_uri"]))
+        probs.append(predict_image(bundle, read_native(s["image_uri"])))
+        mask, labels = read_truth(s)
+        masks.append(mask if labels is None else labels > 0)
     res = threshold_sweep(probs, masks, radius=radius)
     return {k: res[k] for k in ("best_threshold", "best_min_area", "best_f1", "best_count_mae")}
+
+
+@task(name="tune-classical", **IO_RETRIES)
+def tune_classical(samples: list[dict]) -> dict:
+    """Parameters of the classical nuclei baseline chosen on validation images with labels."""
+    from neuroseg.baseline import tune_classical as tune
+
+    pairs = []
+    for s in samples:
+        mask, labels = read_truth(s)
+        if labels is None:
+            from neuroseg.masks import label_mask
+
+            labels, _ = label_mask(mask)
+        pairs.append((read_native(s["image_uri"]), labels))
+    res = tune(pairs)
+    return {"params": res["params"], "val_mean_ap": res["scores"]["mean_ap"]}
 
 
 @task(name="evaluate-image", task_run_name="evaluate-{who}-{sample[image_id]}", **IO_RETRIES)
@@ -88,30 +163,33 @@ def evaluate_image(
     overlay_uri: str | None,
 ) -> dict:
     """Predict and score one image; optionally write its outline overlay PNG."""
-    image = read_image(sample["image_uri"])
-    mask = read_mask(sample["mask_uri"])
-    predict, kept = _predictor(spec), {}
+    import time
 
-    def predict_and_keep(img):  # the overlay reuses the probability map: no second prediction
-        kept["prob"] = predict(img)
-        return kept["prob"]
+    from neuroseg.predict import segment
 
-    result = lib.evaluate_one(
+    image = read_native(sample["image_uri"])
+    mask, true_labels = read_truth(sample)
+    start = time.perf_counter()
+    prob, pred = _segmenter(spec, threshold, min_area, watershed)(image)
+    seconds = time.perf_counter() - start
+    if pred is None:
+        pred, _ = segment(prob, threshold=threshold, min_area=min_area, watershed=watershed)
+    result = lib.score_prediction(
         sample["image_id"],
-        image,
+        prob,
         mask,
-        predict_and_keep,
         threshold=threshold,
         min_area=min_area,
         watershed=watershed,
         radius=radius,
+        true_labels=true_labels,
+        pred_labels=pred,
     )
+    result["predict_seconds"] = seconds
     if overlay_uri:
         from neuroseg.masks import label_mask
         from neuroseg.plots import overlay_png
-        from neuroseg.predict import segment
 
-        pred, _ = segment(kept["prob"], threshold=threshold, min_area=min_area, watershed=watershed)
-        true, _ = label_mask(mask)
-        storage.write_bytes(overlay_uri, overlay_png(image, true, pred))
+        true = true_labels if true_labels is not None else label_mask(mask)[0]
+        storage.write_bytes(overlay_uri, overlay_png(_otsu_rgb(image), true, pred))
     return result

@@ -169,3 +169,28 @@ def test_prepare_flow_with_labels_and_grey_percentile_input(prefect_api, tmp_pat
         )
     )  # fmt: skip
     assert again["cached"] and again["version"] == out["version"]
+
+
+@pytest.mark.slow
+def test_evaluate_folder_with_labels_reports_iou_table(prefect_api, tmp_path):
+    """`neuroseg evaluate --images FOLDER` with labels/: IoU scores for every method."""
+    from prefect.client.orchestration import get_client
+
+    from flows.evaluate import EvaluateParams, evaluate
+
+    src, root = str(tmp_path / "src"), str(tmp_path / "root")
+    write_label_dataset(src, n=3)
+    storage.delete(storage.join(src, "images", "bad.png"))
+    out = evaluate(EvaluateParams(root=root, model="default", images=src))
+    figures = out["key_figures"]
+    # the classical nuclei baseline finds the three discs, the touching pair split in two
+    assert figures["classical_f1_iou50"] == 1.0
+    assert figures["classical_mean_ap"] > 0.5
+    assert 0.0 <= figures["mean_ap"] <= 1.0 and 0.0 <= figures["baseline_mean_ap"] <= 1.0
+    metrics = storage.read_json(storage.join(out["report_uri"], "metrics.json"))
+    iou = metrics["classical"]["iou"]
+    assert iou["thresholds"][0] == 0.5 and len(iou["ap"]) == 10
+    assert iou["n_true"] == 9 and metrics["classical"]["tuning"]["source"] == "defaults"
+    with get_client(sync_client=True) as client:
+        keys = {a.key for a in client.read_artifacts() if a.key}
+    assert "eval-default-iou" in keys
