@@ -1,0 +1,116 @@
+"""Three-class targets and their post-processing into instances (known answers)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy import ndimage as ndi
+from skimage.segmentation import find_boundaries
+
+from neuroseg.instances import (
+    BOUNDARY,
+    INTERIOR,
+    POSTPROCESS_DEFAULTS,
+    instances_from_classes,
+    sweep_postprocessing,
+    three_class_targets,
+)
+from neuroseg.metrics import iou_matching
+
+
+def touching_discs(shape=(60, 90), centres=((30, 30), (30, 56)), radius=14) -> np.ndarray:
+    """Two discs that overlap; each overlapping pixel goes to the nearer centre."""
+    rr, cc = np.indices(shape)
+    dist = np.stack([np.hypot(rr - r, cc - c) for r, c in centres])
+    labels = np.where(dist.min(axis=0) <= radius, dist.argmin(axis=0) + 1, 0)
+    return labels.astype(np.int32)
+
+
+def one_hot(classes: np.ndarray) -> np.ndarray:
+    return np.eye(3, dtype=np.float32)[classes]
+
+
+def test_targets_draw_a_boundary_line_between_touching_discs():
+    labels = touching_discs()
+    classes = three_class_targets(labels)
+    assert classes.dtype == np.uint8 and set(np.unique(classes)) == {0, 1, 2}
+    np.testing.assert_array_equal(classes == BOUNDARY, find_boundaries(labels, mode="inner"))
+    np.testing.assert_array_equal(classes > 0, labels > 0)
+    # the contact column: both sides of the line are boundary, so the interiors are apart
+    rows, cols = np.nonzero((labels[:, :-1] == 1) & (labels[:, 1:] == 2))
+    assert rows.size and (classes[rows, cols] == BOUNDARY).all()
+    assert (classes[rows, cols + 1] == BOUNDARY).all()
+    _, n_interiors = ndi.label(classes == INTERIOR)
+    assert n_interiors == 2
+    _, n_foreground = ndi.label(classes > 0)
+    assert n_foreground == 1  # one blob without the boundary class
+    thick = three_class_targets(labels, boundary_width=2)
+    assert (thick == BOUNDARY).sum() > (classes == BOUNDARY).sum()
+    assert ((classes == BOUNDARY) <= (thick == BOUNDARY)).all()
+
+
+def test_targets_edge_cut_and_empty():
+    labels = np.zeros((10, 10), np.int32)
+    labels[:4, :4] = 7  # cut by the top-left corner
+    classes = three_class_targets(labels)
+    assert classes[0, 0] == INTERIOR and classes[3, 3] == BOUNDARY and classes[0, 3] == BOUNDARY
+    assert classes[5, 5] == 0
+    assert not three_class_targets(np.zeros((5, 6), np.uint16)).any()
+    with pytest.raises(ValueError, match="integer"):
+        three_class_targets(np.zeros((5, 5), np.float32))
+    with pytest.raises(ValueError, match="boundary_width"):
+        three_class_targets(labels, boundary_width=0)
+
+
+def test_perfect_probabilities_give_back_the_two_discs():
+    labels = touching_discs()
+    probs = one_hot(three_class_targets(labels))
+    pred, n = instances_from_classes(probs)
+    assert n == 2 and pred.dtype == np.int32
+    match = iou_matching(labels, pred, thresholds=[0.9])
+    assert match["tp"] == [2] and match["fp"] == [0] and match["fn"] == [0]
+    assert set(np.unique(pred)) == {0, 1, 2} and pred[30, 30] == 1 and pred[30, 56] == 2
+    np.testing.assert_array_equal(pred > 0, labels > 0)  # the boundary ring stays in the objects
+
+
+def test_foreground_threshold_min_area_and_markerless_objects():
+    labels = touching_discs()
+    probs = one_hot(three_class_targets(labels))
+    probs[2:5, 2:5] = (0.0, 0.0, 1.0)  # a 9 px object predicted all boundary: no marker
+    pred, n = instances_from_classes(probs, min_area=0)
+    assert n == 3 and pred[3, 3] == 1  # first in raster order
+    assert instances_from_classes(probs, min_area=10)[1] == 2
+    soft = probs * 0.5 + np.array([0.5, 0.0, 0.0], np.float32)  # foreground prob 0.5 at most
+    assert instances_from_classes(soft)[1] == 0
+    assert instances_from_classes(soft, foreground_threshold=0.4, interior_threshold=0.4)[1] == 2
+    # markers dropped: the foreground is still found, as one marker-less object per blob
+    pred, n = instances_from_classes(probs, min_area=0, min_marker_area=10_000)
+    assert n == 2 and pred[30, 30] == pred[30, 56] == 2
+    with pytest.raises(ValueError, match="probs"):
+        instances_from_classes(probs[..., :2])
+    with pytest.raises(ValueError, match="interior_threshold"):
+        instances_from_classes(probs, interior_threshold=1.0)
+    with pytest.raises(ValueError, match="min_area"):
+        instances_from_classes(probs, min_area=-1)
+
+
+def test_sweep_picks_the_parameters_that_split_the_discs():
+    labels = touching_discs()
+    probs = one_hot(three_class_targets(labels))
+    # blurred interior: at a high interior threshold the two markers appear, at a low one the
+    # interior bridges the contact line and the discs merge
+    probs[..., INTERIOR] = np.where(labels > 0, 0.45, 0.0)
+    probs[labels > 0, 1] += 0.4 * (three_class_targets(labels, boundary_width=3)[labels > 0] == 1)
+    probs[..., BOUNDARY] = np.where(labels > 0, 1.0 - probs[..., INTERIOR], 0.0)
+    probs[..., 0] = 1.0 - probs[..., 1] - probs[..., 2]
+    out = sweep_postprocessing(
+        [probs, probs], [labels, labels], grid={"interior_threshold": [0.3, 0.6]}
+    )
+    assert out["params"]["interior_threshold"] == 0.6
+    assert set(out["params"]) == set(POSTPROCESS_DEFAULTS)
+    assert len(out["table"]) == 2 and out["table"][0]["f1_50"] < out["table"][1]["f1_50"] == 1.0
+    assert out["scores"]["n_images"] == 2 and out["scores"]["mean_ap"] > 0.5
+    with pytest.raises(ValueError, match="unknown grid"):
+        sweep_postprocessing([probs], [labels], grid={"sigma": [1]})
+    with pytest.raises(ValueError, match="as many"):
+        sweep_postprocessing([probs], [])
