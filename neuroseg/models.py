@@ -1,9 +1,11 @@
 """Segmentation networks (Keras 3): the seed's shallow CNN and a small U-Net.
 
 Both take raw RGB tiles as floats in 0..255 (a ``Rescaling(1/255)`` layer inside the model does
-what the seed's ``Lambda`` did, but serialises without custom code) and output a sigmoid
-probability map of the cell class. Mixed precision uses a per-layer ``mixed_bfloat16`` dtype
-policy (no global state is changed) with the last layer in float32.
+what the seed's ``Lambda`` did, but serialises without custom code) and output, with the
+``binary`` head (the seed's), a sigmoid probability map of the cell class, or with the
+``three_class`` head a softmax over background, interior and boundary
+(:mod:`neuroseg.instances`). Mixed precision uses a per-layer ``mixed_bfloat16`` dtype policy
+(no global state is changed) with the last layer in float32.
 """
 
 from __future__ import annotations
@@ -11,9 +13,13 @@ from __future__ import annotations
 import keras
 from keras import layers
 
-__all__ = ["ARCHITECTURES", "SEED_FILTERS", "build_model", "output_size"]
+__all__ = ["ARCHITECTURES", "HEADS", "SEED_FILTERS", "build_model", "head_channels", "output_size"]
 
 ARCHITECTURES = ("shallow", "unet")
+#: Output heads: ``binary`` (one sigmoid channel, the cell class) and ``three_class`` (softmax
+#: over background, interior, boundary).
+HEADS = ("binary", "three_class")
+_HEAD_CHANNELS = {"binary": 1, "three_class": 3}
 #: Filters of the seed's four convolutions; the transposed convolution has kernel 6.
 SEED_FILTERS = (196, 256, 512, 512)
 _SEED_TRANSPOSE_KERNEL = 6
@@ -28,7 +34,18 @@ def _shallow_output(tile: int) -> int:
     return n + _SEED_TRANSPOSE_KERNEL - 1 if n >= 1 else 0
 
 
-def _shallow(tile: int, width: int | None, policy: str | None) -> keras.Model:
+def head_channels(head: str) -> int:
+    """Output channels of a head: 1 for ``binary``, 3 for ``three_class``."""
+    if head not in _HEAD_CHANNELS:
+        raise ValueError(f"unknown head {head!r}; choose one of {', '.join(HEADS)}")
+    return _HEAD_CHANNELS[head]
+
+
+def _activation(head: str) -> str:
+    return "sigmoid" if head == "binary" else "softmax"
+
+
+def _shallow(tile: int, width: int | None, policy: str | None, head: str) -> keras.Model:
     if _shallow_output(tile) < 1:
         raise ValueError(f"tile {tile} is too small for the shallow model (use >= 40)")
     filters = SEED_FILTERS
@@ -48,7 +65,11 @@ def _shallow(tile: int, width: int | None, policy: str | None) -> keras.Model:
             layers.Conv2D(filters[2], 3, activation="relu", **kw),
             layers.Conv2D(filters[3], 1, activation="relu", **kw),
             layers.Conv2DTranspose(
-                1, _SEED_TRANSPOSE_KERNEL, activation="sigmoid", dtype="float32", name="prob"
+                head_channels(head),
+                _SEED_TRANSPOSE_KERNEL,
+                activation=_activation(head),
+                dtype="float32",
+                name="prob",
             ),
         ],
         name="shallow",
@@ -67,7 +88,7 @@ def _conv_block(x, filters: int, batch_norm: bool, kw: dict, name: str):
 
 
 def _unet(
-    tile: int | None, width: int, depth: int, batch_norm: bool, policy: str | None
+    tile: int | None, width: int, depth: int, batch_norm: bool, policy: str | None, head: str
 ) -> keras.Model:
     if width < 1 or depth < 1:
         raise ValueError(f"width and depth must be >= 1, got width={width}, depth={depth}")
@@ -86,7 +107,9 @@ def _unet(
         x = layers.Conv2DTranspose(width * 2**level, 2, strides=2, name=f"up{level}", **kw)(x)
         x = layers.Concatenate(name=f"skip{level}", **kw)([x, skips[level]])
         x = _conv_block(x, width * 2**level, batch_norm, kw, f"dec{level}")
-    outputs = layers.Conv2D(1, 1, activation="sigmoid", dtype="float32", name="prob")(x)
+    outputs = layers.Conv2D(
+        head_channels(head), 1, activation=_activation(head), dtype="float32", name="prob"
+    )(x)
     return keras.Model(inputs, outputs, name="unet")
 
 
@@ -98,6 +121,7 @@ def build_model(
     depth: int = 3,
     batch_norm: bool = True,
     mixed_precision: bool = False,
+    head: str = "binary",
 ) -> keras.Model:
     """Build an uncompiled segmentation model.
 
@@ -123,20 +147,25 @@ def build_model(
         ``unet`` only: BatchNormalization after each convolution.
     mixed_precision : bool
         Compute in bfloat16 (``mixed_bfloat16`` policy per layer), the output layer in float32.
+    head : {"binary", "three_class"}
+        ``binary``: one sigmoid channel (the cell class; the seed's). ``three_class``: a
+        softmax over background, interior and boundary (:mod:`neuroseg.instances`), in place
+        of the last layer's single channel; the rest of the network is the same.
 
     Returns
     -------
     keras.Model
         Input raw RGB in 0..255 as float ``(b, rows, cols, 3)``; output probabilities
-        ``(b, out, out, 1)`` float32.
+        ``(b, out, out, C)`` float32, ``C`` = 1 (binary) or 3 (three_class).
     """
     if not isinstance(tile, int) or tile < 1:
         raise ValueError(f"tile must be a positive int, got {tile!r}")
+    head_channels(head)  # unknown heads raise
     policy = "mixed_bfloat16" if mixed_precision else None
     if name == "shallow":
-        return _shallow(tile, width, policy)
+        return _shallow(tile, width, policy, head)
     if name == "unet":
-        return _unet(tile, 16 if width is None else width, depth, batch_norm, policy)
+        return _unet(tile, 16 if width is None else width, depth, batch_norm, policy, head)
     raise ValueError(f"unknown model {name!r}; choose one of {', '.join(ARCHITECTURES)}")
 
 

@@ -81,3 +81,19 @@ def test_bad_arguments_raise_value_error():
         build_model("unet", tile=100, depth=3)
     with pytest.raises(ValueError, match="pass tile"):
         output_size(build_model("unet", width=2, depth=1))
+
+
+def test_three_class_head_is_a_float32_softmax_even_in_bfloat16():
+    binary = build_model("unet", width=4, depth=2)
+    for mixed in (False, True):
+        model = build_model("unet", width=4, depth=2, head="three_class", mixed_precision=mixed)
+        assert model.name == "unet" and model.get_layer("prob").compute_dtype == "float32"
+        assert model.count_params() == binary.count_params() + 2 * (4 + 1)  # 2 more 1x1 filters
+        x = np.random.default_rng(1).uniform(0, 255, (2, 32, 32, 3)).astype("f4")
+        y = np.asarray(model(x))
+        assert y.shape == (2, 32, 32, 3) and y.dtype == np.float32
+        np.testing.assert_allclose(y.sum(axis=-1), 1.0, atol=1e-5)
+    shallow = build_model("shallow", tile=64, width=8, head="three_class")
+    assert tuple(shallow(np.zeros((1, 64, 64, 3), "f4")).shape) == (1, 8, 8, 3)
+    with pytest.raises(ValueError, match="unknown head"):
+        build_model("unet", head="distance")
