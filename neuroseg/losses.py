@@ -2,8 +2,11 @@
 
 Every loss is a registered, serialisable ``keras.losses.Loss`` (package ``neuroseg``), so a
 compiled model saved as ``.keras`` reloads with its loss once this module is imported. Each
-``call`` returns one value per tile; Keras averages them over the batch. Targets are the
-cell-class probability maps ``(b, rows, cols, 1)`` in [0, 1]; predictions are sigmoid outputs.
+``call`` returns one value per tile; Keras averages them over the batch. Targets of the binary
+losses are the cell-class probability maps ``(b, rows, cols, 1)`` in [0, 1], their predictions
+sigmoid outputs. The three-class losses (:data:`MULTICLASS_LOSSES`) take one-hot targets
+``(b, rows, cols, 3)`` (background, interior, boundary; :mod:`neuroseg.instances`) and softmax
+predictions.
 """
 
 from __future__ import annotations
@@ -13,13 +16,19 @@ from keras import ops
 
 __all__ = [
     "LOSSES",
+    "MULTICLASS_LOSSES",
     "BCEDice",
+    "CCEDice",
     "Dice",
     "Focal",
+    "ForegroundPrecision",
+    "ForegroundRecall",
     "Jaccard",
     "Tversky",
     "WeightedBCE",
+    "WeightedCCE",
     "get_loss",
+    "loss_head",
     "pixel_metrics",
 ]
 
@@ -191,6 +200,66 @@ class BCEDice(_Base):
         }
 
 
+def _cce_prepare(y_true, y_pred):
+    return ops.cast(y_true, "float32"), ops.clip(ops.cast(y_pred, "float32"), EPSILON, 1.0)
+
+
+@keras.saving.register_keras_serializable(package="neuroseg")
+class WeightedCCE(_Base):
+    """Class-weighted categorical cross-entropy of one-hot maps, mean over pixels.
+
+    ``-sum_c w_c y_c log(p_c)`` per pixel (``p`` clipped to ``[1e-7, 1]``), averaged over the
+    tile. With weights ``w_c`` such that ``sum_c f_c w_c = 1`` (``f_c``: class frequencies of
+    the training tiles, see ``neuroseg.pipeline.multiclass_weights_for``) it keeps the scale of
+    the plain cross-entropy while the rare boundary class weighs more.
+    """
+
+    def __init__(self, class_weights=(1.0, 1.0, 1.0), name="weighted_cce", **kw):
+        super().__init__(name=name, **kw)
+        self.class_weights = [float(w) for w in class_weights]
+
+    def call(self, y_true, y_pred):
+        y_true, y_pred = _cce_prepare(y_true, y_pred)
+        weights = ops.convert_to_tensor(self.class_weights, dtype="float32")
+        return _per_tile_mean(-ops.sum(weights * y_true * ops.log(y_pred), axis=-1))
+
+    def get_config(self):
+        return {**super().get_config(), "class_weights": list(self.class_weights)}
+
+
+@keras.saving.register_keras_serializable(package="neuroseg")
+class CCEDice(_Base):
+    """:class:`WeightedCCE` plus ``lam`` times the soft Dice loss of the object classes.
+
+    The Dice term is the mean over the interior and boundary channels (1 and 2) of
+    ``1 - (2 sum(y_c p_c) + s) / (sum(y_c) + sum(p_c) + s)`` per tile: it rewards the overlap
+    of the thin boundary class directly, whatever its share of the pixels.
+    """
+
+    def __init__(self, class_weights=(1.0, 1.0, 1.0), lam=1.0, smooth=1.0, name="cce_dice", **kw):
+        super().__init__(name=name, **kw)
+        self.cce = WeightedCCE(class_weights)
+        self.lam, self.smooth = float(lam), float(smooth)
+
+    def call(self, y_true, y_pred):
+        y_true, y_pred = _cce_prepare(y_true, y_pred)
+        dice = 0.0
+        for c in (1, 2):
+            yc, pc = y_true[..., c], y_pred[..., c]
+            inter = _per_tile_sum(yc * pc)
+            total = _per_tile_sum(yc) + _per_tile_sum(pc)
+            dice = dice + 1.0 - (2.0 * inter + self.smooth) / (total + self.smooth)
+        return self.cce.call(y_true, y_pred) + self.lam * dice / 2.0
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "class_weights": list(self.cce.class_weights),
+            "lam": self.lam,
+            "smooth": self.smooth,
+        }
+
+
 LOSSES = {
     "weighted_bce": WeightedBCE,
     "dice": Dice,
@@ -198,7 +267,11 @@ LOSSES = {
     "focal": Focal,
     "tversky": Tversky,
     "bce_dice": BCEDice,
+    "weighted_cce": WeightedCCE,
+    "cce_dice": CCEDice,
 }
+#: The losses of the ``three_class`` head (one-hot targets); the others are binary.
+MULTICLASS_LOSSES = ("weighted_cce", "cce_dice")
 _WEIGHTED = {"weighted_bce", "bce_dice"}
 _PARAMS = {
     "weighted_bce": set(),
@@ -207,13 +280,23 @@ _PARAMS = {
     "focal": {"alpha", "gamma"},
     "tversky": {"alpha", "beta", "smooth"},
     "bce_dice": {"lam", "smooth"},
+    "weighted_cce": set(),
+    "cce_dice": {"lam", "smooth"},
 }
+
+
+def loss_head(name: str) -> str:
+    """The model head a loss trains: ``"three_class"`` for :data:`MULTICLASS_LOSSES`, else
+    ``"binary"``."""
+    if name not in LOSSES:
+        raise ValueError(f"unknown loss {name!r}; choose one of {', '.join(LOSSES)}")
+    return "three_class" if name in MULTICLASS_LOSSES else "binary"
 
 
 def get_loss(
     name: str,
     *,
-    class_weights: tuple[float, float] | None = None,
+    class_weights: tuple[float, ...] | None = None,
     positive_scale: float = 0.33,
     **params: float,
 ) -> keras.losses.Loss:
@@ -221,21 +304,27 @@ def get_loss(
 
     Parameters
     ----------
-    name : {"weighted_bce", "dice", "jaccard", "focal", "tversky", "bce_dice"}
-    class_weights : (w0, w1), optional
-        Weights of background and cell pixels for ``weighted_bce`` and ``bce_dice`` (the seed's
-        normalised inverse frequencies, see ``neuroseg.pipeline.class_weights_for``); default
-        ``(1, 1)``. Ignored by the other losses.
+    name : str
+        Binary: ``weighted_bce``, ``dice``, ``jaccard``, ``focal``, ``tversky``, ``bce_dice``;
+        three-class: ``weighted_cce``, ``cce_dice``.
+    class_weights : tuple of float, optional
+        ``(w0, w1)``: weights of background and cell pixels for ``weighted_bce`` and
+        ``bce_dice`` (the seed's normalised inverse frequencies, see
+        ``neuroseg.pipeline.class_weights_for``); ``(w_background, w_interior, w_boundary)``
+        for ``weighted_cce`` and ``cce_dice`` (``neuroseg.pipeline.multiclass_weights_for``).
+        Default: all 1. Ignored by the other losses.
     positive_scale : float
-        Extra factor on the cell weight (the seed's 0.33). Ignored by the unweighted losses.
+        Extra factor on the cell weight (the seed's 0.33). Ignored by the unweighted and the
+        three-class losses.
     **params
-        ``smooth`` (dice, jaccard, tversky, bce_dice), ``alpha``/``gamma`` (focal),
-        ``alpha``/``beta`` (tversky), ``lam`` (bce_dice).
+        ``smooth`` (dice, jaccard, tversky, bce_dice, cce_dice), ``alpha``/``gamma`` (focal),
+        ``alpha``/``beta`` (tversky), ``lam`` (bce_dice, cce_dice).
 
     Returns
     -------
     keras.losses.Loss
-        Called as ``loss(y_true, y_pred)`` on ``(b, rows, cols, 1)`` maps; returns a scalar.
+        Called as ``loss(y_true, y_pred)`` on ``(b, rows, cols, 1)`` maps (three-class losses:
+        ``(b, rows, cols, 3)`` one-hot targets and softmax outputs); returns a scalar.
     """
     if name not in LOSSES:
         raise ValueError(f"unknown loss {name!r}; choose one of {', '.join(LOSSES)}")
@@ -244,6 +333,13 @@ def get_loss(
         raise ValueError(f"loss {name!r} takes no parameter(s) {', '.join(sorted(unknown))}")
     if not positive_scale > 0:
         raise ValueError(f"positive_scale must be > 0, got {positive_scale}")
+    if name in MULTICLASS_LOSSES:
+        weights = (1.0, 1.0, 1.0) if class_weights is None else tuple(class_weights)
+        if len(weights) != 3 or not all(w >= 0 for w in weights) or not sum(weights) > 0:
+            raise ValueError(
+                f"class_weights of {name!r} must be three non-negative numbers, got {class_weights}"
+            )
+        return LOSSES[name](class_weights=weights, **params)
     if name in _WEIGHTED:
         w0, w1 = (1.0, 1.0) if class_weights is None else class_weights
         if not (w0 >= 0 and w1 >= 0 and w0 + w1 > 0):
@@ -252,14 +348,47 @@ def get_loss(
     return LOSSES[name](**params)
 
 
-def pixel_metrics() -> list[keras.metrics.Metric]:
+def _foreground(y_true, y_pred):
+    """One-hot targets and softmax outputs -> foreground (1 - background) maps."""
+    return 1.0 - ops.cast(y_true, "float32")[..., 0], 1.0 - ops.cast(y_pred, "float32")[..., 0]
+
+
+@keras.saving.register_keras_serializable(package="neuroseg")
+class ForegroundPrecision(keras.metrics.Precision):
+    """Precision of the foreground (interior or boundary) of three-class maps, at 0.5."""
+
+    def update_state(self, y_true, y_pred, sample_weight=None):
+        return super().update_state(*_foreground(y_true, y_pred), sample_weight=sample_weight)
+
+
+@keras.saving.register_keras_serializable(package="neuroseg")
+class ForegroundRecall(keras.metrics.Recall):
+    """Recall of the foreground (interior or boundary) of three-class maps, at 0.5."""
+
+    def update_state(self, y_true, y_pred, sample_weight=None):
+        return super().update_state(*_foreground(y_true, y_pred), sample_weight=sample_weight)
+
+
+def pixel_metrics(head: str = "binary") -> list[keras.metrics.Metric]:
     """Precision and recall of the cell class at probability 0.5 (the seed's metrics of interest).
+
+    Parameters
+    ----------
+    head : {"binary", "three_class"}
+        For ``three_class`` the cell class is the foreground, ``1 - p_background``.
 
     Returns
     -------
     list of keras.metrics.Metric
         Named ``precision`` and ``recall`` (logged as ``val_precision``/``val_recall``).
     """
+    if head == "three_class":
+        return [
+            ForegroundPrecision(thresholds=0.5, name="precision"),
+            ForegroundRecall(thresholds=0.5, name="recall"),
+        ]
+    if head != "binary":
+        raise ValueError(f"head must be 'binary' or 'three_class', got {head!r}")
     return [
         keras.metrics.Precision(thresholds=0.5, name="precision"),
         keras.metrics.Recall(thresholds=0.5, name="recall"),

@@ -6,12 +6,15 @@ import keras
 import numpy as np
 import pytest
 
-from neuroseg.losses import LOSSES, get_loss, pixel_metrics
+from neuroseg.losses import LOSSES, MULTICLASS_LOSSES, get_loss, loss_head, pixel_metrics
 
 EPS = 1e-7
 RNG = np.random.default_rng(42)
 Y = (RNG.uniform(size=(3, 8, 8, 1)) > 0.7).astype(np.float32)
 P = RNG.uniform(0.01, 0.99, size=(3, 8, 8, 1)).astype(np.float32)
+Y3 = np.eye(3, dtype=np.float32)[RNG.integers(0, 3, size=(3, 8, 8))]
+_LOGITS = RNG.normal(size=(3, 8, 8, 3))
+P3 = (np.exp(_LOGITS) / np.exp(_LOGITS).sum(-1, keepdims=True)).astype(np.float32)
 
 
 def _bce(y, p):
@@ -76,16 +79,54 @@ def test_bce_dice_is_the_sum():
 
 def test_losses_serialise_and_train():
     for name in LOSSES:
-        loss = (
-            get_loss(name, class_weights=(0.1, 0.9))
-            if name in ("weighted_bce", "bce_dice")
-            else get_loss(name)
-        )
+        y, p = (Y3, P3) if name in MULTICLASS_LOSSES else (Y, P)
+        if name in ("weighted_bce", "bce_dice"):
+            loss = get_loss(name, class_weights=(0.1, 0.9))
+        elif name in MULTICLASS_LOSSES:
+            loss = get_loss(name, class_weights=(0.2, 0.5, 2.0))
+        else:
+            loss = get_loss(name)
         again = keras.losses.deserialize(keras.losses.serialize(loss))
         assert type(again) is type(loss)
-        assert float(again(Y, P)) == pytest.approx(float(loss(Y, P)), rel=1e-6)
+        assert float(again(y, p)) == pytest.approx(float(loss(y, p)), rel=1e-6)
     y_bf16 = keras.ops.cast(P, "bfloat16")  # mixed precision outputs are cast to float32
     assert np.isfinite(float(get_loss("dice")(Y, y_bf16)))
+
+
+def test_weighted_cce_and_cce_dice_known_answers():
+    w = np.array([0.3, 0.7, 2.5])
+    pixel = -(w * Y3 * np.log(np.clip(P3.astype(np.float64), EPS, 1))).sum(-1)
+    cce = pixel.mean()
+    assert float(get_loss("weighted_cce", class_weights=w)(Y3, P3)) == pytest.approx(cce, rel=1e-5)
+    plain = -(Y3 * np.log(P3.astype(np.float64))).sum(-1).mean()
+    assert float(get_loss("weighted_cce")(Y3, P3)) == pytest.approx(plain, rel=1e-5)
+    dice = 0.0
+    for c in (1, 2):
+        inter, sy, sp = _sums(Y3[..., c : c + 1], P3[..., c : c + 1])
+        dice += 1 - (2 * inter + 1) / (sy + sp + 1)
+    expected = cce + 0.5 * (dice / 2).mean()
+    got = float(get_loss("cce_dice", class_weights=w, lam=0.5)(Y3, P3))
+    assert got == pytest.approx(expected, rel=1e-5)
+    # a perfect prediction: no cross-entropy, no Dice loss
+    assert float(get_loss("cce_dice", smooth=1e-6)(Y3, Y3)) == pytest.approx(0.0, abs=1e-4)
+    assert loss_head("cce_dice") == "three_class" and loss_head("dice") == "binary"
+    with pytest.raises(ValueError, match="three non-negative"):
+        get_loss("weighted_cce", class_weights=(0.1, 0.9))
+
+
+def test_foreground_metrics_of_three_class_maps():
+    y = np.eye(3, dtype=np.float32)[np.array([1, 2, 0, 0, 1])].reshape(1, 5, 1, 3)
+    p = np.array(
+        [[0.1, 0.8, 0.1], [0.6, 0.2, 0.2], [0.3, 0.3, 0.4], [0.9, 0.05, 0.05], [0.2, 0.1, 0.7]],
+        np.float32,
+    ).reshape(1, 5, 1, 3)  # foreground 0.9, 0.4, 0.7, 0.1, 0.8
+    precision, recall = pixel_metrics("three_class")
+    precision.update_state(y, p)
+    recall.update_state(y, p)
+    assert float(precision.result()) == pytest.approx(2 / 3)
+    assert float(recall.result()) == pytest.approx(2 / 3)
+    again = keras.metrics.deserialize(keras.metrics.serialize(precision))
+    assert type(again) is type(precision) and again.name == "precision"
 
 
 def test_pixel_metrics_precision_recall_at_half():
