@@ -1,5 +1,7 @@
 """Batched TensorFlow graph augmentations: the seed notebook's random shapes and affine warp.
 
+Plus a random intensity change (gamma, contrast, brightness) for percentile-normalised input.
+
 Both functions are pure TF ops on whole batches (no PIL, no numpy, no Python loop over tiles), so
 they run inside ``tf.data`` ``map`` calls and ``tf.function`` s, on CPU or GPU.
 
@@ -21,10 +23,12 @@ import tensorflow as tf
 __all__ = [
     "BACKGROUND_DARK",
     "BACKGROUND_LIGHT",
+    "GREY_FILL",
     "SHAPE_DARK",
     "SHAPE_LIGHT",
     "augment_batch",
     "random_affine",
+    "random_intensity",
     "random_shapes",
 ]
 
@@ -34,6 +38,8 @@ SHAPE_LIGHT = (247, 237, 15)
 #: The seed's background colours for pixels an affine warp leaves uncovered.
 BACKGROUND_DARK = (20, 8, 0)
 BACKGROUND_LIGHT = (49, 25, 1)
+#: Fill colours for grey, percentile-normalised input (its background sits near 0 on 0..255).
+GREY_FILL = ((0, 0, 0), (12, 12, 12))
 
 
 def _seed_tensor(seed, generator) -> tf.Tensor:
@@ -225,6 +231,7 @@ def random_affine(
     flip: bool = True,
     fill: tuple[tuple[int, int, int], tuple[int, int, int]] = (BACKGROUND_DARK, BACKGROUND_LIGHT),
     binarize: bool = True,
+    mask_interpolation: str = "bilinear",
 ) -> tuple[tf.Tensor, tf.Tensor]:
     """Warp images and masks with the seed's random affine transform, one per tile.
 
@@ -235,6 +242,10 @@ def random_affine(
     two ``fill`` colours, per channel (the notebook's TF pipeline could only fill one grey value).
     Masks get the same transform (bilinear, fill 0); with ``binarize`` they are re-thresholded at
     0.5, so the loss sees hard {0, 1} labels, else they stay soft (fractional at cell edges).
+    With ``mask_interpolation="nearest"`` the masks are resampled by nearest neighbour instead
+    (fill 0, values kept exactly, ``binarize`` ignored): for class-index maps such as the
+    three-class targets of :mod:`neuroseg.instances`, whose thin boundary class bilinear
+    resampling would blur.
 
     One ``ImageProjectiveTransformV3`` call warps image, mask and a coverage channel together;
     the coverage gives the exact per-channel constant fill after bilinear interpolation.
@@ -252,13 +263,19 @@ def random_affine(
     fill : two RGB triples
         Ends of the background colour lerp.
     binarize : bool
-        Re-threshold warped masks at 0.5.
+        Re-threshold warped masks at 0.5 (bilinear masks only).
+    mask_interpolation : {"bilinear", "nearest"}
+        Resampling of the masks.
 
     Returns
     -------
     images : tensor (b, rows, cols, 3), dtype of ``images``
     masks : tensor, shape and float dtype of ``masks``
     """
+    if mask_interpolation not in ("bilinear", "nearest"):
+        raise ValueError(
+            f"mask_interpolation must be 'bilinear' or 'nearest', got {mask_interpolation!r}"
+        )
     images = _check_images(images)
     masks = tf.convert_to_tensor(masks)
     squeeze = masks.shape.rank == 3
@@ -283,30 +300,88 @@ def random_affine(
     inverse = tf.linalg.inv(forward)  # the op maps output pixels to input pixels
     transforms = tf.reshape(inverse, [-1, 9])[:, :8]
 
-    stack = tf.concat(
-        [tf.cast(images, tf.float32), tf.cast(masks, tf.float32), tf.ones_like(masks, tf.float32)],
-        axis=-1,
-    )
-    warped = tf.raw_ops.ImageProjectiveTransformV3(
-        images=stack,
-        transforms=transforms,
-        output_shape=tf.stack([rows, cols]),
-        fill_value=0.0,
-        interpolation="BILINEAR",
-        fill_mode="CONSTANT",
-    )
-    coverage = warped[..., 4:5]
+    nearest = mask_interpolation == "nearest"
+    parts = [tf.cast(images, tf.float32)]
+    if not nearest:
+        parts.append(tf.cast(masks, tf.float32))
+    stack = tf.concat([*parts, tf.ones_like(masks, tf.float32)], axis=-1)
+
+    def warp(x, interpolation):
+        return tf.raw_ops.ImageProjectiveTransformV3(
+            images=x,
+            transforms=transforms,
+            output_shape=tf.stack([rows, cols]),
+            fill_value=0.0,
+            interpolation=interpolation,
+            fill_mode="CONSTANT",
+        )
+
+    warped = warp(stack, "BILINEAR")
+    coverage = warped[..., -1:]
     background = _lerp_colour(fill[0], fill[1], tf.random.stateless_uniform([b], s_fill))
     out_images = warped[..., :3] + (1.0 - coverage) * background[:, None, None, :]
-    out_masks = warped[..., 3:4]
-    if binarize:
-        out_masks = tf.cast(out_masks >= 0.5, tf.float32)
+    if nearest:
+        out_masks = warp(tf.cast(masks, tf.float32), "NEAREST")
+    elif binarize:
+        out_masks = tf.cast(warped[..., 3:4] >= 0.5, tf.float32)
     else:
-        out_masks = tf.clip_by_value(out_masks, 0.0, 1.0)
+        out_masks = tf.clip_by_value(warped[..., 3:4], 0.0, 1.0)
     out_masks = tf.cast(out_masks, mask_dtype)
     if squeeze:
         out_masks = out_masks[..., 0]
     return _restore_dtype(out_images, dtype), out_masks
+
+
+def random_intensity(
+    images,
+    *,
+    seed=None,
+    generator: tf.random.Generator | None = None,
+    gamma: tuple[float, float] = (0.7, 1.4),
+    contrast: tuple[float, float] = (0.75, 1.25),
+    brightness: tuple[float, float] = (-0.08, 0.08),
+) -> tf.Tensor:
+    """A random gamma, contrast and brightness change per tile, the same on every channel.
+
+    On the 0..1 scale (``x = images / 255``): ``x ** g`` with ``log g`` uniform in
+    ``log(gamma)``, then ``(x - m) * c + m + d`` with ``m`` the tile's mean after the gamma,
+    ``c ~ uniform(*contrast)``, ``d ~ uniform(*brightness)``, clipped to 0..1 and back to
+    0..255. One draw per tile for all channels, so a grey tile (three equal planes) stays grey.
+    It imitates what percentile normalisation leaves different between images and microscopes:
+    the curve of the stain's response, the stretch and the background offset.
+
+    Parameters
+    ----------
+    images : tensor (b, rows, cols, 3), any real dtype, values 0..255
+    seed, generator
+        As in :func:`random_shapes`.
+    gamma, contrast, brightness : (low, high)
+        Ranges; ``(1, 1)``, ``(1, 1)`` and ``(0, 0)`` change nothing.
+
+    Returns
+    -------
+    tensor (b, rows, cols, 3)
+        Same dtype as ``images``.
+    """
+    images = _check_images(images)
+    for name, (lo, hi) in (("gamma", gamma), ("contrast", contrast)):
+        if not 0 < lo <= hi:
+            raise ValueError(f"{name} must be (low, high) with 0 < low <= high, got {(lo, hi)}")
+    if not brightness[0] <= brightness[1]:
+        raise ValueError(f"brightness must be (low, high) with low <= high, got {brightness}")
+    dtype = images.dtype
+    b = tf.shape(images)[0]
+    s_gamma, s_contrast, s_bright = _split(_seed_tensor(seed, generator), 3)
+    log_g = tf.random.stateless_uniform(
+        [b], s_gamma, math.log(gamma[0]), math.log(gamma[1]) + 1e-12
+    )
+    c = tf.random.stateless_uniform([b], s_contrast, contrast[0], contrast[1] + 1e-12)
+    d = tf.random.stateless_uniform([b], s_bright, brightness[0], brightness[1] + 1e-12)
+    x = tf.clip_by_value(tf.cast(images, tf.float32) / 255.0, 0.0, 1.0)
+    x = tf.pow(x, tf.exp(log_g)[:, None, None, None])
+    mean = tf.reduce_mean(x, axis=[1, 2, 3], keepdims=True)
+    x = (x - mean) * c[:, None, None, None] + mean + d[:, None, None, None]
+    return _restore_dtype(tf.clip_by_value(x, 0.0, 1.0) * 255.0, dtype)
 
 
 def augment_batch(
@@ -317,6 +392,9 @@ def augment_batch(
     shapes: bool = False,
     affine: bool = False,
     binarize: bool = True,
+    intensity: bool = False,
+    mask_interpolation: str = "bilinear",
+    fill: tuple[tuple[int, int, int], tuple[int, int, int]] | None = None,
 ) -> tuple[tf.Tensor, tf.Tensor]:
     """The seed generator's order: draw shapes on the images, then warp images and masks.
 
@@ -327,8 +405,12 @@ def augment_batch(
     seed : int or tensor (2,), optional
     shapes, affine : bool
         Which augmentations to apply.
-    binarize : bool
+    binarize, mask_interpolation : bool, str
         Passed to :func:`random_affine`.
+    intensity : bool
+        :func:`random_intensity` after the shapes, before the warp (images only).
+    fill : two RGB triples, optional
+        Background colours of :func:`random_affine` (default: the seed's).
 
     Returns
     -------
@@ -338,6 +420,18 @@ def augment_batch(
     s_shapes, s_affine = _split(_seed_tensor(seed, None), 2)
     if shapes:
         images = random_shapes(images, seed=s_shapes)
+    if intensity:
+        # derived from the shapes' seed, so that the seed's two draws stay as they were
+        s_intensity = tf.random.experimental.stateless_fold_in(s_shapes, 7)
+        images = random_intensity(images, seed=s_intensity)
     if affine:
-        images, masks = random_affine(images, masks, seed=s_affine, binarize=binarize)
+        kw = {} if fill is None else {"fill": fill}
+        images, masks = random_affine(
+            images,
+            masks,
+            seed=s_affine,
+            binarize=binarize,
+            mask_interpolation=mask_interpolation,
+            **kw,
+        )
     return images, masks

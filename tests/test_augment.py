@@ -8,7 +8,7 @@ import tensorflow as tf
 from scipy import ndimage
 
 from neuroseg import augment
-from neuroseg.augment import augment_batch, random_affine, random_shapes
+from neuroseg.augment import augment_batch, random_affine, random_intensity, random_shapes
 
 NO_WARP = {"rotation": (0.0, 0.0), "scale": (1.0, 1.0), "shear": (0.0, 0.0), "flip": False}
 
@@ -160,3 +160,44 @@ def test_bad_input_raises_value_error():
         random_affine(images, masks.astype(np.uint8), seed=1)
     with pytest.raises(ValueError, match="either seed or generator"):
         random_shapes(images, seed=1, generator=tf.random.Generator.from_seed(1))
+
+
+def test_nearest_masks_keep_class_indices_and_follow_the_image():
+    images, masks = _square(b=6)
+    classes = masks * 2.0  # a class-index map: 0 outside, 2 in the square
+    out_images, out = random_affine(images, classes, seed=4, mask_interpolation="nearest")
+    bilinear_images, soft = random_affine(images, masks, seed=4, binarize=False)
+    np.testing.assert_array_equal(out_images.numpy(), bilinear_images.numpy())  # same warp
+    out, soft = out.numpy(), soft.numpy()
+    assert set(np.unique(out)) <= {0.0, 2.0}  # no value between classes
+    # the same warp: nearest agrees with the bilinear mask wherever that one is not an edge
+    sure = (soft < 0.01) | (soft > 0.99)
+    np.testing.assert_array_equal((out == 2.0)[sure], (soft > 0.5)[sure])
+    grey = random_affine(
+        np.zeros((4, 32, 32, 3), np.float32),
+        np.zeros((4, 32, 32, 1), np.float32),
+        seed=2,
+        scale=(0.8, 0.8),
+        fill=augment.GREY_FILL,
+        mask_interpolation="nearest",
+    )[0].numpy()
+    assert (grey[..., 0] == grey[..., 1]).all() and grey.max() <= 12.0  # grey fill stays grey
+    with pytest.raises(ValueError, match="mask_interpolation"):
+        random_affine(images, masks, seed=1, mask_interpolation="cubic")
+
+
+def test_random_intensity_keeps_grey_range_and_is_seeded():
+    rng = np.random.default_rng(0)
+    plane = rng.uniform(0, 255, (8, 16, 16, 1)).astype(np.float32)
+    images = np.repeat(plane, 3, axis=-1)
+    out = random_intensity(images, seed=3).numpy()
+    assert out.shape == images.shape and 0.0 <= out.min() and out.max() <= 255.0
+    assert (out[..., 0] == out[..., 2]).all()  # one draw for all channels
+    assert not np.allclose(out, images)
+    np.testing.assert_array_equal(out, random_intensity(images, seed=3).numpy())
+    same = random_intensity(images, seed=3, gamma=(1, 1), contrast=(1, 1), brightness=(0, 0))
+    np.testing.assert_allclose(same.numpy(), images, atol=1e-3)
+    as_uint8 = random_intensity(images.astype(np.uint8), seed=3)
+    assert as_uint8.dtype == tf.uint8
+    with pytest.raises(ValueError, match="gamma"):
+        random_intensity(images, seed=1, gamma=(0, 1))
