@@ -197,6 +197,8 @@ def cmd_infer(args) -> int:
         f"{summary['cells']} cells, {summary['failed']} failed, {summary['skipped']} already done "
         f"-> {summary['cells_uri']}"
     )
+    for plate, uri in summary.get("reports", {}).items():
+        print(f"  report of plate {plate}: {uri}")
     return 0
 
 
@@ -213,6 +215,17 @@ def cmd_segment(args) -> int:
     )
     n_images = df["image_id"].nunique() if len(df) else 0
     print(f"{len(df)} cells in {n_images} image(s) -> {args.out}")
+    return 0
+
+
+def cmd_report(args) -> int:
+    from neuroseg.report import write_plate_report
+
+    result = write_plate_report(args.root, args.plate, out=args.out, cells_uri=args.cells)
+    print(
+        f"plate {result['plate_id']}: {result['images']} image(s), {result['cells']} cells, "
+        f"{result['failures']} failure(s) -> {result['uri']} ({result['bytes'] / 1e6:.2f} MB)"
+    )
     return 0
 
 
@@ -373,6 +386,13 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--watershed", action="store_true", help="split touching cells")
     sp.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
     sp.set_defaults(func=cmd_segment)
+
+    sp = sub.add_parser("report", help="write a plate's HTML report (thumbnails, counts, failures)")
+    sp.add_argument("plate", help="plate id (the folder name under uploads/)")
+    root_arg(sp)
+    sp.add_argument("--out", help="output .html (default ROOT/reports/plates/PLATE.html)")
+    sp.add_argument("--cells", help="cell table root (default ROOT/cells)")
+    sp.set_defaults(func=cmd_report)
 
     sp = sub.add_parser("bench", help="benchmarks printing JSON")
     sp.add_argument("what", choices=("masks", "pipeline", "inference", "orchestration"))

@@ -177,6 +177,11 @@ def test_nightly_inference_idempotent_and_crash_safe(prefect_api, where, tmp_pat
     )
     table = _table(root_a)
     assert len(table) == first["cells"] > 0
+    # one HTML report per plate, linked from a link artifact; the broken upload is listed
+    assert first["reports"]["P002"] == storage.join(root_a, "reports", "plates", "P002.html")
+    page = storage.read_bytes(first["reports"]["P002"]).decode()
+    assert page.count('<figure class="card"') == 2 and "broken.png" in page
+    assert {"plate-report-p001", "plate-report-p002"} <= set(_artifacts())
     assert set(table["plate_id"].astype(str)) <= {"P001", "P002"}
     assert (
         table.groupby("image_id")["cell_id"]
