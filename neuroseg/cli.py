@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 import time
@@ -40,6 +41,42 @@ def configure_prefect(root: str | None = None) -> None:
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "INFO")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+class _StderrHandler(logging.StreamHandler):
+    """A log handler writing to whatever ``sys.stderr`` is at the time of each record."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:  # StreamHandler.__init__ assigns it; stderr is looked up
+        pass
+
+
+def configure_output(*, verbose: bool = False) -> None:
+    """Quiet start-up unless `verbose`; neuroseg's progress lines on stderr.
+
+    TensorFlow reads ``TF_CPP_MIN_LOG_LEVEL`` once, when it is imported, and every command
+    imports it lazily, after this has run. Quiet is level 2: errors stay, the INFO notices
+    (oneDNN custom operations, the CPU-instruction hint, "All log messages before
+    absl::InitializeLog()") and TensorFlow's warnings go; a level the user exported wins.
+    absl's Python warnings are raised to ERROR. ``--verbose`` shows everything (level 0) and
+    neuroseg's debug lines.
+    """
+    if verbose:
+        os.environ["TF_CPP_MIN_LOG_LEVEL"] = "0"
+    else:
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+        logging.getLogger("absl").setLevel(logging.ERROR)
+    log = logging.getLogger("neuroseg")
+    log.setLevel(logging.DEBUG if verbose else logging.INFO)
+    if not any(isinstance(h, _StderrHandler) for h in log.handlers):
+        handler = _StderrHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
+        log.addHandler(handler)
+        log.propagate = False  # Prefect's root console handler would print each line twice
 
 
 def _size(text: str) -> tuple[int, int]:
@@ -411,12 +448,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="orchestration: start a local standing Dask cluster and time 1..N workers",
     )
     sp.set_defaults(func=cmd_bench)
+
+    verbose = "show TensorFlow's start-up messages and debug lines (quiet by default)"
+    p.add_argument("--verbose", action="store_true", help=verbose)
+    for command in sub.choices.values():  # also accepted after the command's name
+        command.add_argument(
+            "--verbose", action="store_true", default=argparse.SUPPRESS, help=verbose
+        )
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    configure_output(verbose=args.verbose)
     try:
         return args.func(args)
     except KeyboardInterrupt:

@@ -8,6 +8,7 @@ from prefect import get_run_logger, task
 from prefect.artifacts import update_progress_artifact
 
 from neuroseg import storage
+from neuroseg.progress import Progress
 from tasks.common import IO_RETRIES
 
 
@@ -39,10 +40,20 @@ def train_phase(
 
     logger = get_run_logger()
     name = config["phases"][phase_index]["name"]
+    epochs = config["phases"][phase_index]["epochs"]
+    # one line per epoch: "train 5/14 epochs (36%), 12.3 s/epoch, about 2 min left; phase ..."
+    progress = Progress(
+        "train",
+        total_epochs,
+        unit="epochs",
+        done=epochs_before,
+        emit=logger.info,
+        every_percent=0.01,
+    )
 
     def on_epoch(epoch: int, logs: dict) -> None:
         shown = ", ".join(f"{k} {v:.4f}" for k, v in sorted(logs.items()))
-        logger.info("phase %s epoch %d: %s", name, epoch, shown)
+        progress.update(note=f"phase {name} epoch {epoch}/{epochs}: {shown}")
         if progress_id:
             done = 100.0 * (epochs_before + epoch) / total_epochs
             update_progress_artifact(progress_id, progress=min(done, 100.0))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -11,7 +13,25 @@ import pytest
 from neuroseg import storage
 from neuroseg.cli import build_parser, main
 
-COMMANDS = ["demo", "synth", "ingest", "prepare", "train", "evaluate", "infer", "segment", "bench"]
+COMMANDS = [
+    "demo",
+    "synth",
+    "ingest",
+    "prepare",
+    "train",
+    "evaluate",
+    "infer",
+    "segment",
+    "report",
+    "bench",
+]
+# TensorFlow's start-up chatter on stderr: absl's pre-init notice, the CPU-instruction hint,
+# oneDNN's notice (x86 builds with oneDNN), any C++ INFO/WARNING line ("I0000 00:00:...")
+TF_CHATTER = re.compile(
+    r"absl::InitializeLog|cpu_feature_guard|oneDNN custom operations|TF_ENABLE_ONEDNN_OPTS"
+    r"|^[IW]\d{4} \d\d:\d\d:\d\d",
+    re.MULTILINE,
+)
 
 
 def test_every_command_has_help():
@@ -61,3 +81,33 @@ def test_errors_are_one_line_with_exit_2(prefect_api, tmp_path, capsys):
     err = capsys.readouterr().err
     assert "bad.png" in err and "nothing written" in err
     assert not (tmp_path / "c.parquet").exists()
+
+
+@pytest.mark.slow
+def test_python_m_neuroseg_is_quiet_unless_verbose(tmp_path):
+    """`python -m neuroseg segment` (a command that imports TensorFlow) with a clean environment:
+    no TensorFlow chatter on stderr but a plain progress line; --verbose lets the chatter in."""
+    from neuroseg.images import encode_png
+    from neuroseg.synth import synth_plate
+
+    image = tmp_path / "one.png"
+    image.write_bytes(encode_png(synth_plate(seed=1, height=96, width=128, n_cells=2).image))
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("TF_", "ABSL"))}
+    command = [sys.executable, "-m", "neuroseg", "segment", str(image), "--out", "c.parquet"]
+    runs = {}
+    for extra in ([], ["--verbose"]):
+        out = subprocess.run(
+            [*command, *extra],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            env=env,
+            cwd=tmp_path,
+        )
+        assert out.returncode == 0, out.stderr[-2000:]
+        assert "cells in 1 image(s)" in out.stdout
+        runs[bool(extra)] = out.stderr
+    quiet, verbose = runs[False], runs[True]
+    assert not TF_CHATTER.search(quiet), quiet
+    assert re.search(r"^\d\d:\d\d:\d\d segment 1/1 images \(100%\), [\d.]+ s/image$", quiet, re.M)
+    assert TF_CHATTER.search(verbose), verbose
