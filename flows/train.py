@@ -2,7 +2,9 @@
 
 A retried or resumed run (same ``run_id``, or a Prefect retry of the same flow run) continues
 after the last finished phase. The parameters are pydantic models, so the Prefect UI shows a
-form for "retrain": dataset, preset, model, loss and per-phase overrides.
+form for "retrain": dropdowns for preset, architecture, loss and precision (each defaulting to
+"preset", the preset's own value, which the field's description spells out), numbers that
+override every phase, and the phases themselves as typed objects.
 """
 
 from __future__ import annotations
@@ -13,57 +15,131 @@ from typing import Literal
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_progress_artifact, create_table_artifact
 from prefect.runtime import flow_run
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator, model_validator
 
 from neuroseg import storage
-from neuroseg.training import PhaseConfig, TrainConfig, get_preset
+from neuroseg.training import PRESETS, PhaseConfig, TrainConfig, get_preset
 from tasks.common import artifact_key
 from tasks.train import register, resolve_prepared, train_phase
 
+FROM_PRESET = "preset"
+"""The choice that keeps the preset's own value (the default of every dropdown)."""
+
+
+def _per_preset(describe) -> str:
+    return "; ".join(f"{name}: {describe(cfg)}" for name, cfg in PRESETS.items())
+
+
+def _phases_text(cfg: TrainConfig) -> str:
+    return ", ".join(
+        f"{ph.name} {ph.epochs} ep lr {ph.learning_rate:g} batch {ph.batch_size} "
+        f"{ph.tile_filter}{' +shapes' if ph.shapes else ''}{' +affine' if ph.affine else ''}"
+        for ph in cfg.phases
+    )
+
 
 class TrainParams(BaseModel):
-    """What to train on and how; unset fields keep the preset's values."""
+    """What to train on and how. Every choice left at "preset" (or empty) keeps the preset's
+    value; the descriptions list what each preset uses."""
 
     root: str = Field("./neuroseg-data", description="storage root of the system")
     dataset: str = Field("synthetic", description="prepared dataset to train on")
     preset: Literal["seed", "cpu-small", "tiny"] = Field(
-        "cpu-small", description="seed = the notebook exactly; cpu-small = minutes on a CPU"
+        "cpu-small",
+        description="seed = the notebook exactly (shallow CNN, batch 50); cpu-small = a small "
+        "U-Net in minutes on a CPU; tiny = seconds, for tests",
     )
-    model: Literal["shallow", "unet"] | None = Field(None, description="architecture")
-    loss: Literal["weighted_bce", "dice", "jaccard", "focal", "tversky", "bce_dice"] | None = None
-    epochs: int | None = Field(None, ge=1, description="epochs of every phase")
-    learning_rate: float | None = Field(None, gt=0, description="learning rate of every phase")
-    batch_size: int | None = Field(None, ge=1, description="batch size of every phase")
-    phases: list[PhaseConfig] | None = Field(None, description="replace the phases entirely")
-    crop: int | None = Field(None, ge=16, description="random training crop (U-Net only)")
-    mixed_precision: bool | None = Field(None, description="bfloat16 compute")
-    seed: int | None = None
+    model: Literal["preset", "shallow", "unet"] = Field(
+        FROM_PRESET,
+        description="architecture; preset = "
+        + _per_preset(lambda c: f"{c.model}" + (f" width {c.width}" if c.width else "")),
+    )
+    loss: Literal["preset", "weighted_bce", "dice", "jaccard", "focal", "tversky", "bce_dice"] = (
+        Field(FROM_PRESET, description="loss; preset = " + _per_preset(lambda c: c.loss))
+    )
+    precision: Literal["preset", "fp32", "bf16"] = Field(
+        FROM_PRESET,
+        description="bf16 = bfloat16 mixed precision (recent GPUs and CPUs); preset = "
+        + _per_preset(lambda c: "bf16" if c.mixed_precision else "fp32"),
+    )
+    epochs: int | None = Field(
+        None,
+        ge=1,
+        description="epochs of every phase; empty = preset: "
+        + _per_preset(lambda c: "/".join(str(ph.epochs) for ph in c.phases)),
+    )
+    learning_rate: float | None = Field(
+        None,
+        gt=0,
+        description="learning rate of every phase; empty = preset: "
+        + _per_preset(lambda c: "/".join(f"{ph.learning_rate:g}" for ph in c.phases)),
+    )
+    batch_size: int | None = Field(
+        None,
+        ge=1,
+        description="batch size of every phase; empty = preset: "
+        + _per_preset(lambda c: "/".join(str(ph.batch_size) for ph in c.phases)),
+    )
+    phases: list[PhaseConfig] = Field(
+        default_factory=list,
+        description="replace the phases entirely; empty = the preset's: "
+        + _per_preset(_phases_text),
+    )
+    crop: int | None = Field(
+        None,
+        ge=16,
+        description="random training crop (U-Net only); empty = preset: "
+        + _per_preset(lambda c: str(c.crop) if c.crop else "whole tiles"),
+    )
+    seed: int | None = Field(None, description="random seed; empty = the preset's (0)")
     model_name: str = Field("neuroseg", description="name in the model registry")
     run_id: str | None = Field(None, description="resume this run (default: the flow run id)")
     evaluate: bool = Field(True, description="evaluate on the test split after training")
     promote: bool = Field(True, description="promote if it beats the production model")
 
+    @field_validator("model", "loss", "precision", mode="before")
+    @classmethod
+    def _none_is_preset(cls, value):
+        return FROM_PRESET if value is None else value
+
+    @field_validator("phases", mode="before")
+    @classmethod
+    def _no_phases_is_preset(cls, value):
+        return [] if value is None else value
+
+    @model_validator(mode="before")
+    @classmethod
+    def _legacy_mixed_precision(cls, data):
+        """``mixed_precision=True/False`` (the former field) still means bf16 / fp32."""
+        if isinstance(data, dict) and "mixed_precision" in data:
+            data = dict(data)
+            mixed = data.pop("mixed_precision")
+            if mixed is not None and data.get("precision") in (None, FROM_PRESET):
+                data["precision"] = "bf16" if mixed else "fp32"
+        return data
+
 
 def build_config(p: TrainParams) -> TrainConfig:
     """The preset with the user's overrides applied (validated)."""
+    preset = get_preset(p.preset)
     over: dict = {}
-    if p.model and p.model != get_preset(p.preset).model:
+    if p.model != FROM_PRESET and p.model != preset.model:
         over["model"] = p.model
         over["width"] = None  # the preset's width belongs to its own architecture
         if p.model == "shallow":
             over["crop"] = None  # the seed CNN needs whole 400x400 tiles
-    for key in ("loss", "crop", "mixed_precision", "seed"):
+    if p.loss != FROM_PRESET:
+        over["loss"] = p.loss
+    if p.precision != FROM_PRESET:
+        over["mixed_precision"] = p.precision == "bf16"
+    for key in ("crop", "seed"):
         if getattr(p, key) is not None:
             over[key] = getattr(p, key)
-    phases = [ph.model_dump() for ph in (p.phases or get_preset(p.preset).phases)]
+    phases = [ph.model_dump() for ph in (p.phases or preset.phases)]
     for ph in phases:
-        for key, field in (
-            ("epochs", "epochs"),
-            ("learning_rate", "learning_rate"),
-            ("batch_size", "batch_size"),
-        ):
-            if getattr(p, field) is not None:
-                ph[key] = getattr(p, field)
+        for key in ("epochs", "learning_rate", "batch_size"):
+            if getattr(p, key) is not None:
+                ph[key] = getattr(p, key)
     over["phases"] = phases
     return get_preset(p.preset, **over)
 

@@ -178,7 +178,7 @@ def cmd_train(args) -> int:
         model=args.model,
         loss=args.loss,
         epochs=args.epochs,
-        mixed_precision=True if args.bf16 else None,
+        precision="bf16" if args.bf16 else "preset",
         model_name=args.name,
         run_id=args.run_id,
         evaluate=not args.no_evaluate,

@@ -62,14 +62,18 @@ class PhaseConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    name: str
+    name: str = Field(description='e.g. "1.1"')
     epochs: int = Field(ge=1)
-    learning_rate: float = Field(gt=0)
+    learning_rate: float = Field(gt=0, description="Adam learning rate")
     batch_size: int = Field(ge=1)
-    tile_filter: Literal["cells", "all"] = "cells"
-    shapes: bool = False
-    affine: bool = False
-    steps_per_epoch: int | None = Field(default=None, ge=1)
+    tile_filter: Literal["cells", "all"] = Field(
+        "cells", description="cells = only tiles with cells; all = every tile"
+    )
+    shapes: bool = Field(False, description="augment with random ellipses and rectangles")
+    affine: bool = Field(False, description="augment with random affine warps")
+    steps_per_epoch: int | None = Field(
+        default=None, ge=1, description="batches per epoch; empty = one pass over the tiles"
+    )
 
 
 class TrainConfig(BaseModel):

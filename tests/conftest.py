@@ -92,3 +92,25 @@ def prefect_api():
 
     with prefect_test_harness(server_startup_timeout=120):
         yield
+
+
+def check_train_form_schema(schema: dict) -> None:
+    """The retrain form offers dropdowns (test_train_params, and test_deployments on a server)."""
+    defs = schema.get("definitions") or schema.get("$defs")
+    props = defs["TrainParams"]["properties"]
+    assert (
+        props["preset"]["enum"] == ["seed", "cpu-small", "tiny"]
+        and props["preset"]["default"] == "cpu-small"
+    )
+    for name in ("model", "loss", "precision"):
+        assert props[name]["type"] == "string" and props[name]["default"] == "preset", name
+        assert "anyOf" not in props[name], name  # a plain enum: a dropdown, not a union
+    assert props["precision"]["enum"] == ["preset", "fp32", "bf16"]
+    assert "weighted_bce" in props["loss"]["enum"] and "unet" in props["model"]["enum"]
+    # the defaults say what the presets use
+    assert "cpu-small: unet width 16" in props["model"]["description"]
+    assert "cpu-small: 3/5/6" in props["epochs"]["description"]
+    assert props["phases"]["items"]["$ref"].endswith("/PhaseConfig")
+    phase = defs["PhaseConfig"]["properties"]
+    assert phase["tile_filter"]["enum"] == ["cells", "all"]
+    assert phase["epochs"]["type"] == "integer" and phase["shapes"]["type"] == "boolean"

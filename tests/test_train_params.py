@@ -7,6 +7,7 @@ from pydantic import ValidationError
 
 from flows.train import TrainParams, build_config
 from neuroseg.training import PRESETS
+from tests.conftest import check_train_form_schema
 
 
 def test_preset_unchanged_without_overrides():
@@ -31,3 +32,34 @@ def test_invalid_values_are_refused():
         TrainParams(preset="huge")
     with pytest.raises(ValueError, match="divisible"):
         build_config(TrainParams(preset="cpu-small", crop=100))
+
+
+def test_form_offers_dropdowns_and_typed_phases():
+    """The retrain form's schema (what the Prefect UI renders): enums, not free text."""
+    from prefect.utilities.callables import parameter_schema
+
+    from flows.train import train
+    from neuroseg.losses import LOSSES
+    from neuroseg.models import ARCHITECTURES
+
+    schema = parameter_schema(train.fn).model_dump()
+    check_train_form_schema(schema)
+    assert schema["definitions"]["TrainParams"]["properties"]["preset"]["enum"] == list(PRESETS)
+    assert set(LOSSES) | {"preset"} == set(
+        schema["definitions"]["TrainParams"]["properties"]["loss"]["enum"]
+    )
+    assert ["preset", *ARCHITECTURES] == (
+        schema["definitions"]["TrainParams"]["properties"]["model"]["enum"]
+    )
+
+
+def test_former_call_styles_still_work():
+    """The CLI, the demo and scripts pass None for "not given" and mixed_precision=True."""
+    p = TrainParams(preset="cpu-small", model=None, loss=None, phases=None, mixed_precision=True)
+    cfg = build_config(p)
+    assert p.precision == "bf16" and cfg.mixed_precision is True
+    assert cfg.model == "unet" and cfg.loss == "weighted_bce"
+    assert cfg.phases == PRESETS["cpu-small"].phases
+    assert build_config(TrainParams(preset="seed", precision="fp32")) == PRESETS["seed"]
+    with pytest.raises(ValidationError):
+        TrainParams(loss="mse")
