@@ -12,7 +12,7 @@ from pydantic import BaseModel, Field
 
 from neuroseg import storage
 from tasks.common import artifact_key
-from tasks.ingest import discover, ingest_image
+from tasks.ingest import discover, emit_plate_events, ingest_image
 
 
 class IngestParams(BaseModel):
@@ -27,7 +27,11 @@ class IngestParams(BaseModel):
 
 @flow(name="ingest", flow_run_name="ingest-{params.dataset}", log_prints=True)
 def ingest(params: IngestParams) -> dict:
-    """Ingest plate uploads or an annotated dataset into the storage root."""
+    """Ingest plate uploads or an annotated dataset into the storage root.
+
+    For uploads, each plate with new images emits a ``neuroseg.plate.ingested`` event
+    (``summary["events"]``), on which the nightly deployment runs that plate soon after.
+    """
     logger = get_run_logger()
     found = discover(params.source, params.dataset)
     cands = found["candidates"]
@@ -53,6 +57,8 @@ def ingest(params: IngestParams) -> dict:
         "failures": failures,
         "manifest": storage.join(params.root, "manifests", kind),
     }
+    # one event per plate with new images: the nightly deployment's trigger runs that plate
+    summary["events"] = [] if params.dataset else emit_plate_events(params.root, results)
     key = artifact_key("ingest", params.dataset or "uploads")
     create_table_artifact(
         key=key + "-failures",
@@ -75,4 +81,7 @@ def ingest(params: IngestParams) -> dict:
         summary["quarantined"],
         summary["failed"],
     )
+    if summary["events"]:
+        plates = ", ".join(e["plate_id"] for e in summary["events"])
+        logger.info("emitted neuroseg.plate.ingested for plate(s) %s", plates)
     return summary

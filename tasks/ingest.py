@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import os
+
 from prefect import task
 
 from neuroseg import ingest as lib
 from tasks.common import IO_RETRIES
+
+#: The event a plate's ingestion emits; the nightly deployment's trigger (prefect.yaml) runs
+#: inference of that plate when it sees one.
+PLATE_INGESTED = "neuroseg.plate.ingested"
 
 
 @task(name="discover", task_run_name="discover-{source}", **IO_RETRIES)
@@ -22,3 +28,51 @@ def discover(source: str, dataset: str | None) -> dict:
 def ingest_image(root: str, cand: dict) -> dict:
     """Validate, copy and record one image (idempotent)."""
     return lib.ingest_one(root, lib.Candidate(**cand))
+
+
+def emit_plate_events(root: str, results: list[dict]) -> list[dict]:
+    """Emit one ``neuroseg.plate.ingested`` event per plate with newly ingested uploads.
+
+    One per plate and ingestion run, not per image: a plate of 200 images is one event. Plates
+    whose images were all skipped (already ingested) or quarantined emit nothing. The resource
+    is ``neuroseg.plate.<plate_id>`` with the labels ``neuroseg.plate_id`` and
+    ``neuroseg.root`` (a local root made absolute, so that a worker elsewhere in the file
+    system finds it); the payload counts the images. Returns what was emitted.
+    """
+    from prefect.events import emit_event
+    from prefect.runtime import flow_run
+
+    plates: dict[str, list[str]] = {}
+    for r in results:
+        if r.get("status") == "ingested" and r.get("kind") == "uploads":
+            plates.setdefault(r["group"], []).append(r["image_id"])
+    root_label = root if "://" in root else os.path.abspath(root)
+    related = []
+    if flow_run.id:
+        related.append(
+            {
+                "prefect.resource.id": f"prefect.flow-run.{flow_run.id}",
+                "prefect.resource.role": "flow-run",
+            }
+        )
+    emitted = []
+    for plate, image_ids in sorted(plates.items()):
+        event = emit_event(
+            event=PLATE_INGESTED,
+            resource={
+                "prefect.resource.id": f"neuroseg.plate.{plate}",
+                "prefect.resource.name": plate,
+                "neuroseg.plate_id": plate,
+                "neuroseg.root": root_label,
+            },
+            related=related,
+            payload={"images": len(image_ids), "image_ids": sorted(image_ids)[:1000]},
+        )
+        emitted.append(
+            {
+                "plate_id": plate,
+                "images": len(image_ids),
+                "event_id": str(event.id) if event else None,
+            }
+        )
+    return emitted

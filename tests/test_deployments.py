@@ -15,10 +15,12 @@ import numpy as np
 import pytest
 
 from neuroseg import storage
-from tests.conftest import REPO, _free_port, check_train_form_schema
+from tests.conftest import REPO, _free_port
 
 pytestmark = pytest.mark.slow
 BIN = Path(sys.executable).parent
+#: Debounce window and start delay of runs triggered by uploads (deploy.sh's default: PT1M).
+UPLOAD_DEBOUNCE = "PT5S"
 
 
 def _wait_healthy(url: str, proc: subprocess.Popen, log: Path, timeout: float = 150) -> None:
@@ -53,6 +55,7 @@ def server(tmp_path_factory):
         PREFECT_UI_ENABLED="false",
         NEUROSEG_ROOT=str(base / "root"),
         NEUROSEG_PROJECT_DIR=str(REPO),
+        NEUROSEG_UPLOAD_DEBOUNCE=UPLOAD_DEBOUNCE,
         PATH=f"{BIN}:{os.environ.get('PATH', '')}",
         PYTHONUNBUFFERED="1",
     )
@@ -157,16 +160,6 @@ def test_ingest_and_prepare_deployments(server):
     assert np.array_equal(np.sort(tiles["image_id"].unique()), ["s0", "s1", "s2"])
 
 
-def test_retrain_form_has_dropdowns_on_the_server(server):
-    """The train deployment's parameter schema as `prefect deploy` registered it on the server:
-    enums for preset, architecture, loss and precision, typed phases."""
-    api = server["env"]["PREFECT_API_URL"]
-    with urllib.request.urlopen(f"{api}/deployments/name/train/train", timeout=30) as resp:
-        deployment = json.load(resp)
-    check_train_form_schema(deployment["parameter_openapi_schema"])
-    assert deployment["parameters"]["params"]["preset"] == "cpu-small"
-
-
 def test_train_and_nightly_deployments(server):
     """Retrain on the gpu pool (tiny preset), then the nightly deployment serves the model."""
     root = server["root"]
@@ -189,3 +182,131 @@ def test_train_and_nightly_deployments(server):
     done = storage.list_files(storage.join(root, "manifests", "processed", "P9"))
     assert len(done) == 2
     assert all(storage.read_json(u)["model_version"] == prod["version"] for u in done)
+
+
+def _api(server, path: str, body: dict | list | None = None):
+    """GET (no body) or POST JSON to the server's REST API; the decoded answer or None."""
+    data = None if body is None else json.dumps(body).encode()
+    req = urllib.request.Request(
+        server["env"]["PREFECT_API_URL"] + path,
+        data=data,
+        headers={"Content-Type": "application/json"},
+        method="GET" if body is None else "POST",
+    )
+    with urllib.request.urlopen(req, timeout=30) as resp:
+        text = resp.read()
+    return json.loads(text) if text else None
+
+
+def _wait(what: str, check, timeout: float, server):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if value := check():
+            return value
+        time.sleep(0.5)
+    logs = "\n".join(p.read_text()[-4000:] for p in sorted(server["base"].glob("*.log")))
+    raise AssertionError(f"timed out waiting for {what}\n{logs}")
+
+
+def test_ingested_upload_triggers_inference_of_its_plate(server):
+    """Nobody starts a nightly run: ingesting two plates emits one event per plate, and the
+    nightly deployment's trigger runs each plate alone; a second event for a plate within the
+    debounce window starts nothing; the 02:00 schedule stays. Prints the time from each event
+    to the plate's rows in the table."""
+    import datetime as dt
+    import uuid
+
+    import pandas as pd
+
+    from neuroseg import synth
+
+    root = str(server["base"] / "triggered")
+    source = str(server["base"] / "microscope")
+    synth.write_uploads(source, plates=2, images_per_plate=2, seed=3, height=480, width=640)
+
+    nightly = _api(server, "/deployments/name/nightly-inference/nightly")
+    assert [s["schedule"].get("cron") for s in nightly["schedules"]] == ["0 2 * * *"]
+    (automation,) = [
+        a
+        for a in _api(server, "/automations/filter", {})
+        if any(x.get("deployment_id") == nightly["id"] for x in a["actions"])
+    ]
+    trigger = automation["trigger"]
+    assert trigger["expect"] == ["neuroseg.plate.ingested"] and trigger["posture"] == "Reactive"
+    assert sorted(trigger["for_each"]) == ["neuroseg.plate_id", "neuroseg.root"]
+
+    asked = time.time()
+    run_deployment(server, "ingest/ingest", {"source": f"{source}/uploads", "root": root})
+
+    def events():
+        page = _api(
+            server,
+            "/events/filter",
+            {
+                "filter": {
+                    "event": {"name": ["neuroseg.plate.ingested"]},
+                    "resource": {"labels": {"neuroseg.root": root}},
+                },
+                "limit": 50,
+            },
+        )
+        return page["events"] if len(page["events"]) >= 2 else None
+
+    evs = {e["resource"]["neuroseg.plate_id"]: e for e in _wait("events", events, 60, server)}
+    assert sorted(evs) == ["P001", "P002"] and len(evs) == 2  # one per plate, not per image
+    assert all(e["payload"]["images"] == 2 for e in evs.values())
+    # a second ingestion of P001 within the debounce window: no second run
+    first = dt.datetime.fromisoformat(evs["P001"]["occurred"])
+    again = {**evs["P001"], "id": str(uuid.uuid4())}
+    again["occurred"] = (first + dt.timedelta(seconds=1)).isoformat()
+    for key in ("received", "follows"):
+        again.pop(key, None)
+    _api(server, "/events", [again])
+
+    def rows_of(plate: str):
+        done = storage.join(root, "manifests", "processed", plate)
+        return time.time() if len(storage.list_files(done)) == 2 else None
+
+    seconds = {}
+    pending = {"P001", "P002"}
+    deadline = time.monotonic() + 300
+    while pending and time.monotonic() < deadline:
+        for plate in sorted(pending):
+            if (t := rows_of(plate)) is not None:
+                occurred = dt.datetime.fromisoformat(evs[plate]["occurred"]).timestamp()
+                seconds[plate] = round(t - occurred, 1)
+                pending.discard(plate)
+        time.sleep(0.5)
+    assert not pending, f"no rows for {pending} after 300 s"
+    cells = pd.read_parquet(storage.join(root, "cells"))
+    assert set(cells["plate_id"].astype(str)) == {"P001", "P002"} and len(cells) > 0
+
+    def runs():
+        found = _api(
+            server,
+            "/flow_runs/filter",
+            {"deployments": {"id": {"any_": [nightly["id"]]}}, "limit": 50},
+        )
+        mine = [r for r in found if r["parameters"]["params"].get("root") == root]
+        return mine if all(r["state_type"] == "COMPLETED" for r in mine) else None
+
+    mine = _wait("triggered runs to finish", runs, 120, server)
+    assert sorted(r["parameters"]["params"]["plates"] for r in mine) == [["P001"], ["P002"]]
+    assert all(r["created_by"]["type"] == "AUTOMATION" for r in mine), mine
+    print(
+        json.dumps(
+            {
+                "upload_to_rows_seconds": seconds,
+                "debounce": UPLOAD_DEBOUNCE,
+                "ingest_run_asked_to_rows_seconds": {
+                    p: round(
+                        dt.datetime.fromisoformat(evs[p]["occurred"]).timestamp() + s - asked, 1
+                    )
+                    for p, s in seconds.items()
+                },
+                "run_seconds": {
+                    r["parameters"]["params"]["plates"][0]: r["total_run_time"] for r in mine
+                },
+            }
+        )
+    )
