@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from neuroseg import storage
-from tests.conftest import REPO, _free_port
+from tests.conftest import REPO, _free_port, check_train_form_schema
 
 pytestmark = pytest.mark.slow
 BIN = Path(sys.executable).parent
@@ -158,6 +158,16 @@ def test_ingest_and_prepare_deployments(server):
     assert summary["images"] == 3 and summary["tiles"] > 3
     tiles = storage.read_parquet(storage.join(latest["uri"], "tiles.parquet"))
     assert np.array_equal(np.sort(tiles["image_id"].unique()), ["s0", "s1", "s2"])
+
+
+def test_retrain_form_has_dropdowns_on_the_server(server):
+    """The train deployment's parameter schema as `prefect deploy` registered it on the server:
+    enums for preset, architecture, loss and precision, typed phases."""
+    api = server["env"]["PREFECT_API_URL"]
+    with urllib.request.urlopen(f"{api}/deployments/name/train/train", timeout=30) as resp:
+        deployment = json.load(resp)
+    check_train_form_schema(deployment["parameter_openapi_schema"])
+    assert deployment["parameters"]["params"]["preset"] == "cpu-small"
 
 
 def test_train_and_nightly_deployments(server):
