@@ -3,16 +3,21 @@
 A prepared folder (written by the prepare flow, see docs/architecture.md) holds
 ``tiles.parquet`` (one row per tile: ``image_id, tile_index, row, col, foreground_px, shard,
 split``) and one ``tiles/<image_id>.npz`` shard per image (``images (n, T, T, 3) uint8``,
-``masks (n, T, T) uint8``). Shards are small: a split is loaded once into memory
-(:func:`load_tiles`) and served by index. Each batch is gathered, cropped, augmented
-(:mod:`neuroseg.augment`) and downscaled in one ``map`` call on the whole batch, in parallel
-with training (``AUTOTUNE``, ``prefetch``).
+``masks (n, T, T) uint8`` and, when the preparation kept instance identities, ``labels (n, T, T)
+int32``). Shards are small: a split is loaded once into memory (:func:`load_tiles`) and served
+by index. Each batch is gathered, cropped, augmented (:mod:`neuroseg.augment`) and downscaled in
+one ``map`` call on the whole batch, in parallel with training (``AUTOTUNE``, ``prefetch``).
+
+Two targets: ``binary`` (the seed's cell mask) and ``three_class`` (background, interior,
+boundary of the instance labels, :func:`neuroseg.instances.three_class_targets`, computed once
+per tile when the dataset is built, warped with the image by nearest neighbour and served
+one-hot).
 """
 
 from __future__ import annotations
 
 import io
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import tensorflow as tf
@@ -23,15 +28,22 @@ from neuroseg.augment import augment_batch
 __all__ = [
     "CELL_MIN_SUM",
     "CELL_THRESHOLD",
+    "CLASS_WEIGHTINGS",
+    "TARGETS",
     "TILE_FILTERS",
     "TileSet",
     "class_weights_for",
     "has_split",
     "load_tiles",
     "make_dataset",
+    "multiclass_weights_for",
 ]
 
 TILE_FILTERS = ("cells", "all")
+#: What the model learns: the cell mask, or background / interior / boundary of the instances.
+TARGETS = ("binary", "three_class")
+#: Class weights of the three-class losses: inverse frequencies, their square root, or none.
+CLASS_WEIGHTINGS = ("sqrt", "inverse", "none")
 #: The seed's training-set filter keeps tiles whose mask sums to more than 255 * 5.
 CELL_MIN_SUM = 255 * 5
 #: The seed counts mask pixels > 122 as cells (and < 122 as background) for the class weights.
@@ -52,6 +64,9 @@ class TileSet:
     uri : str
         The prepared folder the tiles came from.
     split : str
+    labels : ndarray (n, T, T) int32, optional
+        Instance ids per tile (0 background), when the shards hold them; see
+        :meth:`instance_labels`.
     """
 
     images: np.ndarray
@@ -59,6 +74,8 @@ class TileSet:
     image_ids: np.ndarray
     uri: str
     split: str
+    labels: np.ndarray | None = None
+    _classes: dict = field(default_factory=dict, compare=False, repr=False)
 
     def __len__(self) -> int:
         return len(self.images)
@@ -68,6 +85,16 @@ class TileSet:
         """Tile side in pixels."""
         return int(self.images.shape[1])
 
+    def take(self, keep) -> TileSet:
+        """The tiles selected by a boolean mask or an index array (cached class maps follow)."""
+        labels = None if self.labels is None else self.labels[keep]
+        out = TileSet(
+            self.images[keep], self.masks[keep], self.image_ids[keep], self.uri, self.split, labels
+        )
+        for key, classes in self._classes.items():
+            out._classes[key] = classes[keep]
+        return out
+
     def filtered(self, tile_filter: str) -> TileSet:
         """The tiles passing ``tile_filter`` ("cells": the seed's mask sum > 255 * 5; "all")."""
         if tile_filter not in TILE_FILTERS:
@@ -75,9 +102,38 @@ class TileSet:
         if tile_filter == "all":
             return self
         keep = self.masks.reshape(len(self.masks), -1).sum(axis=1, dtype=np.int64) > CELL_MIN_SUM
-        return TileSet(
-            self.images[keep], self.masks[keep], self.image_ids[keep], self.uri, self.split
-        )
+        return self.take(keep)
+
+    def instance_labels(self) -> np.ndarray:
+        """Instance ids ``(n, T, T) int32``: the shards' ``labels``, else the 4-connected
+        components of each tile's mask (touching cells are then one instance)."""
+        if self.labels is not None:
+            return self.labels
+        return _components(self.masks)
+
+    def classes(self, boundary_width: int = 1) -> np.ndarray:
+        """Three-class maps ``(n, T, T) uint8`` (0 background, 1 interior, 2 boundary) of the
+        instance labels (:func:`neuroseg.instances.three_class_targets`), computed once."""
+        from neuroseg.instances import three_class_targets
+
+        key = int(boundary_width)
+        if key not in self._classes:
+            labels = self.instance_labels()
+            out = np.zeros(labels.shape, np.uint8)
+            for i, lab in enumerate(labels):
+                out[i] = three_class_targets(lab, boundary_width=key)
+            self._classes[key] = out
+        return self._classes[key]
+
+
+def _components(masks: np.ndarray) -> np.ndarray:
+    from scipy import ndimage as ndi
+
+    out = np.zeros(masks.shape, np.int32)
+    four = ndi.generate_binary_structure(2, 1)
+    for i, mask in enumerate(masks):
+        out[i] = ndi.label(mask > CELL_THRESHOLD, structure=four)[0]
+    return out
 
 
 def _read_index(prepared_uri: str):
@@ -118,12 +174,13 @@ def load_tiles(prepared_uri: str, *, split: str = "train", tile_filter: str = "a
         raise ValueError(f"tile_filter must be one of {TILE_FILTERS}, got {tile_filter!r}")
     index = _read_index(prepared_uri)
     rows = index[index["split"] == split].sort_values(["image_id", "tile_index"])
-    images, masks, ids = [], [], []
+    images, masks, ids, labels = [], [], [], []
     for shard, group in rows.groupby("shard", sort=True):
         shard_uri = storage.join(prepared_uri, str(shard))
         try:
             with np.load(io.BytesIO(storage.read_bytes(shard_uri))) as npz:
                 shard_images, shard_masks = npz["images"], npz["masks"]
+                shard_labels = npz["labels"] if "labels" in npz.files else None
         except (OSError, KeyError, ValueError) as exc:
             raise ValueError(f"{shard_uri}: not a tile shard ({exc})") from exc
         if (
@@ -135,12 +192,17 @@ def load_tiles(prepared_uri: str, *, split: str = "train", tile_filter: str = "a
                 f"{shard_uri}: images {shard_images.shape} and masks {shard_masks.shape} are "
                 "not (n, T, T, 3) and (n, T, T)"
             )
+        if shard_labels is not None and shard_labels.shape != shard_masks.shape:
+            raise ValueError(
+                f"{shard_uri}: labels {shard_labels.shape} and masks {shard_masks.shape} differ"
+            )
         take = group["tile_index"].to_numpy(dtype=np.int64)
         if take.size and (take.min() < 0 or take.max() >= len(shard_images)):
             raise ValueError(f"{shard_uri}: tile_index out of range for {len(shard_images)} tiles")
         images.append(shard_images[take].astype(np.uint8, copy=False))
         masks.append(shard_masks[take].astype(np.uint8, copy=False))
         ids.append(group["image_id"].astype(str).to_numpy(dtype=object))
+        labels.append(None if shard_labels is None else shard_labels[take].astype(np.int32))
     if not images:
         return TileSet(
             np.zeros((0, 0, 0, 3), np.uint8),
@@ -152,8 +214,18 @@ def load_tiles(prepared_uri: str, *, split: str = "train", tile_filter: str = "a
     sides = {a.shape[1:3] for a in images}
     if len(sides) > 1:
         raise ValueError(f"{prepared_uri}: shards have different tile sizes {sorted(sides)}")
+    all_labels = None
+    if any(lab is not None for lab in labels):  # shards without labels: their mask components
+        all_labels = np.concatenate(
+            [_components(m) if lab is None else lab for lab, m in zip(labels, masks, strict=True)]
+        )
     tiles = TileSet(
-        np.concatenate(images), np.concatenate(masks), np.concatenate(ids), prepared_uri, split
+        np.concatenate(images),
+        np.concatenate(masks),
+        np.concatenate(ids),
+        prepared_uri,
+        split,
+        all_labels,
     )
     return tiles.filtered(tile_filter)
 
@@ -201,6 +273,45 @@ def class_weights_for(
     return inv_back * norm, inv_cell * norm
 
 
+def multiclass_weights_for(
+    source: str | TileSet,
+    *,
+    split: str = "train",
+    tile_filter: str = "cells",
+    boundary_width: int = 1,
+    weighting: str = "sqrt",
+) -> tuple[float, float, float]:
+    """Weights of background, interior and boundary for the three-class losses.
+
+    With ``f_c`` the class frequencies of the filtered tiles' three-class maps
+    (:meth:`TileSet.classes`), ``w_c`` is proportional to ``1 / f_c`` (``"inverse"``: every
+    class weighs as much in total), to ``1 / sqrt(f_c)`` (``"sqrt"``: the rare boundary class
+    weighs more, not as much more) or 1 (``"none"``), scaled so that ``sum_c f_c w_c = 1``:
+    the loss keeps the scale of the plain cross-entropy.
+
+    Returns
+    -------
+    (w_background, w_interior, w_boundary) : tuple of float
+    """
+    if weighting not in CLASS_WEIGHTINGS:
+        raise ValueError(f"weighting must be one of {CLASS_WEIGHTINGS}, got {weighting!r}")
+    tiles = _as_tiles(source, split, tile_filter)
+    counts = np.bincount(tiles.classes(boundary_width).ravel(), minlength=3)[:3].astype(float)
+    if weighting != "none" and (counts == 0).any():
+        raise ValueError(
+            f"{tiles.uri}: split {split!r} (filter {tile_filter!r}) has {counts.astype(int)} "
+            "background/interior/boundary pixels; class weights need all three"
+        )
+    freq = counts / max(counts.sum(), 1.0)
+    if weighting == "none":
+        raw = np.ones(3)
+    else:
+        raw = 1.0 / freq if weighting == "inverse" else 1.0 / np.sqrt(freq)
+    scale = float((freq * raw).sum()) or 1.0
+    w = raw / scale
+    return float(w[0]), float(w[1]), float(w[2])
+
+
 def _nearest_index(src: int, dst: int) -> np.ndarray:
     """PIL's NEAREST sampling positions, accumulated in double precision as Pillow does.
 
@@ -245,6 +356,10 @@ def make_dataset(
     repeat: bool = False,
     drop_remainder: bool = False,
     binarize: bool = True,
+    target: str = "binary",
+    boundary_width: int = 1,
+    intensity: bool = False,
+    fill: tuple[tuple[int, int, int], tuple[int, int, int]] | None = None,
 ) -> tf.data.Dataset:
     """A ``tf.data`` pipeline of (augmented) training batches.
 
@@ -279,14 +394,30 @@ def make_dataset(
     drop_remainder : bool
         Drop the last incomplete batch (static batch shapes).
     binarize : bool
-        Re-threshold warped masks at 0.5 (else soft edges).
+        Re-threshold warped masks at 0.5 (else soft edges); binary target only.
+    target : {"binary", "three_class"}
+        ``three_class``: the targets are the background / interior / boundary maps of the
+        tiles' instance labels (:meth:`TileSet.classes`, computed once here), cropped, warped
+        (nearest neighbour, uncovered pixels background) and downscaled with the image, served
+        one-hot.
+    boundary_width : int
+        Boundary thickness of the three-class maps.
+    intensity : bool
+        Random gamma, contrast and brightness per tile
+        (:func:`neuroseg.augment.random_intensity`; images only).
+    fill : two RGB triples, optional
+        Background colours of the affine warp (default: the seed's brownish ones; use
+        :data:`neuroseg.augment.GREY_FILL` for grey percentile-normalised input).
 
     Returns
     -------
     tf.data.Dataset
-        Elements ``(images float32 (b, h, w, 3) in 0..255, masks float32 (b, o, o, 1) in
-        {0, 1})``, ``h = w = crop or T`` and ``o = output_size or h``.
+        Elements ``(images float32 (b, h, w, 3) in 0..255, targets float32 (b, o, o, C))``,
+        ``h = w = crop or T``, ``o = output_size or h``; binary: ``C = 1``, masks in {0, 1};
+        three_class: ``C = 3``, one-hot background / interior / boundary.
     """
+    if target not in TARGETS:
+        raise ValueError(f"target must be one of {TARGETS}, got {target!r}")
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
     tiles = _as_tiles(source, split, tile_filter)
@@ -300,26 +431,41 @@ def make_dataset(
     if output_size is not None and not 1 <= output_size <= size:
         raise ValueError(f"output_size must be between 1 and {size}, got {output_size}")
 
+    three = target == "three_class"
     images = tf.constant(tiles.images)
-    masks = tf.constant(tiles.masks)
+    masks = tf.constant(tiles.classes(boundary_width) if three else tiles.masks)
     base_seed = None if seed is None else int(seed)
     rows_idx = cols_idx = None
     if output_size is not None and output_size != size:
         rows_idx = cols_idx = tf.constant(_nearest_index(size, output_size))
+    augment = shapes or affine or intensity
+    extra = {} if fill is None else {"fill": fill}
 
     def load(index, rand):
         seeds = tf.random.experimental.stateless_split(rand, num=2)
         x = tf.cast(tf.gather(images, index), tf.float32)
-        y = tf.cast(tf.gather(masks, index), tf.float32)[..., None] / 255.0
+        y = tf.cast(tf.gather(masks, index), tf.float32)[..., None]
+        if not three:
+            y = y / 255.0
         if crop is not None and crop != side:
             x, y = _random_crop(x, y, crop, seeds[0])
-        if shapes or affine:
+        if augment:
             x, y = augment_batch(
-                x, y, seed=seeds[1], shapes=shapes, affine=affine, binarize=binarize
+                x,
+                y,
+                seed=seeds[1],
+                shapes=shapes,
+                affine=affine,
+                binarize=binarize,
+                intensity=intensity,
+                mask_interpolation="nearest" if three else "bilinear",
+                **extra,
             )
         if rows_idx is not None:
             y = tf.gather(tf.gather(y, rows_idx, axis=1), cols_idx, axis=2)
-        if not (shapes or affine) or binarize:
+        if three:
+            y = tf.one_hot(tf.cast(tf.round(y[..., 0]), tf.int32), 3, dtype=tf.float32)
+        elif not (shapes or affine) or binarize:
             y = tf.cast(y > 0.5, tf.float32)
         return x, y
 

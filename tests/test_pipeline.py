@@ -11,8 +11,16 @@ import pytest
 from PIL import Image
 
 from neuroseg import storage
+from neuroseg.augment import GREY_FILL
 from neuroseg.benchmarks.pipeline import bench_pipeline, write_synthetic_prepared
-from neuroseg.pipeline import class_weights_for, has_split, load_tiles, make_dataset
+from neuroseg.instances import three_class_targets
+from neuroseg.pipeline import (
+    class_weights_for,
+    has_split,
+    load_tiles,
+    make_dataset,
+    multiclass_weights_for,
+)
 
 T = 32
 
@@ -195,6 +203,84 @@ def test_bad_input_raises_with_the_file_named(tmp_path, counted):
     bad = _write_prepared(tmp_path / "empty", {"a": (*_tiles_with_pixels([0]), "train")})
     with pytest.raises(ValueError, match="class weights"):
         class_weights_for(bad, tile_filter="all")
+
+
+def test_labels_load_and_mask_only_shards_fall_back_to_components(tmp_path, counted):
+    root = write_synthetic_prepared(
+        str(tmp_path / "p"), images=2, tiles_per_image=3, tile=32, splits=("train",)
+    )
+    tiles = load_tiles(root, split="train")
+    assert tiles.labels is not None and tiles.labels.dtype == np.int32
+    assert tiles.labels.shape == tiles.masks.shape
+    np.testing.assert_array_equal(tiles.labels > 0, tiles.masks > 127)
+    cells = tiles.filtered("cells")
+    assert len(cells.labels) == len(cells)
+    plain = load_tiles(counted, split="train")  # no labels in the shards
+    assert plain.labels is None
+    comps = plain.instance_labels()
+    assert comps.shape == plain.masks.shape and (comps.max(axis=(1, 2)) == [0, 1, 1, 1]).all()
+
+
+def test_three_class_batches_are_one_hot_maps_of_the_labels(tmp_path):
+    root = write_synthetic_prepared(
+        str(tmp_path), images=2, tiles_per_image=4, tile=32, splits=("train",)
+    )
+    source = load_tiles(root, split="train")
+    expected = np.stack([three_class_targets(lab) for lab in source.labels])
+    np.testing.assert_array_equal(source.classes(1), expected)
+    ds = make_dataset(root, batch_size=8, tile_filter="all", shuffle=False, target="three_class")
+    x, y = (a.numpy() for a in next(iter(ds)))
+    assert y.shape == (8, 32, 32, 3) and set(np.unique(y)) == {0.0, 1.0}
+    np.testing.assert_array_equal(y.sum(axis=-1), 1.0)
+    np.testing.assert_array_equal(y.argmax(axis=-1), expected)
+    # cropped, warped and intensity-augmented: classes stay one-hot and on the bright discs
+    ds = make_dataset(
+        root,
+        batch_size=8,
+        tile_filter="all",
+        target="three_class",
+        boundary_width=2,
+        affine=True,
+        intensity=True,
+        crop=24,
+        seed=1,
+        fill=GREY_FILL,
+    )
+    x, y = (a.numpy() for a in next(iter(ds)))
+    assert x.shape == (8, 24, 24, 3) and y.shape == (8, 24, 24, 3)
+    np.testing.assert_array_equal(y.sum(axis=-1), 1.0)
+    assert y[..., 2].sum() > 0 and y[..., 1].sum() > 0
+    # the discs stay brighter than the background whatever the gamma and contrast drew
+    cls = y.argmax(axis=-1)
+    for i in range(8):
+        if (cls[i] == 1).any():
+            assert x[i, ..., 0][cls[i] == 1].mean() > x[i, ..., 0][cls[i] == 0].mean()
+    small = make_dataset(
+        root, batch_size=8, tile_filter="all", target="three_class", output_size=8, shuffle=False
+    )
+    assert next(iter(small))[1].shape == (8, 8, 8, 3)
+    with pytest.raises(ValueError, match="target"):
+        make_dataset(root, batch_size=2, target="distance")
+
+
+def test_multiclass_weights(tmp_path):
+    root = write_synthetic_prepared(
+        str(tmp_path), images=2, tiles_per_image=4, tile=32, splits=("train",)
+    )
+    classes = load_tiles(root, split="train").filtered("cells").classes(1)
+    freq = np.bincount(classes.ravel(), minlength=3) / classes.size
+    for weighting, raw in (
+        ("inverse", 1 / freq),
+        ("sqrt", 1 / np.sqrt(freq)),
+        ("none", np.ones(3)),
+    ):
+        w = np.array(multiclass_weights_for(root, weighting=weighting))
+        np.testing.assert_allclose(w, raw / (freq * raw).sum(), rtol=1e-9)
+        assert (freq * w).sum() == pytest.approx(1.0)
+    w = multiclass_weights_for(root)  # sqrt: the rare boundary weighs most, background least
+    assert w[2] > w[1] > w[0]
+    with pytest.raises(ValueError, match="weighting"):
+        multiclass_weights_for(root, weighting="median")
 
 
 @pytest.mark.slow

@@ -26,8 +26,14 @@ __all__ = ["bench_pipeline", "synthetic_tiles", "write_synthetic_prepared"]
 
 
 def synthetic_tiles(
-    n: int, *, tile: int = 64, seed: int = 0, max_cells: int = 4, radius: tuple = (4, 10)
-) -> tuple[np.ndarray, np.ndarray]:
+    n: int,
+    *,
+    tile: int = 64,
+    seed: int = 0,
+    max_cells: int = 4,
+    radius: tuple = (4, 10),
+    return_labels: bool = False,
+) -> tuple[np.ndarray, ...]:
     """Random FNC-like tiles: dark noisy background with yellow discs marked in the mask.
 
     Parameters
@@ -42,23 +48,32 @@ def synthetic_tiles(
         Each tile gets ``0..max_cells`` discs.
     radius : (int, int)
         Range of disc radii in pixels.
+    return_labels : bool
+        Also return the instance labels (the same random draws: images and masks do not change).
 
     Returns
     -------
     images : ndarray (n, tile, tile, 3) uint8
     masks : ndarray (n, tile, tile) uint8, {0, 255}
+    labels : ndarray (n, tile, tile) int32, only with ``return_labels``
+        Disc ``k`` of a tile is instance ``k`` (1-based, in drawing order); where discs overlap
+        the later one wins, so overlapping discs stay two touching instances.
     """
     rng = np.random.default_rng(seed)
     images = rng.normal((30, 15, 1), 6, size=(n, tile, tile, 3)).clip(0, 255)
     masks = np.zeros((n, tile, tile), bool)
+    labels = np.zeros((n, tile, tile), np.int32)
     rr, cc = np.mgrid[:tile, :tile]
     for i in range(n):
-        for _ in range(rng.integers(0, max_cells + 1)):
+        for k in range(rng.integers(0, max_cells + 1)):
             r0, c0 = rng.uniform(0, tile, 2)
             rad = rng.uniform(*radius)
             disc = (rr - r0) ** 2 + (cc - c0) ** 2 <= rad**2
             masks[i] |= disc
+            labels[i][disc] = k + 1
             images[i][disc] = rng.uniform((150, 110, 5), (245, 230, 15))
+    if return_labels:
+        return images.astype(np.uint8), masks.astype(np.uint8) * 255, labels
     return images.astype(np.uint8), masks.astype(np.uint8) * 255
 
 
@@ -70,8 +85,13 @@ def write_synthetic_prepared(
     tile: int = 64,
     seed: int = 0,
     splits: tuple[str, ...] = ("train", "train", "val", "test"),
+    labels: bool = True,
+    params: dict | None = None,
 ) -> str:
     """Write a prepared folder (``tiles.parquet``, ``tiles/<image_id>.npz``, ``summary.json``).
+
+    Each shard holds ``images``, ``masks``, ``grid`` and (``labels=True``) the instance
+    ``labels (n, T, T) int32`` of the discs (:func:`synthetic_tiles`).
 
     Parameters
     ----------
@@ -81,6 +101,10 @@ def write_synthetic_prepared(
         Size of the synthetic set.
     splits : tuple of str
         Split of image ``i`` is ``splits[i % len(splits)]``.
+    labels : bool
+        Write the instance labels.
+    params : dict, optional
+        Extra entries of ``summary.json``'s ``params`` (e.g. ``input``).
 
     Returns
     -------
@@ -90,10 +114,15 @@ def write_synthetic_prepared(
     rows = []
     for i in range(images):
         image_id = f"img{i:03d}"
-        imgs, masks = synthetic_tiles(tiles_per_image, tile=tile, seed=seed * 1000 + i)
+        imgs, masks, labs = synthetic_tiles(
+            tiles_per_image, tile=tile, seed=seed * 1000 + i, return_labels=True
+        )
         grid = np.stack([np.arange(tiles_per_image) * tile, np.zeros(tiles_per_image, int)], 1)
         buf = io.BytesIO()
-        np.savez(buf, images=imgs, masks=masks, grid=grid)
+        arrays = {"images": imgs, "masks": masks, "grid": grid}
+        if labels:
+            arrays["labels"] = labs
+        np.savez(buf, **arrays)
         shard = f"tiles/{image_id}.npz"
         storage.write_bytes(storage.join(uri, shard), buf.getvalue())
         for k in range(tiles_per_image):
@@ -111,7 +140,11 @@ def write_synthetic_prepared(
     storage.write_parquet(pd.DataFrame(rows), storage.join(uri, "tiles.parquet"))
     storage.write_json(
         storage.join(uri, "summary.json"),
-        {"images": images, "tiles": len(rows), "params": {"tile": tile, "synthetic": True}},
+        {
+            "images": images,
+            "tiles": len(rows),
+            "params": {"tile": tile, "synthetic": True, **(params or {})},
+        },
     )
     return uri
 
