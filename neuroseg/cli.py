@@ -149,6 +149,9 @@ def cmd_prepare(args) -> int:
         tile=args.tile,
         min_overlap=args.min_overlap,
         seed=args.seed,
+        channels=args.channels,
+        normalization=args.normalization,
+        channel=args.channel,
         executor=ExecutorConfig(
             kind=args.executor, address=args.dask_address, workers=args.workers
         ),
@@ -227,6 +230,7 @@ def cmd_infer(args) -> int:
         reprocess=args.reprocess,
         precision=args.precision,
         plates=args.plate or None,
+        channel=args.channel,
     )
     summary = nightly_inference(params)
     print(
@@ -249,9 +253,13 @@ def cmd_segment(args) -> int:
         threshold=args.threshold,
         watershed=args.watershed,
         precision=args.precision,
+        channel=args.channel,
+        labels=args.labels,
     )
     n_images = df["image_id"].nunique() if len(df) else 0
     print(f"{len(df)} cells in {n_images} image(s) -> {args.out}")
+    if args.labels:
+        print(f"label images (pixel value = cell_id) -> {args.labels}")
     return 0
 
 
@@ -364,7 +372,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("ingest", help="validate and record new uploads or an annotated dataset")
     sp.add_argument("source", help="folder or s3:// prefix: <plate>/<image> or images/+masks/")
     root_arg(sp)
-    sp.add_argument("--dataset", help="ingest an annotated dataset (images/ + masks/) as NAME")
+    sp.add_argument(
+        "--dataset", help="ingest an annotated dataset (images/ + masks/ or labels/) as NAME"
+    )
     sp.set_defaults(func=cmd_ingest)
 
     sp = sub.add_parser("prepare", help="analyse masks and tile an ingested dataset")
@@ -373,6 +383,14 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--tile", type=int, default=400)
     sp.add_argument("--min-overlap", type=int, default=100)
     sp.add_argument("--seed", type=int, default=0, help="seed of the by-image split")
+    sp.add_argument("--channels", choices=("rgb", "grey"), default="rgb", help="model input planes")
+    sp.add_argument(
+        "--normalization",
+        choices=("fixed", "percentile"),
+        default="fixed",
+        help="fixed: 8-bit as is (FNC); percentile: per-image 1/99.8 (12/16-bit nuclei)",
+    )
+    sp.add_argument("--channel", type=int, help="channel (0-based) of multi-channel images")
     sp.add_argument("--executor", choices=("threads", "dask"), default="threads")
     sp.add_argument("--dask-address", help="scheduler address; default: a temporary local cluster")
     sp.add_argument("--workers", type=int, default=2, help="workers of a temporary cluster")
@@ -413,6 +431,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--plate", action="append", help="only this plate (repeatable)")
     sp.add_argument("--reprocess", action="store_true", help="replace rows of older models")
     sp.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
+    sp.add_argument(
+        "--channel", type=int, help="channel (0-based) of multi-channel images to segment"
+    )
     sp.set_defaults(func=cmd_infer)
 
     sp = sub.add_parser("segment", help="segment image files into one Parquet file")
@@ -421,7 +442,11 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--model", default="default", help="'default' (shipped) or a model folder")
     sp.add_argument("--threshold", type=float, help="override the model's threshold")
     sp.add_argument("--watershed", action="store_true", help="split touching cells")
+    sp.add_argument("--labels", help="folder for one 16-bit label image per input (cell_id)")
     sp.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
+    sp.add_argument(
+        "--channel", type=int, help="channel (0-based) of multi-channel images to segment"
+    )
     sp.set_defaults(func=cmd_segment)
 
     sp = sub.add_parser("report", help="write a plate's HTML report (thumbnails, counts, failures)")
