@@ -44,18 +44,31 @@ class TrainParams(BaseModel):
 
     root: str = Field("./neuroseg-data", description="storage root of the system")
     dataset: str = Field("synthetic", description="prepared dataset to train on")
-    preset: Literal["seed", "cpu-small", "tiny"] = Field(
+    preset: Literal["seed", "cpu-small", "tiny", "nuclei"] = Field(
         "cpu-small",
         description="seed = the notebook exactly (shallow CNN, batch 50); cpu-small = a small "
-        "U-Net in minutes on a CPU; tiny = seconds, for tests",
+        "U-Net in minutes on a CPU; tiny = seconds, for tests; nuclei = the instance-aware "
+        "three-class U-Net for grey nuclei (about 45 min on 2 CPU cores)",
     )
     model: Literal["preset", "shallow", "unet"] = Field(
         FROM_PRESET,
         description="architecture; preset = "
         + _per_preset(lambda c: f"{c.model}" + (f" width {c.width}" if c.width else "")),
     )
-    loss: Literal["preset", "weighted_bce", "dice", "jaccard", "focal", "tversky", "bce_dice"] = (
-        Field(FROM_PRESET, description="loss; preset = " + _per_preset(lambda c: c.loss))
+    loss: Literal[
+        "preset",
+        "weighted_bce",
+        "dice",
+        "jaccard",
+        "focal",
+        "tversky",
+        "bce_dice",
+        "weighted_cce",
+        "cce_dice",
+    ] = Field(
+        FROM_PRESET,
+        description="loss (weighted_cce and cce_dice: three-class presets only); preset = "
+        + _per_preset(lambda c: c.loss),
     )
     precision: Literal["preset", "fp32", "bf16"] = Field(
         FROM_PRESET,

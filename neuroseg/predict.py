@@ -5,6 +5,10 @@ overlap, predict every tile, upscale the 50x50 predictions to 400x400, blend ove
 with a minimum, then flood-fill the thresholded map to count cells. Here the model is any callable
 ``(n, T, T, 3) uint8 -> (n, s, s) float`` (e.g. ``ModelBundle.predict_tiles``), so this module does
 not import TensorFlow; tiling and stitching come from :mod:`neuroseg.tiling`.
+
+A model with a ``three_class`` head (``config["head"]``) predicts background / interior /
+boundary probabilities ``(n, s, s, 3)``; :func:`segment_image` turns them into instances with
+:func:`neuroseg.instances.instances_from_classes` and the parameters in ``config["postprocess"]``.
 """
 
 from __future__ import annotations
@@ -48,10 +52,10 @@ def _check_output(out, n: int, tile: int, output_size: int | None) -> np.ndarray
     out = np.asarray(out)
     if out.ndim == 4 and out.shape[-1] == 1:
         out = out[..., 0]
-    if out.ndim != 3 or out.shape[0] != n or out.shape[1] != out.shape[2]:
+    if out.ndim not in (3, 4) or out.shape[0] != n or out.shape[1] != out.shape[2]:
         raise ValueError(
-            f"predict_tiles must return ({n}, s, s) probabilities for {n} tiles, "
-            f"got shape {out.shape}"
+            f"predict_tiles must return ({n}, s, s) or ({n}, s, s, C) probabilities for {n} "
+            f"tiles, got shape {out.shape}"
         )
     size = out.shape[1]
     if output_size is not None and size != output_size:
@@ -80,7 +84,8 @@ def predict_probabilities(
     ----------
     predict_tiles : callable
         ``predict_tiles(tiles)`` with ``tiles`` an ``(n, tile, tile, 3)`` uint8 batch returns
-        ``(n, s, s)`` (or ``(n, s, s, 1)``) float probabilities, ``s <= tile``.
+        ``(n, s, s)`` (or ``(n, s, s, 1)``) float probabilities, ``s <= tile``, or ``(n, s, s,
+        C)`` for a multi-channel head (each channel upscaled and blended alike).
     image : (H, W, 3) uint8 or float32 array
         Model input of any size on the 0..255 scale (:func:`neuroseg.normalize.model_input`);
         sides shorter than ``tile`` are padded with 0 (black).
@@ -99,7 +104,7 @@ def predict_probabilities(
 
     Returns
     -------
-    (H, W) float32 array
+    (H, W) float32 array, or (H, W, C) for a multi-channel head
         Stitched probabilities.
     """
     image = _check_image(image)
@@ -155,16 +160,22 @@ def predict_image(
     channel of a multi-channel image). Reads ``tile`` (400), ``output_size`` (None),
     ``min_overlap`` (100), ``blend`` ("min") and ``upscale`` ("bilinear") from
     ``bundle.config`` (defaults in brackets) and predicts with ``bundle.predict_tiles``; see
-    :func:`predict_probabilities`.
+    :func:`predict_probabilities`. When the config has ``max_whole_pixels`` (three-class
+    U-Nets) and the image has at most that many pixels, it is predicted in one call of
+    ``bundle.predict_whole`` instead (no tiles, no overlaps computed twice).
 
     Returns
     -------
-    (H, W) float32 array
+    (H, W) float32 array, or (H, W, C) for a multi-channel head
     """
     config: Mapping = getattr(bundle, "config", None) or {}
+    x = prepare_input(config, image, channel=channel)
+    whole = int(config.get("max_whole_pixels") or 0)
+    if whole and hasattr(bundle, "predict_whole") and x.shape[0] * x.shape[1] <= whole:
+        return np.asarray(bundle.predict_whole(_check_image(x)), np.float32)
     return predict_probabilities(
         bundle.predict_tiles,
-        prepare_input(config, image, channel=channel),
+        x,
         tile=int(config.get("tile", 400)),
         output_size=config.get("output_size"),
         min_overlap=int(config.get("min_overlap", 100)),
@@ -316,6 +327,10 @@ def segment_image(
 
     :func:`predict_image` (input as the model declares it), then :func:`segment` with the
     model's ``threshold``, ``min_area`` and ``watershed`` from ``bundle.config`` unless given.
+    A ``three_class`` model (``config["head"]``) is post-processed by
+    :func:`neuroseg.instances.instances_from_classes` with ``config["postprocess"]`` instead
+    (chosen on validation images by :func:`neuroseg.instances.sweep_postprocessing`);
+    ``threshold``, ``min_area`` and ``watershed`` apply to binary models only.
 
     Returns
     -------
@@ -323,10 +338,23 @@ def segment_image(
         ``0`` background, ``1..n`` cells in raster order.
     n : int
     prob : (H, W) float32 array
-        The stitched cell probability map.
+        The stitched cell probability map (three_class: the foreground probability
+        ``1 - p_background``).
     """
     config: Mapping = getattr(bundle, "config", None) or {}
     prob = predict_image(bundle, image, batch_size=batch_size, channel=channel)
+    if config.get("head") == "three_class":
+        from neuroseg.instances import POSTPROCESS_DEFAULTS, instances_from_classes
+
+        params = {**POSTPROCESS_DEFAULTS, **(config.get("postprocess") or {})}
+        if prob.ndim != 3 or prob.shape[2] != 3:
+            raise ValueError(
+                f"a three_class model must predict (H, W, 3) probabilities, got {prob.shape}"
+            )
+        labels, n = instances_from_classes(prob, **params)
+        return labels, n, np.ascontiguousarray(1.0 - prob[..., 0], dtype=np.float32)
+    if prob.ndim != 2:
+        raise ValueError(f"a binary model must predict (H, W) probabilities, got {prob.shape}")
     labels, n = segment(
         prob,
         threshold=float(config.get("threshold", 0.5) if threshold is None else threshold),

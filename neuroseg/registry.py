@@ -53,7 +53,19 @@ INFERENCE_DEFAULTS = {
     "min_area": 0,
     "watershed": False,
 }
-_BUNDLE_KEYS = {"architecture", "tile", "output_size", "upscale", *INFERENCE_DEFAULTS}
+_BUNDLE_KEYS = {
+    "architecture",
+    "tile",
+    "output_size",
+    "upscale",
+    "input",
+    "head",
+    "postprocess",
+    "max_whole_pixels",
+    *INFERENCE_DEFAULTS,
+}
+#: Three-class U-Nets predict images up to this many pixels in one call (no tile overlaps).
+WHOLE_IMAGE_PIXELS = 2_097_152
 PRECISIONS = {"fp32": "fp32", "float32": "fp32", "bf16": "bf16", "bfloat16": "bf16"}
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 _FILES = ("model.keras", "config.json", "lineage.json", "metrics.json")
@@ -70,10 +82,14 @@ class ModelBundle:
     Attributes
     ----------
     model : keras.Model
-        Takes raw RGB tiles as float 0..255 ``(b, T, T, 3)``; outputs ``(b, out, out, 1)``.
+        Takes raw RGB tiles as float 0..255 ``(b, T, T, 3)``; outputs ``(b, out, out, C)``
+        (``C`` = 1 for the binary head, 3 for ``head == "three_class"``).
     config : dict
         ``architecture``, ``tile``, ``output_size``, ``min_overlap``, ``blend``, ``threshold``,
-        ``min_area``, ``watershed``, ``train`` (the TrainConfig) and ``lineage``.
+        ``min_area``, ``watershed``, ``train`` (the TrainConfig) and ``lineage``; optionally
+        ``input`` (the declared input, :mod:`neuroseg.normalize`), ``head`` and, for
+        ``three_class``, ``postprocess`` (:func:`neuroseg.instances.instances_from_classes`
+        parameters).
     name, version, uri : str
     precision : {"fp32", "bf16"}
     """
@@ -95,19 +111,58 @@ class ModelBundle:
     def output_size(self) -> int:
         return int(self.config["output_size"])
 
+    @property
+    def channels(self) -> int:
+        """Output channels: 1 (binary head) or 3 (three_class head)."""
+        return int(self.model.output_shape[-1])
+
     def _function(self):
         with self._lock:
             if self._fn is None:
                 import tensorflow as tf
 
                 model = self.model
+                squeeze = self.channels == 1
 
                 @tf.function(reduce_retracing=True)
                 def run(x):
-                    return model(tf.cast(x, tf.float32), training=False)[..., 0]
+                    out = model(tf.cast(x, tf.float32), training=False)
+                    return out[..., 0] if squeeze else out
 
                 self._fn = run
             return self._fn
+
+    def predict_whole(self, image) -> np.ndarray:
+        """Probabilities of a whole image in one call of a fully convolutional model.
+
+        The image is padded with zeros (black, as tiles past the image edge are) at the bottom
+        and right to multiples of ``2 ** depth`` and cropped back. No tile overlaps are computed
+        twice, so a 520x696 image costs about 0.6 of its tiling at 256 px.
+
+        Parameters
+        ----------
+        image : array (H, W, 3)
+            Model input (uint8, or float on the 0..255 scale).
+
+        Returns
+        -------
+        ndarray (H, W) float32, or (H, W, C) for a multi-channel head
+        """
+        image = np.asarray(image)
+        if image.ndim != 3 or image.shape[2] != 3:
+            raise ValueError(f"image must be (H, W, 3), got shape {image.shape}")
+        if self.model.input_shape[1] is not None or self.output_size != self.tile:
+            raise ValueError(
+                f"model {self.name}@{self.version} is not fully convolutional at full resolution"
+            )
+        step = 2 ** int((self.config.get("train") or {}).get("depth", 3))
+        height, width = image.shape[:2]
+        pad_h, pad_w = -height % step, -width % step
+        x = image if image.dtype == np.uint8 else image.astype(np.float32)
+        if pad_h or pad_w:
+            x = np.pad(x, ((0, pad_h), (0, pad_w), (0, 0)))
+        out = np.asarray(self._function()(x[None]), np.float32)[0]
+        return out[:height, :width]
 
     def predict_tiles(self, tiles, *, batch_size: int = 8) -> np.ndarray:
         """Cell probabilities of a stack of tiles.
@@ -121,8 +176,9 @@ class ModelBundle:
 
         Returns
         -------
-        ndarray (n, out, out) float32
-            ``out = config["output_size"]``.
+        ndarray (n, out, out) float32, or (n, out, out, C) for a multi-channel head
+            ``out = config["output_size"]``; ``C`` = 3 for the three_class head (background,
+            interior, boundary probabilities).
         """
         tiles = np.asarray(tiles)
         if tiles.ndim != 4 or tiles.shape[-1] != 3 or tiles.shape[1] != tiles.shape[2]:
@@ -138,7 +194,8 @@ class ModelBundle:
             tiles = tiles.astype(np.float32)
         n = len(tiles)
         if n == 0:
-            return np.zeros((0, self.output_size, self.output_size), np.float32)
+            extra = () if self.channels == 1 else (self.channels,)
+            return np.zeros((0, self.output_size, self.output_size, *extra), np.float32)
         run = self._function()
         size = min(batch_size, n)
         outputs = []
@@ -262,7 +319,13 @@ def register_model(
         such as ``tile``, stay at the top). Missing keys are
         derived: ``architecture`` from ``train.model``; ``tile`` from a fixed model input or
         the prepared data's ``summary.json`` (``lineage["prepared_uri"]``); ``output_size``
-        from the model; inference settings from :data:`INFERENCE_DEFAULTS`.
+        from the model; inference settings from :data:`INFERENCE_DEFAULTS`; ``input`` (the
+        normalisation the model was trained on, :mod:`neuroseg.normalize`) from the prepared
+        data's ``params["input"]`` when it has one (else absent: the legacy 0..255 RGB);
+        ``head`` from ``train.target`` (``"binary"`` when absent); for the ``three_class`` head
+        ``postprocess`` (:data:`neuroseg.instances.POSTPROCESS_DEFAULTS`, replaced by the
+        evaluation's validation sweep) and ``max_whole_pixels`` (images up to this many
+        pixels are predicted whole, :meth:`ModelBundle.predict_whole`).
     lineage : dict
         Dataset URI and prepared version, device, seconds, ...; TF/Keras versions are added.
     metrics : dict, optional
@@ -307,6 +370,20 @@ def register_model(
         tile = int(tile)
         out = cfg.get("output_size") or model_output_size(model, tile=tile)
         payload = _save_inference_model(model, tmp)
+    if "input" not in cfg:
+        spec = _prepared_params(lineage).get("input")
+        if isinstance(spec, dict):
+            from neuroseg.normalize import input_spec
+
+            cfg["input"] = dict(input_spec(spec))
+    head = cfg.get("head") or train.get("target") or "binary"
+    cfg["head"] = head
+    if head == "three_class":
+        from neuroseg.instances import POSTPROCESS_DEFAULTS
+
+        cfg["postprocess"] = {**POSTPROCESS_DEFAULTS, **(cfg.get("postprocess") or {})}
+        if arch == "unet":
+            cfg.setdefault("max_whole_pixels", WHOLE_IMAGE_PIXELS)
     digest = storage.sha256_bytes(payload)[:8]
     now = datetime.now(UTC)
     version = f"{now:%Y%m%dT%H%M%SZ}-{digest}"
@@ -369,6 +446,7 @@ def _rebuild(model: keras.Model, config: dict, *, mixed_precision: bool) -> kera
             depth=int(train.get("depth", 3)),
             batch_norm=bool(train.get("batch_norm", True)),
             mixed_precision=mixed_precision,
+            head=config.get("head") or train.get("target") or "binary",
         )
         clone.set_weights(model.get_weights())
     except (ValueError, KeyError) as exc:

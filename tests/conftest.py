@@ -99,7 +99,7 @@ def check_train_form_schema(schema: dict) -> None:
     defs = schema.get("definitions") or schema.get("$defs")
     props = defs["TrainParams"]["properties"]
     assert (
-        props["preset"]["enum"] == ["seed", "cpu-small", "tiny"]
+        props["preset"]["enum"] == ["seed", "cpu-small", "tiny", "nuclei"]
         and props["preset"]["default"] == "cpu-small"
     )
     for name in ("model", "loss", "precision"):

@@ -9,8 +9,14 @@ import pytest
 from PIL import Image
 
 from neuroseg import reference
-from neuroseg.metrics import match_objects
-from neuroseg.predict import predict_image, predict_probabilities, relabel_raster, segment
+from neuroseg.metrics import iou_matching, match_objects
+from neuroseg.predict import (
+    predict_image,
+    predict_probabilities,
+    relabel_raster,
+    segment,
+    segment_image,
+)
 
 
 def green_model(tiles):
@@ -148,3 +154,59 @@ def test_relabel_raster():
     out, n = relabel_raster(lab)
     assert n == 3
     np.testing.assert_array_equal(out, [[0, 1, 1], [2, 0, 3], [2, 0, 3]])
+
+
+def test_multi_channel_outputs_are_stitched_per_channel():
+    image, mask = disc_image((300, 420), [(150, 200)], 50)
+
+    def two_channel(tiles):
+        g = tiles[..., 1].astype(np.float32) / 255
+        return np.stack([1 - g, g], axis=-1)
+
+    prob = predict_probabilities(two_channel, image, tile=128, min_overlap=32, blend="mean")
+    assert prob.shape == (300, 420, 2) and prob.dtype == np.float32
+    np.testing.assert_array_equal(prob[..., 1], mask.astype(np.float32))
+    np.testing.assert_array_equal(prob[..., 0], 1 - mask.astype(np.float32))
+    small = predict_probabilities(
+        lambda t: two_channel(t)[:, ::4, ::4], image, tile=128, output_size=32, min_overlap=32
+    )
+    assert small.shape == (300, 420, 2) and np.mean((small[..., 1] > 0.5) == mask) > 0.99
+
+
+def test_segment_image_turns_three_class_maps_into_instances():
+    from neuroseg.instances import three_class_targets
+
+    rr, cc = np.indices((200, 260))
+    centres = [(100, 80), (100, 112), (60, 200)]  # two touching discs and a lone one
+    radii = np.array([18, 18, 26])[:, None, None]
+    dist = np.stack([np.hypot(rr - r, cc - c) for r, c in centres]) / radii
+    truth = np.where(dist.min(axis=0) <= 1, dist.argmin(axis=0) + 1, 0).astype(np.int32)
+    classes = three_class_targets(truth, boundary_width=2)
+    image = np.zeros((200, 260, 3), np.uint8)
+    image[..., 0] = classes * 100  # the "model" reads the classes back from the red channel
+
+    def model(tiles):
+        return np.eye(3, dtype=np.float32)[np.rint(tiles[..., 0] / 100).astype(int)]
+
+    config = {"tile": 128, "min_overlap": 32, "blend": "mean", "head": "three_class"}
+    bundle = SimpleNamespace(config=config, predict_tiles=model)
+    labels, n, prob = segment_image(bundle, image, min_area=10_000, threshold=0.99)
+    assert n == 3 and prob.shape == (200, 260) and prob.dtype == np.float32
+    np.testing.assert_array_equal(prob, (truth > 0).astype(np.float32))  # 1 - p_background
+    match = iou_matching(truth, labels, thresholds=[0.9])
+    assert match["tp"] == [3]
+    config["postprocess"] = {"min_area": 1500}  # only the large disc (~2100 px) is kept
+    assert segment_image(bundle, image)[1] == 1
+    # a model whose config asks for whole-image prediction is called once, without tiles
+    calls = []
+
+    def whole(x):
+        calls.append(x.shape)
+        return model(x[None])[0]
+
+    config.update(max_whole_pixels=200 * 260, postprocess={})
+    bundle = SimpleNamespace(config=config, predict_tiles=model, predict_whole=whole)
+    assert segment_image(bundle, image)[1] == 3 and calls == [(200, 260, 3)]
+    config["head"] = "binary"
+    with pytest.raises(ValueError, match="binary model"):
+        segment_image(bundle, image)

@@ -223,3 +223,55 @@ def test_bad_input(tmp_path):
 def test_import_is_light():
     code = "import sys, neuroseg.registry; assert 'tensorflow' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_three_class_model_config_and_predictions(tmp_path):
+    from neuroseg.benchmarks.pipeline import write_synthetic_prepared
+    from neuroseg.instances import POSTPROCESS_DEFAULTS
+
+    grey = {"channels": "grey", "normalization": "percentile", "percentiles": [1, 99.8]}
+    prepared = write_synthetic_prepared(
+        str(tmp_path / "prep"), images=1, tiles_per_image=1, tile=32, params={"input": grey}
+    )
+    model = build_model("unet", width=4, depth=2, tile=32, head="three_class")  # tiny
+    train = get_preset("tiny", target="three_class", loss="weighted_cce").model_dump()
+    uri = registry.register_model(
+        str(tmp_path),
+        "nuclei",
+        model=model,
+        config={**train, "postprocess": {"min_area": 7}},
+        lineage={"prepared_uri": prepared},
+    )
+    config = storage.read_json(f"{uri}/config.json")
+    assert config["head"] == "three_class" and config["tile"] == 32
+    assert config["input"] == grey  # the model normalises as its training data was
+    assert config["postprocess"] == {**POSTPROCESS_DEFAULTS, "min_area": 7}
+    assert config["max_whole_pixels"] == registry.WHOLE_IMAGE_PIXELS
+    assert config["train"]["target"] == "three_class"
+    bundle = registry.load_model(uri)
+    assert bundle.channels == 3
+    tiles = np.random.default_rng(0).integers(0, 255, (3, 32, 32, 3)).astype(np.uint8)
+    out = bundle.predict_tiles(tiles, batch_size=2)
+    assert out.shape == (3, 32, 32, 3) and out.dtype == np.float32
+    np.testing.assert_allclose(out, model(tiles.astype("f4")).numpy(), atol=1e-5)
+    np.testing.assert_allclose(out.sum(-1), 1.0, atol=1e-5)
+    assert bundle.predict_tiles(tiles[:0]).shape == (0, 32, 32, 3)
+    image = np.random.default_rng(1).integers(0, 255, (37, 50, 3)).astype(np.uint8)
+    whole = bundle.predict_whole(image)  # padded to 40x52 inside, cropped back
+    assert whole.shape == (37, 50, 3) and whole.dtype == np.float32
+    padded = np.zeros((40, 52, 3), np.uint8)
+    padded[:37, :50] = image
+    np.testing.assert_allclose(whole, model(padded[None].astype("f4")).numpy()[0, :37, :50], 1e-5)
+    bf16 = registry.load_model(uri, precision="bf16")
+    assert bf16.predict_tiles(tiles).shape == (3, 32, 32, 3)
+    np.testing.assert_allclose(bf16.predict_tiles(tiles), out, atol=0.05)
+    # a binary model registered from the same prepared data: binary head, same input entry
+    binary = registry.register_model(
+        str(tmp_path),
+        "fnc",
+        model=build_model("unet", width=2, depth=2, tile=32),
+        config={"tile": 32},
+        lineage={"prepared_uri": prepared},
+    )
+    config = storage.read_json(f"{binary}/config.json")
+    assert config["head"] == "binary" and "postprocess" not in config and config["input"] == grey
