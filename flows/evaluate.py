@@ -28,6 +28,7 @@ from tasks.evaluate import (
     evaluate_image,
     list_samples,
     sweep,
+    sweep_instances,
     tune_classical,
 )
 from tasks.infer import forget_bundle, resolve_model
@@ -79,7 +80,20 @@ def evaluate(params: EvaluateParams) -> dict:
             val = list_samples(params.root, params.dataset, "val", None)
         except ValueError:
             val = []
-        if val:
+        if val and cfg.get("head") == "three_class":
+            chosen = sweep_instances(model["uri"], val)
+            logger.info(
+                "post-processing sweep on %d val image(s): %s (val mean AP %.3f, F1@0.5 %.3f)",
+                len(val),
+                chosen["params"],
+                chosen["val_mean_ap"],
+                chosen["val_f1_50"],
+            )
+            if model["writable"]:
+                cfg.update(postprocess=chosen["params"], postprocess_sweep=chosen)
+                storage.write_json(cfg_uri, cfg)
+                forget_bundle(model["uri"])
+        elif val:
             chosen = sweep(model["uri"], val, params.radius)
             threshold, min_area = chosen["best_threshold"], chosen["best_min_area"]
             logger.info(

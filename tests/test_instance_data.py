@@ -194,3 +194,62 @@ def test_evaluate_folder_with_labels_reports_iou_table(prefect_api, tmp_path):
     with get_client(sync_client=True) as client:
         keys = {a.key for a in client.read_artifacts() if a.key}
     assert "eval-default-iou" in keys
+
+
+@pytest.mark.slow
+def test_three_class_model_through_the_flows(prefect_api, tmp_path):
+    """labels/ -> grey percentile tiles -> a tiny three-class U-Net -> evaluation with the
+    post-processing sweep -> nightly inference of a 12-bit upload with label images out."""
+    from flows.infer import InferParams, nightly_inference
+    from flows.ingest import IngestParams, ingest
+    from flows.prepare import PrepareParams, prepare
+    from flows.train import TrainParams, train
+    from neuroseg.images import read_labels
+    from neuroseg.inference import labels_file_uri, read_cells
+    from neuroseg.training import PhaseConfig
+
+    src, root = str(tmp_path / "src"), str(tmp_path / "root")
+    write_label_dataset(src, n=7)
+    ingest(IngestParams(root=root, source=src, dataset="nuc"))
+    prep = prepare(
+        PrepareParams(
+            root=root, dataset="nuc", tile=64, min_overlap=16, channels="grey",
+            normalization="percentile",
+        )
+    )  # fmt: skip
+    assert prep["cells"] == 21
+    out = train(
+        TrainParams(
+            root=root,
+            dataset="nuc",
+            preset="nuclei",
+            model_name="nuc",
+            crop=64,
+            phases=[
+                PhaseConfig(
+                    name="1",
+                    epochs=1,
+                    learning_rate=3e-3,
+                    batch_size=4,
+                    steps_per_epoch=4,
+                    tile_filter="all",
+                )
+            ],
+            promote=True,
+        )
+    )
+    cfg = storage.read_json(storage.join(out["model_uri"], "config.json"))
+    assert cfg["head"] == "three_class"
+    assert cfg["input"]["channels"] == "grey" and cfg["input"]["normalization"] == "percentile"
+    assert set(cfg["postprocess"]) >= {"interior_threshold", "foreground_threshold", "min_area"}
+    assert cfg["postprocess_sweep"]["images"] >= 1  # chosen on the val split
+    metrics = storage.read_json(storage.join(out["model_uri"], "metrics.json"))
+    assert len(metrics["scores"]["iou"]["ap"]) == 10 and metrics["classical"]["iou"]
+    # the nightly run segments a 12-bit upload with it and writes its label image
+    image, _ = touching(42)
+    storage.write_bytes(storage.join(root, "uploads", "P9", "w1.png"), _png(image))
+    night = nightly_inference(InferParams(root=root, model="nuc"))
+    assert night["images"] == 1 and night["failed"] == 0
+    cells = read_cells(storage.join(root, "cells"))
+    labels = read_labels(labels_file_uri(root, "P9", "w1"))
+    assert sorted(np.unique(labels[labels > 0])) == sorted(cells["cell_id"])
