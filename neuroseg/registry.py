@@ -101,6 +101,7 @@ class ModelBundle:
     uri: str
     precision: str = "fp32"
     _fn: Any = field(default=None, init=False, repr=False)
+    _whole_fn: Any = field(default=None, init=False, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
 
     @property
@@ -132,6 +133,23 @@ class ModelBundle:
                 self._fn = run
             return self._fn
 
+    def _whole_function(self):
+        """The model on one float32 image of any size: traced once (images differ in size)."""
+        with self._lock:
+            if self._whole_fn is None:
+                import tensorflow as tf
+
+                model = self.model
+                squeeze = self.channels == 1
+
+                @tf.function(input_signature=[tf.TensorSpec([1, None, None, 3], tf.float32)])
+                def run(x):
+                    out = model(x, training=False)
+                    return out[..., 0] if squeeze else out
+
+                self._whole_fn = run
+            return self._whole_fn
+
     def predict_whole(self, image) -> np.ndarray:
         """Probabilities of a whole image in one call of a fully convolutional model.
 
@@ -158,10 +176,10 @@ class ModelBundle:
         step = 2 ** int((self.config.get("train") or {}).get("depth", 3))
         height, width = image.shape[:2]
         pad_h, pad_w = -height % step, -width % step
-        x = image if image.dtype == np.uint8 else image.astype(np.float32)
+        x = image.astype(np.float32, copy=False)
         if pad_h or pad_w:
             x = np.pad(x, ((0, pad_h), (0, pad_w), (0, 0)))
-        out = np.asarray(self._function()(x[None]), np.float32)[0]
+        out = np.asarray(self._whole_function()(x[None]), np.float32)[0]
         return out[:height, :width]
 
     def predict_tiles(self, tiles, *, batch_size: int = 8) -> np.ndarray:
