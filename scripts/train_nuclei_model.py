@@ -10,15 +10,15 @@ Steps (each one of the flows the deployments run, except the scoring at the end)
 2. prepare it: grey input, percentile normalisation (1 / 99.8), 256 px tiles, split by image
    (70 / 15 / 15, seed 0);
 3. train the ``nuclei`` preset (three-class U-Net, fp32 unless ``--precision bf16``), register;
-4. choose the post-processing (:func:`neuroseg.instances.sweep_postprocessing`: interior and
-   foreground thresholds, marker and object sizes) on the validation split by mean AP over IoU
-   0.5:0.95 and store it in the model's ``config.json``;
+4. evaluate it with the evaluate flow on the validation split, which chooses the
+   post-processing there (:func:`neuroseg.instances.sweep_postprocessing`: interior and
+   foreground thresholds, marker and object sizes, by mean AP over IoU 0.5:0.95) and stores it
+   in the model's ``config.json``;
 5. score the model per set on the validation and test splits (IoU 0.5 .. 0.95, F1, AP, mean AP,
    count MAE), beside the classical baseline (:func:`neuroseg.baseline.classical_segment`,
    tuned on the same validation images), time the inference on 520x696 images;
 6. copy the model folder to ``neuroseg/assets/models/nuclei/`` (``--out``) with
-   ``scores.json`` and ``MODEL_CARD.md``; then run the evaluate flow on the validation split
-   (``--no-flow-eval`` skips it) and add its key figures.
+   ``scores.json`` and ``MODEL_CARD.md``.
 
 ``--smoke`` runs the same steps on a handful of images per set with a few training steps, into
 ``<work>/model`` unless ``--out`` is given: a check that the script works end to end, not a model.
@@ -261,7 +261,6 @@ def main() -> None:
     ap.add_argument("--smoke-images", type=int, default=5, help="images per set with --smoke")
     ap.add_argument("--smoke-steps", type=int, default=2, help="steps per phase with --smoke")
     ap.add_argument("--smoke-crop", type=int, default=64, help="training crop with --smoke")
-    ap.add_argument("--no-flow-eval", action="store_true", help="skip the evaluate flow")
     args = ap.parse_args()
     sys.path.insert(0, str(REPO))
     work = str(Path(args.work).resolve())
@@ -276,9 +275,8 @@ def main() -> None:
     from neuroseg import registry, storage
     from neuroseg.baseline import classical_segment, tune_classical
     from neuroseg.images import read_labels, read_native
-    from neuroseg.instances import sweep_postprocessing
     from neuroseg.metrics import iou_matching
-    from neuroseg.predict import predict_image, segment_image
+    from neuroseg.predict import segment_image
     from neuroseg.training import PRESETS, PhaseConfig
 
     t0 = time.time()
@@ -315,8 +313,8 @@ def main() -> None:
         f"{prepared.get('cells')} nuclei ({prepared.get('prepared_uri')})"
     )
 
-    # 3. train the nuclei preset through the train flow (no evaluation there: step 4 chooses
-    # the post-processing first)
+    # 3. train the nuclei preset through the train flow (its evaluation, on the test split, is
+    # left to step 4, on the validation split)
     preset = PRESETS["nuclei"]
     phases, crop = None, None
     if args.smoke:
@@ -347,26 +345,28 @@ def main() -> None:
     model_uri = result["model_uri"]
     print(f"trained {model_uri} in {train_wall / 60:.1f} min on {result['device']}")
 
-    # 4. post-processing chosen on the validation split
+    # 4. the evaluate flow on the validation split: it chooses the post-processing there (the
+    # three-class sweep, mean AP over IoU 0.5:0.95), stores it in the model's config.json and
+    # scores the model beside the baselines on the same images
+    from flows.evaluate import EvaluateParams, evaluate
+
+    flow_eval = evaluate(
+        EvaluateParams(
+            root=work,
+            dataset=args.dataset,
+            model=f"{args.dataset}@{result['version']}",
+            split="val",
+            sweep=True,
+        )
+    )
+    cfg = storage.read_json(storage.join(model_uri, "config.json"))
+    if "postprocess_sweep" not in cfg:
+        raise SystemExit(f"{model_uri}: the evaluate flow chose no post-processing")
+    bundle = registry.load_model(model_uri)
     samples = _split_samples(work, args.dataset)
     split_ids = samples["ids"]
-    bundle = registry.load_model(model_uri)
     val = [(s, read_native(s["image_uri"]), read_labels(s["labels_uri"])) for s in samples["val"]]
-    probs = [predict_image(bundle, image) for _, image, _ in val]
-    sweep = sweep_postprocessing(probs, [truth for _, _, truth in val])
-    cfg_uri = storage.join(model_uri, "config.json")
-    cfg = storage.read_json(cfg_uri)
-    cfg["postprocess"] = sweep["params"]
-    cfg["postprocess_sweep"] = {
-        "split": "val",
-        "images": len(val),
-        "mean_ap": sweep["scores"]["mean_ap"],
-        "f1_50": sweep["scores"]["f1_50"],
-        "table": sweep["table"],
-    }
-    storage.write_json(cfg_uri, cfg)
-    bundle = registry.load_model(model_uri)
-    print(f"post-processing {sweep['params']}: val mean AP {sweep['scores']['mean_ap']:.3f}")
+    print(f"post-processing {cfg['postprocess']} (val sweep {cfg['postprocess_sweep']})")
 
     # 5. scores per set and split, beside the classical baseline tuned on the same val images
     def set_of(image_id: str) -> str:
@@ -461,7 +461,13 @@ def main() -> None:
         "smoke": args.smoke,
         "train_wall_s": round(train_wall, 1),
         "device": result["device"],
-        "postprocess": sweep["params"],
+        "postprocess": cfg["postprocess"],
+        "postprocess_sweep": cfg["postprocess_sweep"],
+        "evaluate_flow": {
+            "split": "val",
+            "key_figures": flow_eval["key_figures"],
+            "report": flow_eval["report_uri"],
+        },
         "split_sizes": info["split_sizes"],
         "scores": scores,
         "timing": timing,
@@ -470,20 +476,6 @@ def main() -> None:
     (out / "scores.json").write_text(json.dumps(storage.to_jsonable(report), indent=1) + "\n")
     (out / "MODEL_CARD.md").write_text(_card(info))
 
-    if not args.no_flow_eval:  # the project's evaluation flow on the validation split
-        from flows.evaluate import EvaluateParams, evaluate
-
-        try:
-            ev = evaluate(
-                EvaluateParams(
-                    root=work, dataset=args.dataset, model=model_uri, split="val", sweep=False
-                )
-            )
-            report["evaluate_flow"] = {"key_figures": ev["key_figures"], "report": ev["report_uri"]}
-        except Exception as exc:  # the model and its card are shipped already; say what failed
-            report["evaluate_flow"] = {"error": f"{type(exc).__name__}: {exc}"}
-            print(f"evaluate flow failed: {exc}", file=sys.stderr)
-        (out / "scores.json").write_text(json.dumps(storage.to_jsonable(report), indent=1) + "\n")
     print(
         json.dumps(
             {"seconds": round(time.time() - t0), "model": model_uri, "out": str(out)},
