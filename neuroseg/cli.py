@@ -280,6 +280,8 @@ def cmd_bench(args) -> int:
         raise ValueError("--dask-address and --workers apply to `bench orchestration` only")
     if args.dask_address is not None and args.workers is not None:
         raise ValueError("give --dask-address (a running cluster) or --workers N, not both")
+    if args.workers is not None and args.workers < 1:
+        raise ValueError(f"--workers must be at least 1, got {args.workers}")
     if args.what == "masks":
         from neuroseg.benchmarks.masks import bench_masks
 

@@ -66,6 +66,7 @@ def _night(kind: str, root: str, source: str, dataset: str, address: str | None)
     ],
 )
 def test_bench_cluster_options_are_checked(argv, capsys):
+    """Refused before Prefect is imported (its log handler would keep capsys's stream)."""
     from neuroseg.cli import main
 
     assert main(argv) == 2
