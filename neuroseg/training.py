@@ -190,9 +190,9 @@ def _phases(spec: list[tuple], *, batch: int, lr: float, steps: int | None) -> l
 
 #: Named configurations: ``seed`` (the notebook exactly), ``cpu-small`` (a small U-Net that
 #: trains end to end in a few minutes on two CPU cores), ``tiny`` (seconds; for tests) and
-#: ``nuclei`` (the instance-aware three-class U-Net for grey fluorescence nuclei: 1,600 steps of
-#: 16 random 128x128 crops of 256x256 tiles, 25,600 crops; at the ~10 crops/s measured on two
-#: shared CPU cores in fp32 about 45 min).
+#: ``nuclei`` (the instance-aware three-class U-Net for grey fluorescence nuclei: 2,000 steps of
+#: 16 random 128x128 crops of 256x256 tiles, 32,000 crops; at the 13-15 crops/s measured in fp32
+#: on two CPU cores shared with other work, about 40 min).
 PRESETS: dict[str, TrainConfig] = {
     "seed": TrainConfig(
         model="shallow",
@@ -266,7 +266,7 @@ PRESETS: dict[str, TrainConfig] = {
                 tile_filter=tile_filter,
                 affine=True,
                 intensity=True,
-                steps_per_epoch=100,
+                steps_per_epoch=125,
             )
             for name, epochs, lr, tile_filter in (
                 ("1", 3, 2e-3, "cells"),
