@@ -42,6 +42,7 @@ __all__ = [
     "register_model",
     "resolve_model_uri",
     "set_production",
+    "shipped_model_uri",
     "write_metrics",
 ]
 
@@ -250,7 +251,14 @@ def default_model_uri() -> str:
 
     Returned whether or not a model is there yet (see :func:`load_default_model`).
     """
-    return str(Path(__file__).resolve().parent / "assets" / "models" / "default")
+    return shipped_model_uri("default")
+
+
+def shipped_model_uri(name: str) -> str:
+    """The folder of a model shipped inside the package: ``neuroseg/assets/models/<name>``
+    (``default``: the FNC model; ``nuclei``: the nucleus model). Returned whether or not a model
+    is there."""
+    return str(Path(__file__).resolve().parent / "assets" / "models" / _check_name(name))
 
 
 # ----------------------------------------------------------------------------- register
@@ -610,8 +618,9 @@ def resolve_model_uri(root_uri: str, spec: str) -> str:
         Storage root of the registry.
     spec : str
         ``"default"`` (the shipped model), ``"NAME@VERSION"``, a folder URI (with
-        ``config.json``), or a registry ``NAME`` (its production version, else the shipped
-        model).
+        ``config.json``), or a ``NAME``: its production version in the registry, else the model
+        shipped under that name (:func:`shipped_model_uri`, e.g. ``nuclei``), else the shipped
+        default model.
 
     Returns
     -------
@@ -642,6 +651,9 @@ def resolve_model_uri(root_uri: str, spec: str) -> str:
     version = production_version(root_uri, spec)
     if version is not None:
         return model_uri(root_uri, spec, version)
+    shipped = shipped_model_uri(spec)
+    if storage.exists(os.path.join(shipped, "config.json")):
+        return shipped
     if has_default:
         return default
     raise ModelNotFoundError(

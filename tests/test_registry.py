@@ -275,3 +275,35 @@ def test_three_class_model_config_and_predictions(tmp_path):
     )
     config = storage.read_json(f"{binary}/config.json")
     assert config["head"] == "binary" and "postprocess" not in config and config["input"] == grey
+
+
+def test_a_name_without_production_version_finds_the_model_shipped_under_it(tmp_path, monkeypatch):
+    assert Path(registry.shipped_model_uri("nuclei")).parts[-3:] == ("assets", "models", "nuclei")
+    shipped = tmp_path / "assets" / "nuclei"
+    registry.copy_model(
+        registry.register_model(
+            str(tmp_path / "build"),
+            "nuclei",
+            model=build_model("unet", width=2, depth=1, tile=16),
+            config={"tile": 16},
+            lineage={},
+        ),
+        str(shipped),
+    )
+    real = registry.shipped_model_uri
+    monkeypatch.setattr(
+        registry,
+        "shipped_model_uri",
+        lambda name: str(shipped) if name == "nuclei" else real(name),
+    )
+    root = str(tmp_path / "root")
+    assert registry.resolve_model_uri(root, "nuclei") == str(shipped)
+    uri = registry.register_model(
+        root,
+        "nuclei",
+        model=build_model("unet", width=2, depth=1, tile=16),
+        config={"tile": 16},
+        lineage={},
+    )
+    registry.set_production(root, "nuclei", uri.rsplit("/", 1)[-1], reason="trained here")
+    assert registry.resolve_model_uri(root, "nuclei") == uri  # the registry's production wins
