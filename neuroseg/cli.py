@@ -274,6 +274,13 @@ def cmd_report(args) -> int:
     return 0
 
 
+def _shipped_nuclei() -> list[str]:
+    from neuroseg import registry
+
+    folder = registry.shipped_model_uri("nuclei")
+    return ["nuclei"] if os.path.exists(os.path.join(folder, "config.json")) else []
+
+
 def cmd_bench(args) -> int:
     standing = args.dask_address is not None or args.workers is not None
     if standing and args.what != "orchestration":
@@ -294,7 +301,9 @@ def cmd_bench(args) -> int:
         configure_prefect(None)
         from neuroseg.benchmarks.inference import bench_inference
 
-        result = bench_inference(images=args.images)
+        models = args.model or ["default", *_shipped_nuclei()]
+        runs = {m: bench_inference(model=m, images=args.images) for m in models}
+        result = runs[models[0]] if len(models) == 1 else runs
     elif standing:  # orchestration on a standing Dask cluster
         configure_prefect(None)
         from flows.bench import bench_dask_cluster
@@ -441,7 +450,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("segment", help="segment image files into one Parquet file")
     sp.add_argument("images", nargs="+", help="image files (local or s3://)")
     sp.add_argument("--out", required=True, help="output .parquet")
-    sp.add_argument("--model", default="default", help="'default' (shipped) or a model folder")
+    sp.add_argument(
+        "--model", default="default", help="'default' (FNC), 'nuclei' (shipped) or a model folder"
+    )
     sp.add_argument("--threshold", type=float, help="override the model's threshold")
     sp.add_argument("--watershed", action="store_true", help="split touching cells")
     sp.add_argument("--labels", help="folder for one 16-bit label image per input (cell_id)")
@@ -463,6 +474,12 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--fnc-root", help="folder of real FNC samples (default ../shared/...)")
     sp.add_argument("--repeat", type=int, default=3)
     sp.add_argument("--images", type=int, default=20, help="plate size for inference benches")
+    sp.add_argument(
+        "--model",
+        action="append",
+        help="inference: a shipped model (default, nuclei) or a model folder; repeatable "
+        "(default: every shipped model, each on its own kind of image)",
+    )
     sp.add_argument(
         "--dask-address",
         metavar="ADDR",

@@ -24,7 +24,9 @@ from neuroseg.normalize import input_spec, model_input
 from neuroseg.tiling import BLENDS, UPSCALE_METHODS, crop_tiles, stitch, tile_grid, upscale_tiles
 
 __all__ = [
+    "postprocess",
     "predict_image",
+    "predict_input",
     "predict_probabilities",
     "prepare_input",
     "relabel_raster",
@@ -157,19 +159,29 @@ def predict_image(
 
     The image (any dtype and channel count, e.g. from ``neuroseg.images.decode_native``) is
     turned into the model's declared input by :func:`prepare_input` (``channel`` picks one
-    channel of a multi-channel image). Reads ``tile`` (400), ``output_size`` (None),
-    ``min_overlap`` (100), ``blend`` ("min") and ``upscale`` ("bilinear") from
-    ``bundle.config`` (defaults in brackets) and predicts with ``bundle.predict_tiles``; see
-    :func:`predict_probabilities`. When the config has ``max_whole_pixels`` (three-class
-    U-Nets) and the image has at most that many pixels, it is predicted in one call of
-    ``bundle.predict_whole`` instead (no tiles, no overlaps computed twice).
+    channel of a multi-channel image), then predicted by :func:`predict_input`.
 
     Returns
     -------
     (H, W) float32 array, or (H, W, C) for a multi-channel head
     """
     config: Mapping = getattr(bundle, "config", None) or {}
-    x = prepare_input(config, image, channel=channel)
+    return predict_input(
+        bundle, prepare_input(config, image, channel=channel), batch_size=batch_size
+    )
+
+
+def predict_input(bundle: Any, x: np.ndarray, *, batch_size: int = 8) -> np.ndarray:
+    """Probability map of a prepared model input (:func:`prepare_input`'s result).
+
+    Reads ``tile`` (400), ``output_size`` (None), ``min_overlap`` (100), ``blend`` ("min") and
+    ``upscale`` ("bilinear") from ``bundle.config`` (defaults in brackets) and predicts with
+    ``bundle.predict_tiles``; see :func:`predict_probabilities`. When the config has
+    ``max_whole_pixels`` (three-class U-Nets) and the image has at most that many pixels, it is
+    predicted in one call of ``bundle.predict_whole`` instead (no tiles, no overlaps computed
+    twice).
+    """
+    config: Mapping = getattr(bundle, "config", None) or {}
     whole = int(config.get("max_whole_pixels") or 0)
     if whole and hasattr(bundle, "predict_whole") and x.shape[0] * x.shape[1] <= whole:
         return np.asarray(bundle.predict_whole(_check_image(x)), np.float32)
@@ -343,6 +355,24 @@ def segment_image(
     """
     config: Mapping = getattr(bundle, "config", None) or {}
     prob = predict_image(bundle, image, batch_size=batch_size, channel=channel)
+    return postprocess(config, prob, threshold=threshold, min_area=min_area, watershed=watershed)
+
+
+def postprocess(
+    config: Mapping,
+    prob: np.ndarray,
+    *,
+    threshold: float | None = None,
+    min_area: int | None = None,
+    watershed: bool | None = None,
+) -> tuple[np.ndarray, int, np.ndarray]:
+    """Cells of a predicted probability map as the model's config says: ``(labels, n, prob)``.
+
+    Binary heads: :func:`segment` with ``threshold``, ``min_area`` and ``watershed`` (the
+    config's unless given). ``three_class`` heads: :func:`neuroseg.instances.
+    instances_from_classes` with ``config["postprocess"]``; the returned ``prob`` is then the
+    foreground probability ``1 - p_background``.
+    """
     if config.get("head") == "three_class":
         from neuroseg.instances import POSTPROCESS_DEFAULTS, instances_from_classes
 

@@ -38,7 +38,8 @@ def load_bundle(model: Any = "default", *, precision: str = "fp32"):
     ----------
     model : str or bundle
         ``"default"`` (the model shipped in the package, see
-        :func:`neuroseg.registry.default_model_uri`), a model folder URI (local or ``s3://``,
+        :func:`neuroseg.registry.default_model_uri`), the name of another shipped model
+        (``"nuclei"``: :func:`neuroseg.registry.shipped_model_uri`), a model folder URI (local or ``s3://``,
         with ``model.keras`` and ``config.json``), or an already loaded bundle (anything with
         ``predict_tiles``, ``config``, ``name`` and ``version``, e.g. a
         :class:`neuroseg.registry.ModelBundle`), returned as is.
@@ -67,6 +68,10 @@ def load_bundle(model: Any = "default", *, precision: str = "fp32"):
         raise ValueError("model must be 'default' or a model folder URI, got ''")
     if model == "default":
         return registry.load_default_model(precision=precision)
+    if "/" not in model and os.sep not in model and not os.path.exists(model):
+        shipped = registry.shipped_model_uri(model)  # a shipped model's name, e.g. "nuclei"
+        if os.path.exists(os.path.join(shipped, "config.json")):
+            return registry.load_model(shipped, precision=precision)
     return registry.load_model(model, precision=precision)
 
 

@@ -17,7 +17,7 @@ from neuroseg.benchmarks.inference import (
     fallback_model,
 )
 
-STEPS = {"decode", "tile", "predict", "stitch", "label", "measure", "write"}
+STEPS = {"decode", "normalize", "predict", "label", "measure", "write"}
 
 
 def test_fallback_model_finds_bright_discs_and_keeps_the_cpu_small_architecture():
@@ -57,9 +57,49 @@ def test_bench_inference_small():
     assert r["library_plate_seconds"] == plate["seconds"] > plate["load_seconds"] > 0
     assert plate["images"] == 2 and plate["failed"] == 0
     assert plate["rows"] == plate["cells"]  # every counted cell is a row of the table
-    assert {"decode", "predict", "label", "measure", "write"} <= set(plate["steps"])
-    assert r["target"]["end_to_end_fp32_seconds"] == 2.5 and isinstance(r["target"]["met"], bool)
+    assert {"decode", "predict", "measure", "write"} <= set(plate["steps"])  # predict: + label
+    assert r["target"]["end_to_end_fp32_seconds"] == 1.5 and isinstance(r["target"]["met"], bool)
+    assert r["images_source"].startswith("synthetic FNC")
     assert r["bf16_speedup"] > 0
+
+
+def test_bench_inference_of_a_grey_model_on_12_bit_images(tmp_path):
+    """A grey percentile model (a real registered 1x1 convolution) is benched on grey 12-bit
+    images of its own size, through the same steps."""
+    import keras
+
+    from neuroseg import registry
+
+    inputs = keras.Input((None, None, 3))
+    model = keras.Model(inputs, keras.layers.Conv2D(1, 1, use_bias=False)(inputs))
+    model.set_weights([np.full((1, 1, 3, 1), 1 / 765, "f4")])
+    uri = registry.register_model(
+        str(tmp_path),
+        "grey",
+        model=model,
+        config={
+            "architecture": "mean",
+            "tile": 64,
+            "min_overlap": 16,
+            "threshold": 0.5,
+            "min_area": 20,
+            "input": {"channels": "grey", "normalization": "percentile"},
+        },
+        lineage={"purpose": "test"},
+    )
+    r = bench_inference(
+        model=uri, images=2, height=96, width=128, step_images=1, repeat=1, precisions=("fp32",)
+    )
+    assert r["images_source"] == "synthetic, 12-bit grey" and r["image_size"] == [96, 128]
+    assert r["input"]["channels"] == "grey"
+    res = r["precisions"]["fp32"]
+    assert set(res["steps"]) == STEPS and res["cells_per_image"] > 0
+    assert r["library_plate"]["rows"] == r["library_plate"]["cells"] > 0
+
+
+def test_bench_inference_unknown_model():
+    with pytest.raises(ValueError, match="no shipped model"):
+        bench_inference(model="nosuchmodel", images=1)
 
 
 @pytest.mark.parametrize(
