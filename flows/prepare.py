@@ -57,12 +57,15 @@ def _optional(record: dict, key: str) -> str | None:
 
 def _map_images(
     out_uri: str,
-    records: list[dict],
+    records_uri: str,
     tile: int,
     min_overlap: int,
     input: dict | None = None,
     channel: int | None = None,
 ) -> list[dict]:
+    # the work list is read from storage, not passed as a parameter: Prefect refuses flow-run
+    # parameters over 512 kB (about 1,500 manifest records)
+    records = storage.read_json(records_uri)
     futures = prepare_image.map(
         out_uri,
         [r["image_id"] for r in records],
@@ -111,8 +114,16 @@ def prepare(params: PrepareParams) -> dict:
         summary = storage.read_json(summary_uri)
     else:
         logger.info("preparing %d image(s) into %s", len(records), out)
+        records_uri = storage.join(out, "records.json")
+        storage.write_json(
+            records_uri,
+            [
+                {k: _optional(r, k) for k in ("image_id", "image_uri", "mask_uri", "labels_uri")}
+                for r in records
+            ],
+        )
         metas = prepare_images_subflow(params.executor)(
-            out, records, params.tile, params.min_overlap, spec, params.channel
+            out, records_uri, params.tile, params.min_overlap, spec, params.channel
         )
         summary = finalize(
             out,
