@@ -11,9 +11,18 @@ what the seed's ``Lambda`` did, but serialises without custom code) and output, 
 from __future__ import annotations
 
 import keras
+import numpy as np
 from keras import layers
 
-__all__ = ["ARCHITECTURES", "HEADS", "SEED_FILTERS", "build_model", "head_channels", "output_size"]
+__all__ = [
+    "ARCHITECTURES",
+    "HEADS",
+    "SEED_FILTERS",
+    "build_model",
+    "fold_batch_norm",
+    "head_channels",
+    "output_size",
+]
 
 ARCHITECTURES = ("shallow", "unet")
 #: Output heads: ``binary`` (one sigmoid channel, the cell class) and ``three_class`` (softmax
@@ -190,3 +199,47 @@ def output_size(model: keras.Model, *, tile: int | None = None) -> int:
     if tile is None:
         raise ValueError(f"model {model.name!r} has no fixed input size; pass tile=")
     return int(model.compute_output_shape((1, tile, tile, 3))[1])
+
+
+def fold_batch_norm(model: keras.Model, *, mixed_precision: bool = False) -> keras.Model:
+    """The same U-Net for inference with every BatchNormalization folded into its convolution.
+
+    Inference-mode BatchNorm is an affine map per channel, ``y = (x - mean) * s + beta`` with
+    ``s = gamma / sqrt(var + eps)``; after a convolution without bias it is the convolution with
+    kernel ``W * s`` and bias ``beta - mean * s``. The twin (``batch_norm=False``) computes the
+    same outputs (to float rounding) without the per-layer normalisation passes over the
+    activations: about a quarter less time per image on a CPU. Not for training (no BatchNorm
+    left to learn).
+
+    Parameters
+    ----------
+    model : keras.Model
+        A ``unet`` from :func:`build_model` with ``batch_norm=True`` (its width and depth are
+        read from its layers).
+    mixed_precision : bool
+        Policy of the twin (the weights are float32 either way).
+
+    Returns
+    -------
+    keras.Model
+        Named ``unet``, same input, output and head.
+    """
+    if model.name != "unet":
+        raise ValueError(f"only the unet has BatchNorm to fold, got {model.name!r}")
+    head = "three_class" if model.output_shape[-1] == 3 else "binary"
+    width = int(model.get_layer("down0_conv1").filters)
+    depth = sum(1 for layer in model.layers if layer.name.startswith("pool"))
+    twin = _unet(None, width, depth, False, "mixed_bfloat16" if mixed_precision else None, head)
+    for layer in twin.layers:
+        if not layer.weights:
+            continue
+        source = model.get_layer(layer.name)
+        if isinstance(layer, layers.Conv2D) and not source.use_bias:
+            bn = model.get_layer(layer.name.replace("_conv", "_bn"))
+            gamma, beta, mean, var = (np.asarray(w, np.float64) for w in bn.get_weights())
+            scale = gamma / np.sqrt(var + bn.epsilon)
+            kernel = np.asarray(source.get_weights()[0], np.float64) * scale
+            layer.set_weights([kernel.astype(np.float32), (beta - mean * scale).astype(np.float32)])
+        else:
+            layer.set_weights(source.get_weights())
+    return twin

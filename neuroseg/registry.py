@@ -482,7 +482,13 @@ def _rebuild(model: keras.Model, config: dict, *, mixed_precision: bool) -> kera
     return clone
 
 
-def load_model(uri: str, *, precision: str = "fp32") -> ModelBundle:
+def _has_batch_norm(model) -> bool:
+    import keras
+
+    return any(isinstance(layer, keras.layers.BatchNormalization) for layer in model.layers)
+
+
+def load_model(uri: str, *, precision: str = "fp32", fold: bool = True) -> ModelBundle:
     """Load a model folder (local or ``s3://``) with its config.
 
     Parameters
@@ -493,6 +499,10 @@ def load_model(uri: str, *, precision: str = "fp32") -> ModelBundle:
     precision : {"fp32", "bf16"}
         Compute precision; when it differs from the training's (``train.mixed_precision``) the
         network is rebuilt with the other policy and the same weights.
+    fold : bool
+        Serve a U-Net with its BatchNorm folded into the convolutions
+        (:func:`neuroseg.models.fold_batch_norm`: the same outputs to float rounding, about a
+        quarter faster on a CPU). ``False`` keeps the network as trained.
 
     Returns
     -------
@@ -514,8 +524,16 @@ def load_model(uri: str, *, precision: str = "fp32") -> ModelBundle:
         raise ValueError(f"{uri}/config.json: missing {', '.join(missing)}")
     with tempfile.TemporaryDirectory(prefix="neuroseg-load-") as tmp:
         model = _load_keras(data, tmp, uri=uri)
-    trained_bf16 = bool((config.get("train") or {}).get("mixed_precision", False))
-    if (precision == "bf16") != trained_bf16:
+    train = config.get("train") or {}
+    trained_bf16 = bool(train.get("mixed_precision", False))
+    if fold and model.name == "unet" and _has_batch_norm(model):
+        from neuroseg.models import fold_batch_norm
+
+        try:
+            model = fold_batch_norm(model, mixed_precision=precision == "bf16")
+        except (ValueError, KeyError) as exc:
+            raise ValueError(f"{uri}: cannot fold the model's BatchNorm ({exc})") from exc
+    elif (precision == "bf16") != trained_bf16:
         model = _rebuild(model, config, mixed_precision=precision == "bf16")
     parts = uri.split("/")
     return ModelBundle(

@@ -97,3 +97,31 @@ def test_three_class_head_is_a_float32_softmax_even_in_bfloat16():
     assert tuple(shallow(np.zeros((1, 64, 64, 3), "f4")).shape) == (1, 8, 8, 3)
     with pytest.raises(ValueError, match="unknown head"):
         build_model("unet", head="distance")
+
+
+def test_folding_batch_norm_keeps_the_outputs():
+    from neuroseg.models import fold_batch_norm
+
+    rng = np.random.default_rng(4)
+    for head in ("binary", "three_class"):
+        model = build_model("unet", width=4, depth=2, head=head)
+        for layer in model.layers:  # BatchNorm statistics as after training, not the defaults
+            if isinstance(layer, keras.layers.BatchNormalization):
+                n = layer.gamma.shape[0]
+                layer.set_weights(
+                    [
+                        rng.uniform(0.5, 2, n),
+                        rng.normal(0, 0.5, n),
+                        rng.normal(0, 0.5, n),
+                        rng.uniform(0.2, 3, n),
+                    ]
+                )
+        folded = fold_batch_norm(model)
+        assert folded.name == "unet"
+        assert not any(isinstance(la, keras.layers.BatchNormalization) for la in folded.layers)
+        x = rng.uniform(0, 255, (2, 32, 48, 3)).astype("f4")
+        np.testing.assert_allclose(
+            np.asarray(folded(x)), np.asarray(model(x, training=False)), atol=2e-5
+        )
+    with pytest.raises(ValueError, match="only the unet"):
+        fold_batch_norm(build_model("shallow", tile=64, width=4))

@@ -71,5 +71,6 @@ def test_three_class_configs_are_validated():
     assert (nuclei.model, nuclei.target, nuclei.loss) == ("unet", "three_class", "cce_dice")
     assert all(p.affine and p.intensity and not p.shapes for p in nuclei.phases)
     steps = sum(p.epochs * p.steps_per_epoch for p in nuclei.phases)
-    assert steps * nuclei.phases[0].batch_size == 32_000  # crops seen; see the preset's comment
+    assert steps * nuclei.phases[0].batch_size == 44_000  # crops seen; see the preset's comment
     assert nuclei.crop == 128 and nuclei.class_weighting == "none"
+    assert (nuclei.width, nuclei.depth) == (8, 4)
