@@ -52,7 +52,11 @@ class EvaluateParams(BaseModel):
     executor: ExecutorConfig = Field(default_factory=ExecutorConfig)
 
 
-def _score_all(jobs: list[tuple], samples: list[dict], radius: float) -> dict[str, list[dict]]:
+def _score_all(work_uri: str, radius: float) -> dict[str, list[dict]]:
+    # jobs and samples are read from storage, not passed as parameters: Prefect refuses
+    # flow-run parameters over 512 kB
+    work = storage.read_json(work_uri)
+    jobs, samples = work["jobs"], work["samples"]
     futures = {
         who: [
             evaluate_image.submit(who, spec, s, thr, area, ws, radius, ov)
@@ -156,7 +160,9 @@ def evaluate(params: EvaluateParams) -> dict:
             )
         )
     sub = flow(name="evaluate-images", task_runner=make_task_runner(params.executor))(_score_all)
-    per = sub(jobs, samples, params.radius)
+    work_uri = storage.join(report, "work.json")
+    storage.write_json(work_uri, {"jobs": jobs, "samples": samples})
+    per = sub(work_uri, params.radius)
     combined = {who: lib.combine(res) for who, res in per.items()}
     ev = combined["model"]
     for name, png in lib.report_plots(

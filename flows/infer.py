@@ -52,8 +52,11 @@ class InferParams(BaseModel):
 
 
 def _segment_all(
-    model_uri, precision, pending, root, cells, report_uri, run_id, channel=None
+    model_uri, precision, pending_uri, root, cells, report_uri, run_id, channel=None
 ) -> list[dict]:
+    # the work list is read from storage, not passed as a parameter: Prefect refuses flow-run
+    # parameters over 512 kB (about 1,500 uploads), and a night may hold 100,000
+    pending = storage.read_json(pending_uri)
     futures = segment_image.map(
         model_uri, precision, pending, root, cells, report_uri, run_id, channel
     )
@@ -93,10 +96,12 @@ def nightly_inference(params: InferParams) -> dict:
         sub = flow(name="segment-images", task_runner=make_task_runner(params.executor))(
             _segment_all
         )
+        pending_uri = storage.join(report_uri, "pending.json")
+        storage.write_json(pending_uri, pending)
         results = sub(
             model["uri"],
             params.precision,
-            pending,
+            pending_uri,
             params.root,
             cells,
             report_uri,
