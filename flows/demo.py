@@ -21,6 +21,7 @@ class DemoParams(BaseModel):
     images_per_plate: int = Field(3, ge=1, le=200)
     train_images: int = Field(16, ge=3, le=500)
     real_images: str | None = None
+    nuclei_images: str | None = None
     train: bool = True
     seed: int = 0
     height: int = 1200
@@ -72,7 +73,7 @@ def demo(params: DemoParams) -> dict:
 
     root = params.root
     incoming = storage.join(root, "incoming")
-    step = _Steps(8)
+    step = _Steps(9)
 
     step(
         f"synthetic data: {params.train_images} annotated images, "
@@ -184,12 +185,94 @@ def demo(params: DemoParams) -> dict:
         f"{per_image.describe()[['mean', 'min', 'max']].round(1).to_dict()}"
     )
 
+    step("nuclei: the shipped nuclei model on grey fluorescence images of any bit depth")
+    nuclei = _nuclei_demo(root, params)
+
     step("where to look")
     print(f"  cell table:   pd.read_parquet({storage.join(root, 'cells')!r})")
     print(f"  reports/plots: {storage.join(root, 'reports')}")
     print(f"  models:        {storage.join(root, 'models')}")
+    for plate, uri in (night.get("reports") or {}).items():
+        print(f"  plate report:  {uri}  ({plate})")
+    if nuclei:
+        print(f"  nuclei labels: {nuclei['labels']}  (16-bit, pixel value = cell_id)")
     print(
         "  artifacts:     `prefect artifact ls` (same PREFECT_HOME), or run "
         "`prefect server start` and open http://127.0.0.1:4200"
     )
-    return {"evaluation": kf, "nightly": night, "cells": len(cells)}
+    return {"evaluation": kf, "nightly": night, "cells": len(cells), "nuclei": nuclei}
+
+
+def nuclei_source(params: DemoParams) -> str | None:
+    """Real nucleus images for the demo: ``--nuclei-images``, else BBBC039 beside the checkout."""
+    if params.nuclei_images:
+        return params.nuclei_images
+    shared = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "nuclei" / "bbbc039"
+    return str(shared) if (shared / "images").is_dir() else None
+
+
+def _nuclei_demo(root: str, params: DemoParams, *, n: int = 4) -> dict | None:
+    """Segment a few nucleus images with the shipped ``nuclei`` model, with label images out;
+    score them against their labels/ where there are some. Without real images, a synthetic
+    plate written as a 12-bit grey image shows the same path."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from neuroseg import registry
+    from neuroseg.segment_files import segment_files
+
+    if not storage.exists(storage.join(registry.shipped_model_uri("nuclei"), "config.json")):
+        print("  no shipped nuclei model in this installation: skipped")
+        return None
+    folder = nuclei_source(params)
+    work = storage.join(root, "nuclei-demo")
+    if folder:
+        images_dir = Path(folder) / "images"
+        files = sorted(p for p in images_dir.iterdir() if p.suffix.lower() in (".png", ".tif"))
+        files = [str(p) for p in files[:n]]
+        print(f"  {len(files)} real image(s) from {folder}")
+    else:
+        from neuroseg import synth
+
+        files = []
+        for i in range(2):
+            plate = synth.synth_plate(seed=params.seed + 500 + i, height=520, width=696)
+            grey = plate.image.max(axis=2).astype(np.uint16) * 16  # 12-bit camera values
+            buf = io.BytesIO()
+            Image.fromarray(grey).save(buf, format="PNG")
+            uri = storage.join(work, "images", f"grey12_{i}.png")
+            storage.write_bytes(uri, buf.getvalue())
+            files.append(uri)
+        print("  no real nucleus images here (../shared absent): 2 synthetic 12-bit grey images")
+    labels_dir = storage.join(work, "labels")
+    cells = segment_files(
+        files, out=storage.join(work, "cells.parquet"), model="nuclei", labels=labels_dir
+    )
+    counts = cells.groupby("image_id").size()
+    out = {"images": len(files), "cells": len(cells), "labels": labels_dir}
+    if folder and (Path(folder) / "labels").is_dir():
+        from neuroseg.images import read_labels
+        from neuroseg.metrics import iou_matching, iou_scores
+
+        matches = []
+        for f in files:
+            stem = Path(f).stem
+            truth = read_labels(str(Path(folder) / "labels" / Path(f).name))
+            pred = read_labels(storage.join(labels_dir, f"{stem}.png"))
+            matches.append(iou_matching(truth, pred))
+            print(
+                f"  {stem[:40]}: {int(counts.get(stem, 0))} nuclei found, "
+                f"{len(np.unique(truth)) - 1} annotated"
+            )
+        sc = iou_scores(matches)
+        out.update(f1_50=sc["f1_50"], mean_ap=sc["mean_ap"], count_mae=sc["count_mae"])
+        print(
+            f"  against the annotations: F1 {sc['f1_50']:.3f} at IoU 0.5, mean AP "
+            f"{sc['mean_ap']:.3f} (IoU 0.5:0.95), count MAE {sc['count_mae']:.1f}"
+        )
+    else:
+        for stem, k in counts.items():
+            print(f"  {stem}: {k} nuclei found")
+    return out

@@ -332,6 +332,7 @@ def cmd_demo(args) -> int:
         images_per_plate=args.images,
         train_images=args.train_images,
         real_images=args.real_images,
+        nuclei_images=args.nuclei_images,
         train=not args.no_train,
         seed=args.seed,
         height=args.size[0],
@@ -366,6 +367,11 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--images", type=int, default=3, help="images per plate")
     sp.add_argument("--train-images", type=int, default=16, help="annotated synthetic images")
     sp.add_argument("--real-images", help="a folder of real images (FNC layout or plain images)")
+    sp.add_argument(
+        "--nuclei-images",
+        help="a folder of nucleus images (images/ + labels/) for the nuclei model "
+        "(default: ../shared/data/nuclei/bbbc039 when present)",
+    )
     sp.add_argument("--no-train", action="store_true", help="use the shipped model, skip training")
     sp.add_argument("--seed", type=int, default=0)
     sp.add_argument("--size", type=_size, default=(1200, 1600), help="WIDTHxHEIGHT (1600x1200)")

@@ -29,8 +29,16 @@ def test_demo_small(prefect_api, tmp_path, capsys):
     )
     out = demo(params)
     text = capsys.readouterr().out
-    assert "[8/8] where to look" in text
+    assert "[9/9] where to look" in text
     assert out["cells"] > 0
+    nuclei = out["nuclei"]
+    if nuclei is not None:  # the shipped nuclei model on real (or 12-bit synthetic) images
+        assert nuclei["cells"] > 0
+        assert len(storage.list_files(nuclei["labels"])) == nuclei["images"]
+        from flows.demo import nuclei_source
+
+        if nuclei_source(params):  # real images with labels/: scored against them
+            assert 0.0 <= nuclei["f1_50"] <= 1.0 and "against the annotations" in text
     plates = {u.rsplit("/", 2)[-2] for u in storage.list_files(storage.join(root, "cells"))}
     if has_real:  # 2 synthetic uploads + 2 real images as plate REAL, scored against masks
         assert "on the 2 real image(s)" in text
