@@ -254,10 +254,15 @@ def default_model_uri() -> str:
     return shipped_model_uri("default")
 
 
+#: Other names of shipped models: ``fnc`` is the default model's job (FNC-like plates).
+SHIPPED_ALIASES = {"fnc": "default"}
+
+
 def shipped_model_uri(name: str) -> str:
     """The folder of a model shipped inside the package: ``neuroseg/assets/models/<name>``
-    (``default``: the FNC model; ``nuclei``: the nucleus model). Returned whether or not a model
-    is there."""
+    (``default``, also called ``fnc``: the FNC model; ``nuclei``: the nucleus model). Returned
+    whether or not a model is there."""
+    name = SHIPPED_ALIASES.get(name, name)
     return str(Path(__file__).resolve().parent / "assets" / "models" / _check_name(name))
 
 

@@ -8,6 +8,7 @@ the cells of a drawn image are known exactly whatever the bit depth of the file.
 from __future__ import annotations
 
 import io
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -235,3 +236,12 @@ def test_channel_out_of_range_is_reported_and_skipped(tmp_path, grey_model, caps
                       model=grey_model, channel=1)  # fmt: skip
     err = [x for x in capsys.readouterr().err.splitlines() if "skipped" in x]
     assert len(err) == 1 and "a.png" in err[0] and "channel 1" in err[0]
+
+
+def test_shipped_model_names(tmp_path):
+    """`--model fnc` is the default (FNC) model; a shipped name resolves without a registry."""
+    assert registry.shipped_model_uri("fnc") == registry.default_model_uri()
+    assert registry.resolve_model_uri(str(tmp_path), "fnc") == registry.default_model_uri()
+    nuclei = registry.shipped_model_uri("nuclei")
+    if (Path(nuclei) / "config.json").exists():
+        assert registry.resolve_model_uri(str(tmp_path), "nuclei") == nuclei
