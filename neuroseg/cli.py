@@ -416,10 +416,22 @@ def build_parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("train", help="train a model in phases and register it")
     root_arg(sp)
     sp.add_argument("--dataset", default="synthetic", help="prepared dataset name")
-    sp.add_argument("--preset", default="cpu-small", choices=("seed", "cpu-small", "tiny"))
+    sp.add_argument(
+        "--preset", default="cpu-small", choices=("seed", "cpu-small", "tiny", "nuclei")
+    )
     sp.add_argument("--model", choices=("shallow", "unet"), help="override the preset's model")
     sp.add_argument(
-        "--loss", choices=("weighted_bce", "dice", "jaccard", "focal", "tversky", "bce_dice")
+        "--loss",
+        choices=(
+            "weighted_bce",
+            "dice",
+            "jaccard",
+            "focal",
+            "tversky",
+            "bce_dice",
+            "weighted_cce",
+            "cce_dice",
+        ),
     )
     sp.add_argument("--epochs", type=int, help="epochs of every phase (override)")
     sp.add_argument("--name", default="neuroseg", help="model name in the registry")

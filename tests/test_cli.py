@@ -111,3 +111,26 @@ def test_python_m_neuroseg_is_quiet_unless_verbose(tmp_path):
     assert not TF_CHATTER.search(quiet), quiet
     assert re.search(r"^\d\d:\d\d:\d\d segment 1/1 images \(100%\), [\d.]+ s/image$", quiet, re.M)
     assert TF_CHATTER.search(verbose), verbose
+
+
+def test_train_choices_match_the_retrain_form():
+    """The command line offers the same presets and losses as the train flow's dropdowns."""
+    import typing
+
+    from flows.train import TrainParams
+    from neuroseg.cli import build_parser
+
+    parser = build_parser()
+    train = next(
+        a
+        for a in parser._subparsers._group_actions[0].choices["train"]._actions
+        if a.dest == "preset"
+    )
+    loss = next(
+        a
+        for a in parser._subparsers._group_actions[0].choices["train"]._actions
+        if a.dest == "loss"
+    )
+    fields = TrainParams.model_fields
+    assert set(train.choices) == set(typing.get_args(fields["preset"].annotation))
+    assert set(loss.choices) == set(typing.get_args(fields["loss"].annotation)) - {"preset"}
