@@ -32,7 +32,7 @@ import numpy as np
 from scipy import ndimage as ndi
 from scipy.special import expit
 
-from neuroseg.metrics import iou_matching, iou_scores
+from neuroseg.metrics import iou_matching, rank_grid
 from neuroseg.normalize import percentile_normalize, select_channels
 from neuroseg.predict import relabel_raster, segment
 
@@ -365,16 +365,8 @@ def tune_classical(
             labels, _ = _drop_small(split[ks], p["min_area"])
             matches[i].append(iou_matching(truth, labels))
 
-    table, all_scores = [], []
-    for p, m in zip(points, matches, strict=True):
-        s = iou_scores(m)
-        all_scores.append(s)
-        row = dict(p)
-        row.update(
-            mean_ap=s["mean_ap"], ap_50=s["ap_50"], f1_50=s["f1_50"], count_mae=s["count_mae"]
-        )
-        table.append(row)
-    best = max(range(len(points)), key=lambda i: (table[i]["mean_ap"], table[i]["f1_50"], -i))
+    ranked = rank_grid(points, matches)
+    best, table = ranked["best"], ranked["table"]
     params = dict(points[best])
     params["percentiles"] = tuple(percentiles)
-    return {"params": params, "scores": all_scores[best], "table": table}
+    return {"params": params, "scores": ranked["scores"], "table": table}

@@ -22,7 +22,7 @@ from itertools import product
 import numpy as np
 from scipy import ndimage as ndi
 
-from neuroseg.metrics import iou_matching, iou_scores
+from neuroseg.metrics import iou_matching, rank_grid
 from neuroseg.predict import relabel_raster
 
 __all__ = [
@@ -278,20 +278,12 @@ def sweep_postprocessing(
             labels, _ = _drop_small(grown[key], int(p["min_area"]))
             matches[i].append(iou_matching(truth, labels))
 
-    table, all_scores = [], []
-    for p, m in zip(points, matches, strict=True):
-        s = iou_scores(m)
-        all_scores.append(s)
-        row = dict(p)
-        row.update(
-            mean_ap=s["mean_ap"], ap_50=s["ap_50"], f1_50=s["f1_50"], count_mae=s["count_mae"]
-        )
-        table.append(row)
-    best = max(range(len(points)), key=lambda i: (table[i]["mean_ap"], table[i]["f1_50"], -i))
+    ranked = rank_grid(points, matches)
+    best, table = ranked["best"], ranked["table"]
     params = {
         "interior_threshold": float(points[best]["interior_threshold"]),
         "foreground_threshold": float(points[best]["foreground_threshold"]),
         "min_area": int(points[best]["min_area"]),
         "min_marker_area": int(points[best]["min_marker_area"]),
     }
-    return {"params": params, "scores": all_scores[best], "table": table}
+    return {"params": params, "scores": ranked["scores"], "table": table}

@@ -42,6 +42,7 @@ __all__ = [
     "object_scores",
     "pixel_scores",
     "prf",
+    "rank_grid",
     "threshold_sweep",
 ]
 
@@ -826,3 +827,36 @@ def threshold_sweep(
         "best_count_mae": best["count_mae"],
         "table": table,
     }
+
+
+def rank_grid(points: Sequence[Mapping], matches: Sequence[Sequence[Mapping]]) -> dict:
+    """Score every point of a parameter grid and pick the best (the validation sweeps' rule).
+
+    Parameters
+    ----------
+    points : sequence of mappings
+        The grid points (parameter name -> value).
+    matches : sequence of sequences of :func:`iou_matching` results
+        Per point, one result per validation image.
+
+    Returns
+    -------
+    dict
+        ``best`` (index of the point with the highest pooled mean AP over IoU 0.5:0.95, then
+        the highest F1 at 0.5, then the first in grid order), ``scores`` (its
+        :func:`iou_scores`) and ``table`` (one row per point: its parameters, ``mean_ap``,
+        ``ap_50``, ``f1_50``, ``count_mae``).
+    """
+    table, all_scores = [], []
+    for p, m in zip(points, matches, strict=True):
+        s = iou_scores(m)
+        all_scores.append(s)
+        row = dict(p)
+        row.update(
+            mean_ap=s["mean_ap"], ap_50=s["ap_50"], f1_50=s["f1_50"], count_mae=s["count_mae"]
+        )
+        table.append(row)
+    if not table:
+        raise ValueError("rank_grid needs at least one grid point")
+    best = max(range(len(points)), key=lambda i: (table[i]["mean_ap"], table[i]["f1_50"], -i))
+    return {"best": best, "scores": all_scores[best], "table": table}
