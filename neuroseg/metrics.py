@@ -37,6 +37,7 @@ __all__ = [
     "as_bool_mask",
     "iou_matching",
     "iou_scores",
+    "iou_summary",
     "match_by_iou",
     "match_objects",
     "object_scores",
@@ -127,6 +128,15 @@ def _compact(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     else:
         inverse = inverse + 1
     return ids, inverse.reshape(labels.shape).astype(np.int64)
+
+
+def _compact_pair(true_labels, pred_labels) -> tuple:
+    """Checked, same-shaped label images as ``(ids_t, compact_t, ids_p, compact_p)``."""
+    true_labels = _check_labels(true_labels, "true_labels")
+    pred_labels = _check_labels(pred_labels, "pred_labels")
+    if true_labels.shape != pred_labels.shape:
+        raise ValueError(f"label shapes differ: true {true_labels.shape}, pred {pred_labels.shape}")
+    return (*_compact(true_labels), *_compact(pred_labels))
 
 
 def _centroids(compact: np.ndarray, k: int) -> np.ndarray:
@@ -228,12 +238,7 @@ def iou_table(true_labels: np.ndarray, pred_labels: np.ndarray) -> dict:
         ``true_ids`` (n,), ``pred_ids`` (m,) present labels and ``iou`` (n, m) float array
         (0 where the objects do not overlap).
     """
-    true_labels = _check_labels(true_labels, "true_labels")
-    pred_labels = _check_labels(pred_labels, "pred_labels")
-    if true_labels.shape != pred_labels.shape:
-        raise ValueError(f"label shapes differ: true {true_labels.shape}, pred {pred_labels.shape}")
-    ids_t, ct = _compact(true_labels)
-    ids_p, cp = _compact(pred_labels)
+    ids_t, ct, ids_p, cp = _compact_pair(true_labels, pred_labels)
     nt, np_ = ids_t.size, ids_p.size
     area_t = np.bincount(ct.ravel(), minlength=nt + 1)[1:]
     area_p = np.bincount(cp.ravel(), minlength=np_ + 1)[1:]
@@ -414,12 +419,7 @@ def iou_matching(
         :func:`iou_scores`.
     """
     thresholds = _check_thresholds(thresholds)
-    true_labels = _check_labels(true_labels, "true_labels")
-    pred_labels = _check_labels(pred_labels, "pred_labels")
-    if true_labels.shape != pred_labels.shape:
-        raise ValueError(f"label shapes differ: true {true_labels.shape}, pred {pred_labels.shape}")
-    ids_t, ct = _compact(true_labels)
-    ids_p, cp = _compact(pred_labels)
+    ids_t, ct, ids_p, cp = _compact_pair(true_labels, pred_labels)
     nt, npr = int(ids_t.size), int(ids_p.size)
     ti, pi, inter, area_t, area_p = _overlaps(ct, cp, nt, npr)
     iou = inter / (area_t[ti] + area_p[pi] - inter)
@@ -860,3 +860,24 @@ def rank_grid(points: Sequence[Mapping], matches: Sequence[Sequence[Mapping]]) -
         raise ValueError("rank_grid needs at least one grid point")
     best = max(range(len(points)), key=lambda i: (table[i]["mean_ap"], table[i]["f1_50"], -i))
     return {"best": best, "scores": all_scores[best], "table": table}
+
+
+def iou_summary(results: Iterable[Mapping]) -> dict | None:
+    """:func:`iou_scores` in the compact form model cards and score files keep (None if empty).
+
+    ``n_images, n_true, n_pred, f1_50, ap_50, mean_ap, count_mae, count_bias`` and ``table``
+    (one row per IoU threshold: ``threshold, tp, fp, fn, precision, recall, f1, ap``).
+    """
+    results = list(results)
+    if not results:
+        return None
+    s = iou_scores(results)
+    keep = ("threshold", "tp", "fp", "fn", "precision", "recall", "f1", "ap")
+    out = {
+        k: s[k]
+        for k in (
+            "n_images", "n_true", "n_pred", "f1_50", "ap_50", "mean_ap", "count_mae", "count_bias"
+        )
+    }  # fmt: skip
+    out["table"] = [{k: row[k] for k in keep} for row in s["table"]]
+    return out

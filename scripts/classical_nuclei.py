@@ -57,24 +57,11 @@ def load(folder: Path, stems: list[str], files: dict[str, str]) -> list[tuple]:
 
 def score(samples, params: dict) -> dict:
     from neuroseg.baseline import classical_segment
-    from neuroseg.metrics import iou_matching, iou_scores
+    from neuroseg.metrics import iou_matching, iou_summary
 
-    results = [
+    return iou_summary(
         iou_matching(truth, classical_segment(image, **params)[0]) for image, truth in samples
-    ]
-    s = iou_scores(results)
-    keep = ("threshold", "tp", "fp", "fn", "precision", "recall", "f1", "ap")
-    return {
-        "n_images": s["n_images"],
-        "n_true": s["n_true"],
-        "n_pred": s["n_pred"],
-        "f1_50": s["f1_50"],
-        "ap_50": s["ap_50"],
-        "mean_ap": s["mean_ap"],
-        "count_mae": s["count_mae"],
-        "count_bias": s["count_bias"],
-        "table": [{k: row[k] for k in keep} for row in s["table"]],
-    }
+    )
 
 
 def run_set(folder: Path, *, seed: int, grid: dict | None) -> dict:

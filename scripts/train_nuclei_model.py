@@ -98,26 +98,6 @@ def _split_samples(root: str, dataset: str) -> dict[str, list[dict]]:
     return out
 
 
-def _iou_summary(results: list[dict]) -> dict | None:
-    from neuroseg.metrics import iou_scores
-
-    if not results:
-        return None
-    s = iou_scores(results)
-    keep = ("threshold", "tp", "fp", "fn", "precision", "recall", "f1", "ap")
-    return {
-        "n_images": s["n_images"],
-        "n_true": s["n_true"],
-        "n_pred": s["n_pred"],
-        "f1_50": s["f1_50"],
-        "ap_50": s["ap_50"],
-        "mean_ap": s["mean_ap"],
-        "count_mae": s["count_mae"],
-        "count_bias": s["count_bias"],
-        "table": [{k: row[k] for k in keep} for row in s["table"]],
-    }
-
-
 def _fmt(value, digits: int = 3) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
@@ -275,7 +255,7 @@ def main() -> None:
     from neuroseg import registry, storage
     from neuroseg.baseline import classical_segment, tune_classical
     from neuroseg.images import read_labels, read_native
-    from neuroseg.metrics import iou_matching
+    from neuroseg.metrics import iou_matching, iou_summary
     from neuroseg.predict import segment_image
     from neuroseg.training import PRESETS, PhaseConfig
 
@@ -385,11 +365,11 @@ def main() -> None:
             part = [(image, truth) for s, image, truth in rows if set_of(s["image_id"]) == name]
             if not part or name not in classical_params:
                 continue
-            model = _iou_summary(
+            model = iou_summary(
                 [iou_matching(truth, segment_image(bundle, image)[0]) for image, truth in part]
             )
             params = classical_params[name]
-            classical = _iou_summary(
+            classical = iou_summary(
                 [
                     iou_matching(truth, classical_segment(image, **params)[0])
                     for image, truth in part

@@ -472,3 +472,18 @@ def test_iou_matching_fast():
     elapsed = (time.perf_counter() - t0) / 5
     assert r["tp"][0] > 100
     assert elapsed < 0.05, f"iou_matching of a 520x696 image took {elapsed * 1000:.0f} ms"
+
+
+def test_iou_summary_is_iou_scores_in_short():
+    from neuroseg.metrics import iou_matching, iou_scores, iou_summary
+
+    t = np.zeros((20, 20), int)
+    t[2:8, 2:8], t[10:15, 10:15] = 1, 2
+    p = np.zeros_like(t)
+    p[2:8, 3:9] = 5  # shifted: IoU 30/42
+    results = [iou_matching(t, p), iou_matching(t, t)]
+    full, short = iou_scores(results), iou_summary(results)
+    for k in ("n_images", "n_true", "n_pred", "f1_50", "ap_50", "mean_ap", "count_mae"):
+        assert short[k] == full[k]
+    assert [r["ap"] for r in short["table"]] == full["ap"]
+    assert iou_summary([]) is None
