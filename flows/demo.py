@@ -215,10 +215,8 @@ def _nuclei_demo(root: str, params: DemoParams, *, n: int = 4) -> dict | None:
     """Segment a few nucleus images with the shipped ``nuclei`` model, with label images out;
     score them against their labels/ where there are some. Without real images, a synthetic
     plate written as a 12-bit grey image shows the same path."""
-    import io
 
     import numpy as np
-    from PIL import Image
 
     from neuroseg import registry
     from neuroseg.segment_files import segment_files
@@ -238,12 +236,8 @@ def _nuclei_demo(root: str, params: DemoParams, *, n: int = 4) -> dict | None:
 
         files = []
         for i in range(2):
-            plate = synth.synth_plate(seed=params.seed + 500 + i, height=520, width=696)
-            grey = plate.image.max(axis=2).astype(np.uint16) * 16  # 12-bit camera values
-            buf = io.BytesIO()
-            Image.fromarray(grey).save(buf, format="PNG")
             uri = storage.join(work, "images", f"grey12_{i}.png")
-            storage.write_bytes(uri, buf.getvalue())
+            storage.write_bytes(uri, synth.grey12_png(seed=params.seed + 500 + i))
             files.append(uri)
         print("  no real nucleus images here (../shared absent): 2 synthetic 12-bit grey images")
     labels_dir = storage.join(work, "labels")

@@ -35,6 +35,7 @@ __all__ = [
     "SynthImage",
     "compare_with_real",
     "comparison_table",
+    "grey12_png",
     "image_id",
     "plate_id",
     "synth_plate",
@@ -545,6 +546,20 @@ def image_id(plate: str, index: int) -> str:
     """Lab-like image id of the ``index``-th image (0-based) of ``plate``: ``P001_r01c01``, ..."""
     row, col = divmod(index, _WELLS_PER_ROW)
     return f"{plate}_r{row + 1:02d}c{col + 1:02d}"
+
+
+def grey12_png(*, seed: int, height: int = 520, width: int = 696) -> bytes:
+    """A synthetic plate as a microscope camera writes it: one channel, 12-bit values
+    (0..4080, the brightest colour channel x 16) in a 16-bit PNG."""
+    import io
+
+    from PIL import Image
+
+    plate = synth_plate(seed=seed, height=height, width=width)
+    grey = plate.image.max(axis=2).astype(np.uint16) * np.uint16(16)
+    buf = io.BytesIO()
+    Image.fromarray(grey).save(buf, format="PNG")
+    return buf.getvalue()
 
 
 def write_uploads(

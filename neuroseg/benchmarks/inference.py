@@ -324,9 +324,6 @@ def _resolve_model(model: str, workdir: str, seed: int) -> tuple[str, str, str]:
 def _grey_uploads(root: str, *, images: int, height: int, width: int, seed: int) -> list[str]:
     """``uploads/P001/*.png``: real BBBC039 images when beside the checkout (cropped or tiled
     to ``height x width``), else synthetic plates as 12-bit grey 16-bit PNGs."""
-    import io
-
-    from PIL import Image
 
     from neuroseg import synth
 
@@ -338,11 +335,7 @@ def _grey_uploads(root: str, *, images: int, height: int, width: int, seed: int)
         if real and (height, width) == (520, 696):
             data = storage.read_bytes(real[i % len(real)])
         else:
-            plate = synth.synth_plate(seed=seed * 1000 + i, height=height, width=width)
-            grey = plate.image.max(axis=2).astype(np.uint16) * 16  # 12-bit camera values
-            buf = io.BytesIO()
-            Image.fromarray(grey).save(buf, format="PNG")
-            data = buf.getvalue()
+            data = synth.grey12_png(seed=seed * 1000 + i, height=height, width=width)
         uri = storage.join(root, "uploads", "P001", f"P001_{i:03d}.png")
         storage.write_bytes(uri, data)
         uris.append(uri)
