@@ -114,3 +114,32 @@ def check_train_form_schema(schema: dict) -> None:
     phase = defs["PhaseConfig"]["properties"]
     assert phase["tile_filter"]["enum"] == ["cells", "all"]
     assert phase["epochs"]["type"] == "integer" and phase["shapes"]["type"] == "boolean"
+
+
+def register_grey_model(root: str) -> str:
+    """Register a real Keras model whose probability is the normalised brightness: a 1x1
+    convolution averaging the three input planes / 255, declared grey + percentile (so the
+    cells of a drawn image are known whatever its bit depth). Returns its folder URI."""
+    import keras
+    import numpy as np
+
+    from neuroseg import registry
+
+    inputs = keras.Input((None, None, 3))
+    outputs = keras.layers.Conv2D(1, 1, use_bias=False, name="mean")(inputs)
+    model = keras.Model(inputs, outputs)
+    model.set_weights([np.full((1, 1, 3, 1), 1 / 765, "f4")])
+    return registry.register_model(
+        root,
+        "grey",
+        model=model,
+        config={
+            "architecture": "mean",
+            "tile": 64,
+            "min_overlap": 16,
+            "threshold": 0.5,
+            "min_area": 20,
+            "input": {"channels": "grey", "normalization": "percentile"},
+        },
+        lineage={"purpose": "test"},
+    )

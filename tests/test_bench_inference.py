@@ -66,27 +66,9 @@ def test_bench_inference_small():
 def test_bench_inference_of_a_grey_model_on_12_bit_images(tmp_path):
     """A grey percentile model (a real registered 1x1 convolution) is benched on grey 12-bit
     images of its own size, through the same steps."""
-    import keras
+    from tests.conftest import register_grey_model
 
-    from neuroseg import registry
-
-    inputs = keras.Input((None, None, 3))
-    model = keras.Model(inputs, keras.layers.Conv2D(1, 1, use_bias=False)(inputs))
-    model.set_weights([np.full((1, 1, 3, 1), 1 / 765, "f4")])
-    uri = registry.register_model(
-        str(tmp_path),
-        "grey",
-        model=model,
-        config={
-            "architecture": "mean",
-            "tile": 64,
-            "min_overlap": 16,
-            "threshold": 0.5,
-            "min_area": 20,
-            "input": {"channels": "grey", "normalization": "percentile"},
-        },
-        lineage={"purpose": "test"},
-    )
+    uri = register_grey_model(str(tmp_path))
     r = bench_inference(
         model=uri, images=2, height=96, width=128, step_images=1, repeat=1, precisions=("fp32",)
     )

@@ -28,6 +28,7 @@ from neuroseg.metrics import match_by_iou
 from neuroseg.normalize import input_spec, model_input, percentile_normalize, select_channels
 from neuroseg.predict import prepare_input, segment_image
 from neuroseg.segment_files import segment_files
+from tests.conftest import register_grey_model
 
 SHAPE = (120, 160)
 CENTRES = [(30, 40), (30, 58), (80, 110), (95, 30)]  # the first two touch
@@ -65,27 +66,7 @@ def versions() -> dict[str, bytes]:
 @pytest.fixture(scope="module")
 def grey_model(tmp_path_factory) -> str:
     """A registered grey, percentile-normalised model: probability = normalised brightness."""
-    import keras
-
-    inputs = keras.Input((None, None, 3))
-    outputs = keras.layers.Conv2D(1, 1, use_bias=False, name="mean")(inputs)
-    model = keras.Model(inputs, outputs)
-    model.set_weights([np.full((1, 1, 3, 1), 1 / 765, "f4")])
-    root = str(tmp_path_factory.mktemp("registry"))
-    return registry.register_model(
-        root,
-        "grey",
-        model=model,
-        config={
-            "architecture": "mean",
-            "tile": 64,
-            "min_overlap": 16,
-            "threshold": 0.5,
-            "min_area": 20,
-            "input": {"channels": "grey", "normalization": "percentile"},
-        },
-        lineage={"purpose": "test"},
-    )
+    return register_grey_model(str(tmp_path_factory.mktemp("registry")))
 
 
 # ----------------------------------------------------------------------------- decoding
