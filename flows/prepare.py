@@ -12,7 +12,7 @@ from typing import Literal
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.utilities.annotations import unmapped
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 
 from neuroseg import ingest as ingest_lib
 from neuroseg import prepare as lib
@@ -32,6 +32,16 @@ class PrepareParams(BaseModel):
     tile: int = Field(400, ge=32, le=4096, description="tile side in pixels (seed: 400)")
     min_overlap: int = Field(100, ge=0, description="minimum tile overlap (seed: 100)")
     seed: int = Field(0, description="seed of the by-image train/val/test split")
+    val_fraction: float = Field(
+        0.15, ge=0, le=1, description="share of the images in the validation split"
+    )
+    test_fraction: float = Field(
+        0.15,
+        ge=0,
+        le=1,
+        description="share of the images in the test split (0 and 0: every image trains, "
+        "e.g. one fold of a cross-validation scored on images kept outside the dataset)",
+    )
     channels: Literal["rgb", "grey"] = Field(
         "rgb", description="model input planes: rgb (FNC composites) or grey (one stain)"
     )
@@ -44,6 +54,19 @@ class PrepareParams(BaseModel):
         None, ge=0, description="channel (0-based) of multi-channel images; default: all"
     )
     executor: ExecutorConfig = Field(default_factory=ExecutorConfig)
+
+    @model_validator(mode="after")
+    def _split_fits(self) -> PrepareParams:
+        if self.val_fraction + self.test_fraction > 1:
+            raise ValueError(
+                f"val_fraction {self.val_fraction} + test_fraction {self.test_fraction} exceeds 1"
+            )
+        return self
+
+    def fractions(self) -> tuple[float, float, float]:
+        """``(train, val, test)`` shares of the images."""
+        train = round(1.0 - self.val_fraction - self.test_fraction, 6)
+        return (train, self.val_fraction, self.test_fraction)
 
     def input_spec(self) -> dict:
         """The model input these parameters declare (see neuroseg.normalize)."""
@@ -105,6 +128,7 @@ def prepare(params: PrepareParams) -> dict:
         seed=params.seed,
         input=spec,
         channel=params.channel,
+        fractions=params.fractions(),
     )
     out = lib.prepared_uri(params.root, params.dataset, version)
     summary_uri = storage.join(out, "summary.json")
@@ -135,7 +159,9 @@ def prepare(params: PrepareParams) -> dict:
                 "seed": params.seed,
                 "input": spec,
                 "channel": params.channel,
+                "fractions": list(params.fractions()),
             },
+            params.fractions(),
         )
         storage.write_json(
             storage.join(params.root, "prepared", params.dataset, "latest.json"),

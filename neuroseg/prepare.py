@@ -27,6 +27,7 @@ from neuroseg.images import read_labels, read_mask, read_native
 from neuroseg.masks import analyze_labels, analyze_mask, label_mask, summarize_cells
 from neuroseg.normalize import input_spec
 from neuroseg.predict import prepare_input
+from neuroseg.splits import split_names
 from neuroseg.tiling import crop_tiles, tile_grid
 
 SPLIT_FRACTIONS = (0.7, 0.15, 0.15)
@@ -40,11 +41,13 @@ def prepared_version(
     seed: int,
     input: dict | None = None,
     channel: int | None = None,
+    fractions: tuple[float, float, float] = SPLIT_FRACTIONS,
 ) -> str:
     """Content hash of a dataset plus the preparation parameters (12 hex digits).
 
-    Label images and a non-legacy input spec or channel enter the hash only when present, so
-    versions of mask-only datasets prepared for legacy models keep their old names.
+    Label images, a non-legacy input spec, a channel and split fractions other than
+    :data:`SPLIT_FRACTIONS` enter the hash only when present, so versions of mask-only datasets
+    prepared for legacy models keep their old names.
     """
     h = hashlib.sha256()
     for rec in sorted(records, key=lambda r: r["image_id"]):
@@ -58,8 +61,17 @@ def prepared_version(
         params["input"] = spec
     if channel is not None:
         params["channel"] = int(channel)
+    fractions = _fractions(fractions)
+    if fractions != SPLIT_FRACTIONS:
+        params["fractions"] = list(fractions)
     h.update(json.dumps(params, sort_keys=False).encode())
     return h.hexdigest()[:12]
+
+
+def _fractions(fractions) -> tuple[float, float, float]:
+    """``(train, val, test)`` as floats; train is whatever val and test leave."""
+    val, test = float(fractions[1]), float(fractions[2])
+    return (round(1.0 - val - test, 6), val, test)
 
 
 def _present(value) -> bool:
@@ -159,19 +171,13 @@ def split_images(
 ) -> dict[str, list[str]]:
     """Split image ids into train/val/test by image, deterministically for a seed.
 
-    With at least 3 images, validation and test get one image each at least.
+    :func:`neuroseg.splits.split_names`: with at least 3 images, validation and test get one
+    image each at least unless their fraction is 0 (``(1, 0, 0)`` puts every image in train,
+    e.g. the training images of one fold of a cross-validation).
     """
     if not image_ids:
         raise ValueError("cannot split an empty dataset")
-    ids = sorted(image_ids)
-    order = np.random.default_rng(seed).permutation(len(ids))
-    shuffled = [ids[i] for i in order]
-    n = len(ids)
-    n_test = max(1, round(n * fractions[2])) if n >= 3 else 0
-    n_val = max(1, round(n * fractions[1])) if n >= 3 else 0
-    test, val = shuffled[:n_test], shuffled[n_test : n_test + n_val]
-    train = shuffled[n_test + n_val :]
-    return {"train": sorted(train), "val": sorted(val), "test": sorted(test)}
+    return split_names(image_ids, seed=seed, fractions=fractions)
 
 
 def histogram_table(values: np.ndarray, *, bins: int = 10) -> list[dict]:
@@ -186,9 +192,16 @@ def histogram_table(values: np.ndarray, *, bins: int = 10) -> list[dict]:
     ]
 
 
-def finalize(out_uri: str, metas: list[dict], *, seed: int, params: dict) -> dict:
+def finalize(
+    out_uri: str,
+    metas: list[dict],
+    *,
+    seed: int,
+    params: dict,
+    fractions: tuple[float, float, float] = SPLIT_FRACTIONS,
+) -> dict:
     """Write the tile index, the cell table, the split and the summary of a prepared dataset."""
-    splits = split_images([m["image_id"] for m in metas], seed=seed)
+    splits = split_images([m["image_id"] for m in metas], seed=seed, fractions=fractions)
     split_of = {i: s for s, ids in splits.items() for i in ids}
     tiles = pd.DataFrame(
         [

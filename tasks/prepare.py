@@ -35,6 +35,12 @@ def prepare_image(
 
 
 @task(name="finalize-prepared", **IO_RETRIES)
-def finalize(out_uri: str, metas: list[dict], seed: int, params: dict) -> dict:
+def finalize(
+    out_uri: str,
+    metas: list[dict],
+    seed: int,
+    params: dict,
+    fractions: tuple[float, float, float] = lib.SPLIT_FRACTIONS,
+) -> dict:
     """Tile index, cell table, by-image split and summary of a prepared dataset."""
-    return lib.finalize(out_uri, metas, seed=seed, params=params)
+    return lib.finalize(out_uri, metas, seed=seed, params=params, fractions=fractions)

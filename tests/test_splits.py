@@ -38,3 +38,20 @@ def test_split_validates():
         split_names(["a", "b", "a"])
     with pytest.raises(ValueError, match="fractions"):
         split_names(["a"], fractions=(0.5, 0.6, 0.6))
+
+
+def test_prepare_split_fractions_enter_the_version_only_when_changed():
+    from flows.prepare import PrepareParams
+    from neuroseg.prepare import SPLIT_FRACTIONS, prepared_version
+
+    recs = [{"image_id": f"i{k}", "sha256": f"h{k}", "mask_sha256": f"m{k}"} for k in range(5)]
+    plain = prepared_version(recs, tile=128, min_overlap=32, seed=0)
+    same = prepared_version(recs, tile=128, min_overlap=32, seed=0, fractions=SPLIT_FRACTIONS)
+    every = prepared_version(recs, tile=128, min_overlap=32, seed=0, fractions=(1.0, 0.0, 0.0))
+    assert plain == same != every
+    ids = [r["image_id"] for r in recs]
+    assert split_images(ids, seed=0, fractions=(1.0, 0.0, 0.0))["train"] == ids
+    assert PrepareParams(val_fraction=0, test_fraction=0).fractions() == (1.0, 0.0, 0.0)
+    assert PrepareParams().fractions() == SPLIT_FRACTIONS
+    with pytest.raises(ValueError, match="exceeds 1"):
+        PrepareParams(val_fraction=0.6, test_fraction=0.5)
