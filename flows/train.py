@@ -44,11 +44,12 @@ class TrainParams(BaseModel):
 
     root: str = Field("./neuroseg-data", description="storage root of the system")
     dataset: str = Field("synthetic", description="prepared dataset to train on")
-    preset: Literal["seed", "cpu-small", "tiny", "nuclei"] = Field(
+    preset: Literal["seed", "cpu-small", "tiny", "nuclei", "fnc"] = Field(
         "cpu-small",
         description="seed = the notebook exactly (shallow CNN, batch 50); cpu-small = a small "
         "U-Net in minutes on a CPU; tiny = seconds, for tests; nuclei = the instance-aware "
-        "three-class U-Net for grey nuclei (about 45 min on 2 CPU cores)",
+        "three-class U-Net for grey nuclei (about 45 min on 2 CPU cores); fnc = the U-Net of "
+        "the shipped FNC model, grey input (prepare with channels grey, percentile)",
     )
     model: Literal["preset", "shallow", "unet"] = Field(
         FROM_PRESET,
@@ -106,6 +107,12 @@ class TrainParams(BaseModel):
     )
     seed: int | None = Field(None, description="random seed; empty = the preset's (0)")
     model_name: str = Field("neuroseg", description="name in the model registry")
+    init_model: str | None = Field(
+        None,
+        description="fine-tune: start from this model's weights (NAME, NAME@VERSION, a folder, "
+        "or a shipped name such as fnc) with a fresh optimizer; its architecture, head and "
+        "input must match the preset's and the prepared data's",
+    )
     run_id: str | None = Field(None, description="resume this run (default: the flow run id)")
     evaluate: bool = Field(True, description="evaluate on the test split after training")
     promote: bool = Field(True, description="promote if it beats the production model")
@@ -185,7 +192,10 @@ def train(params: TrainParams) -> dict:
             description=f"Training progress of run {run_id}",
         )
     )
-    records, previous, epochs_before = [], None, 0
+    init = _init_model(params.root, params.init_model, cfg, prepared) if params.init_model else None
+    if init:
+        print(f"starting from the weights of {init['model']} ({init['uri']})")
+    records, previous, epochs_before = [], (init or {}).get("checkpoint_uri"), 0
     for i, phase in enumerate(config.phases):
         done_uri = storage.join(work, f"phase-{i}.json")
         if storage.exists(done_uri):
@@ -210,6 +220,8 @@ def train(params: TrainParams) -> dict:
         "seconds": round(sum(r["seconds"] for r in records), 1),
         "history": {r["phase"]: r["history"] for r in records},
     }
+    if init:
+        lineage["init_model"] = {k: init[k] for k in ("model", "uri")}
     reg = register(params.root, params.model_name, previous, cfg, lineage)
     result = {
         "model_uri": reg["uri"],
@@ -230,6 +242,38 @@ def train(params: TrainParams) -> dict:
         )
         result["evaluation"] = {**ev["key_figures"], "promoted": ev["promoted"]}
     return result
+
+
+def _init_model(root: str, spec: str, cfg: dict, prepared: dict) -> dict:
+    """The model a fine-tuning run starts from, checked against the run's config and data."""
+    from neuroseg.normalize import input_spec
+    from neuroseg.registry import resolve_model_uri
+
+    uri = resolve_model_uri(root, spec)
+    mcfg = storage.read_json(storage.join(uri, "config.json"))
+    train = mcfg.get("train") or {}
+    for key in ("model", "width", "depth", "target", "batch_norm"):
+        if key in train and train[key] != cfg[key]:
+            raise ValueError(
+                f"init_model {spec!r} ({uri}) has {key} {train[key]!r}, the run wants "
+                f"{cfg[key]!r}: pick a preset or overrides with the same network"
+            )
+    try:
+        summary = storage.read_json(storage.join(prepared["uri"], "summary.json"))
+        data_input = input_spec((summary.get("params") or {}).get("input"))
+    except FileNotFoundError:
+        data_input = input_spec(None)
+    if input_spec(mcfg.get("input")) != data_input:
+        raise ValueError(
+            f"init_model {spec!r} reads input {dict(input_spec(mcfg.get('input')))}, the "
+            f"prepared data holds {dict(data_input)}: prepare it with the same channels and "
+            "normalization"
+        )
+    return {
+        "model": f"{mcfg.get('name')}@{mcfg.get('version')}",
+        "uri": uri,
+        "checkpoint_uri": storage.join(uri, "model.keras"),
+    }
 
 
 def _publish_history(name: str, records: list[dict]) -> None:

@@ -152,6 +152,8 @@ def cmd_prepare(args) -> int:
         channels=args.channels,
         normalization=args.normalization,
         channel=args.channel,
+        val_fraction=args.val_fraction,
+        test_fraction=args.test_fraction,
         executor=ExecutorConfig(
             kind=args.executor, address=args.dask_address, workers=args.workers
         ),
@@ -184,6 +186,7 @@ def cmd_train(args) -> int:
         precision="bf16" if args.bf16 else "preset",
         model_name=args.name,
         run_id=args.run_id,
+        init_model=args.init_model,
         evaluate=not args.no_evaluate,
         promote=not args.no_promote,
     )
@@ -400,6 +403,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--tile", type=int, default=400)
     sp.add_argument("--min-overlap", type=int, default=100)
     sp.add_argument("--seed", type=int, default=0, help="seed of the by-image split")
+    sp.add_argument("--val-fraction", type=float, default=0.15, help="share of images for val")
+    sp.add_argument("--test-fraction", type=float, default=0.15, help="share of images for test")
     sp.add_argument("--channels", choices=("rgb", "grey"), default="rgb", help="model input planes")
     sp.add_argument(
         "--normalization",
@@ -417,7 +422,11 @@ def build_parser() -> argparse.ArgumentParser:
     root_arg(sp)
     sp.add_argument("--dataset", default="synthetic", help="prepared dataset name")
     sp.add_argument(
-        "--preset", default="cpu-small", choices=("seed", "cpu-small", "tiny", "nuclei")
+        "--preset", default="cpu-small", choices=("seed", "cpu-small", "tiny", "nuclei", "fnc")
+    )
+    sp.add_argument(
+        "--init-model",
+        help="fine-tune: start from this model's weights (NAME, NAME@VERSION, folder, fnc)",
     )
     sp.add_argument("--model", choices=("shallow", "unet"), help="override the preset's model")
     sp.add_argument(

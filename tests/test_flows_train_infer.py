@@ -229,3 +229,50 @@ def test_reprocess_with_a_new_model_replaces_rows(trained, tmp_path):
     assert set(table["model_version"]) <= {new["version"]}  # no row of the old model is left
     assert len(table) == again["cells"]  # replaced, not appended
     _assert_labels_equal_table(root, table)
+
+
+def test_fine_tune_starts_from_a_registered_model(trained):
+    """`init_model`: the run starts from the registered weights (a learning rate of ~0 leaves
+    them as they were), records them in its lineage, and refuses a different network; the
+    data are prepared with every image in train (no val or test split)."""
+    from flows.prepare import PrepareParams, prepare
+    from flows.train import TrainParams, train
+    from neuroseg.registry import load_model
+
+    root, res = trained["root"], trained["result"]
+    latest = storage.join(root, "prepared", "syn", "latest.json")
+    before = storage.read_json(latest)
+    try:
+        out = prepare(
+            PrepareParams(
+                root=root, dataset="syn", tile=128, min_overlap=32, val_fraction=0, test_fraction=0
+            )
+        )
+        assert out["version"] != before["version"]  # the split is part of the version
+        splits = storage.read_json(storage.join(out["prepared_uri"], "splits.json"))
+        assert (len(splits["train"]), splits["val"], splits["test"]) == (5, [], [])
+
+        def run(**kw):
+            return train(
+                TrainParams(
+                    root=root, dataset="syn", preset="tiny", learning_rate=1e-12,
+                    evaluate=False, promote=False, **kw,
+                )
+            )  # fmt: skip
+
+        def weights(uri):
+            return [w.numpy() for w in load_model(uri, fold=False).model.trainable_weights]
+
+        base = weights(res["model_uri"])
+        tuned = run(model_name="tuned", init_model=f"tiny@{res['version']}")
+        scratch = run(model_name="scratch")
+        same = zip(base, weights(tuned["model_uri"]), strict=True)
+        assert all(np.allclose(a, b, atol=1e-6) for a, b in same)
+        fresh = zip(base, weights(scratch["model_uri"]), strict=True)
+        assert not all(np.allclose(a, b, atol=1e-3) for a, b in fresh)
+        lineage = storage.read_json(storage.join(tuned["model_uri"], "lineage.json"))
+        assert lineage["init_model"]["model"] == f"tiny@{res['version']}"
+        with pytest.raises(ValueError, match=r"init_model 'nuclei' .* width 8"):
+            run(model_name="wrong", init_model="nuclei")
+    finally:
+        storage.write_json(latest, before)
