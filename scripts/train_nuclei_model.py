@@ -238,6 +238,10 @@ def main() -> None:
     ap.add_argument("--precision", default="preset", choices=("preset", "fp32", "bf16"))
     ap.add_argument("--out", default=None, help="where to copy the model folder")
     ap.add_argument("--smoke", action="store_true", help="a handful of images, a few steps")
+    ap.add_argument(
+        "--from-model",
+        help="skip training: choose the post-processing for and score this model folder",
+    )
     ap.add_argument("--smoke-images", type=int, default=5, help="images per set with --smoke")
     ap.add_argument("--smoke-steps", type=int, default=2, help="steps per phase with --smoke")
     ap.add_argument("--smoke-crop", type=int, default=64, help="training crop with --smoke")
@@ -307,23 +311,37 @@ def main() -> None:
         ]
         crop = args.smoke_crop
     t_train = time.time()
-    result = train(
-        TrainParams(
-            root=work,
-            dataset=args.dataset,
-            preset="nuclei",
-            precision=args.precision,
-            phases=phases or [],
-            crop=crop,
-            seed=args.seed,
-            model_name=args.dataset,
-            evaluate=False,
-            promote=False,
+    if args.from_model:
+        # re-run steps 4-6 for a trained model (e.g. after a change of the post-processing
+        # sweep): a copy of its folder in this registry, scored as if it had just been trained
+        src = storage.read_json(str(Path(args.from_model) / "config.json"))
+        result = {
+            "version": src["version"],
+            "model_uri": registry.copy_model(
+                args.from_model, registry.model_uri(work, args.dataset, src["version"])
+            ),
+            "device": (src.get("lineage") or {}).get("device", "unknown"),
+        }
+        train_wall = None
+        print(f"scoring {args.from_model} again (no training)")
+    else:
+        result = train(
+            TrainParams(
+                root=work,
+                dataset=args.dataset,
+                preset="nuclei",
+                precision=args.precision,
+                phases=phases or [],
+                crop=crop,
+                seed=args.seed,
+                model_name=args.dataset,
+                evaluate=False,
+                promote=False,
+            )
         )
-    )
-    train_wall = time.time() - t_train
+        train_wall = time.time() - t_train
+        print(f"trained {result['model_uri']} in {train_wall / 60:.1f} min on {result['device']}")
     model_uri = result["model_uri"]
-    print(f"trained {model_uri} in {train_wall / 60:.1f} min on {result['device']}")
 
     # 4. the evaluate flow on the validation split: it chooses the post-processing there (the
     # three-class sweep, mean AP over IoU 0.5:0.95), stores it in the model's config.json and
@@ -439,7 +457,8 @@ def main() -> None:
     report = {
         "model": f"{cfg.get('name')}@{cfg.get('version')}",
         "smoke": args.smoke,
-        "train_wall_s": round(train_wall, 1),
+        "train_wall_s": None if train_wall is None else round(train_wall, 1),
+        "rescored_from": args.from_model,
         "device": result["device"],
         "postprocess": cfg["postprocess"],
         "postprocess_sweep": cfg["postprocess_sweep"],
