@@ -99,7 +99,7 @@ def check_train_form_schema(schema: dict) -> None:
     defs = schema.get("definitions") or schema.get("$defs")
     props = defs["TrainParams"]["properties"]
     assert (
-        props["preset"]["enum"] == ["seed", "cpu-small", "tiny", "nuclei"]
+        props["preset"]["enum"] == ["seed", "cpu-small", "tiny", "nuclei", "fnc"]
         and props["preset"]["default"] == "cpu-small"
     )
     for name in ("model", "loss", "precision"):
@@ -111,6 +111,7 @@ def check_train_form_schema(schema: dict) -> None:
     assert "cpu-small: unet width 16" in props["model"]["description"]
     assert "cpu-small: 3/5/6" in props["epochs"]["description"]
     assert props["phases"]["items"]["$ref"].endswith("/PhaseConfig")
+    assert props["init_model"]["default"] is None  # fine-tuning is optional
     phase = defs["PhaseConfig"]["properties"]
     assert phase["tile_filter"]["enum"] == ["cells", "all"]
     assert phase["epochs"]["type"] == "integer" and phase["shapes"]["type"] == "boolean"
