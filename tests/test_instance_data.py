@@ -193,7 +193,10 @@ def test_evaluate_folder_with_labels_reports_iou_table(prefect_api, tmp_path):
     assert iou["n_true"] == 9 and metrics["classical"]["tuning"]["source"] == "defaults"
     with get_client(sync_client=True) as client:
         keys = {a.key for a in client.read_artifacts() if a.key}
-    assert "eval-default-iou" in keys
+    from neuroseg.registry import default_model_uri
+
+    name = storage.read_json(storage.join(default_model_uri(), "config.json"))["name"]
+    assert f"eval-{name}-iou" in keys  # the shipped default is named fnc
 
 
 @pytest.mark.slow

@@ -1,0 +1,74 @@
+"""The shipped FNC model (the default, also `--model fnc`): grey input, stain-independent, finds
+the cells of a plate, and its card reports leave-one-image-out scores on every real sample."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from neuroseg import registry
+from neuroseg.metrics import iou_matching, match_objects
+from neuroseg.predict import segment_image
+from neuroseg.synth import synth_plate
+
+FOLDER = Path(registry.default_model_uri())
+pytestmark = pytest.mark.skipif(
+    not (FOLDER / "config.json").exists(), reason="no shipped default model in this checkout"
+)
+
+
+@pytest.fixture(scope="module")
+def fnc():
+    return registry.load_model(str(FOLDER))
+
+
+@pytest.fixture(scope="module")
+def plate():
+    return synth_plate(seed=11, height=600, width=800, n_cells=14)
+
+
+def test_reads_one_grey_plane_of_any_stain(fnc, plate):
+    """Yellow (red + green) and red-only versions of a plate give the same cells: the model
+    sees the maximum over the colour channels, percentile-normalised."""
+    assert fnc.config["input"]["channels"] == "grey"
+    assert fnc.config["input"]["normalization"] == "percentile"
+    yellow = plate.image
+    red = yellow.copy()
+    red[..., 1:] = 0  # the red stain: the same red plane, no green
+    lab_y, n_y, _ = segment_image(fnc, yellow)
+    lab_r, n_r, _ = segment_image(fnc, red)
+    assert n_y > 0 and abs(n_y - n_r) <= 1
+    # the same cells: every one matched at IoU >= 0.8 (read noise in the green plane of dim
+    # pixels can win the maximum, so the planes are not bit-identical)
+    same = iou_matching(lab_y, lab_r, thresholds=(0.8,))
+    assert same["tp"][0] >= n_y - 1, same
+    # a 16-bit camera version of the same plane (12-bit values) gives the same cells too
+    deep = (yellow.max(axis=2).astype(np.uint16) * 16).astype(np.uint16)
+    _, n_d, _ = segment_image(fnc, deep)
+    assert abs(n_d - n_y) <= 1
+
+
+def test_finds_the_cells_of_a_synthetic_plate(fnc, plate):
+    labels, _, _ = segment_image(fnc, plate.image)
+    found = match_objects(plate.instances, labels, radius=40)
+    assert found["f1"] >= 0.7, found
+
+
+def test_card_scores_every_real_sample_held_out_once():
+    scores = json.loads((FOLDER / "scores.json").read_text())
+    cv = scores["cross_validation"]
+    names = [f["name"] for f in cv["folds"]]
+    assert len(names) == len(set(names)) == scores["real_images"] >= 6
+    for fold in cv["folds"]:  # each fold model trained on the other samples only
+        assert fold["model"]["image_id"] == Path(fold["name"]).stem
+        assert sorted([*fold["trained_on"], fold["name"]]) == sorted(names)
+    for stain in ("yellow", "red"):
+        pooled = cv["model"][stain]
+        folds = [f["model"] for f in cv["folds"] if f["colour"] == stain]
+        assert pooled["tp"] == sum(f["tp"] for f in folds)
+        assert pooled["cells"] == sum(f["true_count"] for f in folds)
+    card = (FOLDER / "MODEL_CARD.md").read_text()
+    assert "CC BY-SA 4.0" in card and "leave-one-image-out" in card
