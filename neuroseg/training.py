@@ -188,13 +188,37 @@ def _phases(spec: list[tuple], *, batch: int, lr: float, steps: int | None) -> l
     ]
 
 
+def augmented_phases(
+    spec: list[tuple[str, int, float, str]], *, batch_size: int, steps: int
+) -> list[PhaseConfig]:
+    """Phases with affine and intensity augmentation (no random shapes), one per
+    ``(name, epochs, learning_rate, tile_filter)``, each of ``steps`` batches per epoch."""
+    return [
+        PhaseConfig(
+            name=name,
+            epochs=epochs,
+            learning_rate=lr,
+            batch_size=batch_size,
+            tile_filter=tile_filter,
+            affine=True,
+            intensity=True,
+            steps_per_epoch=steps,
+        )
+        for name, epochs, lr, tile_filter in spec
+    ]
+
+
 #: Named configurations: ``seed`` (the notebook exactly), ``cpu-small`` (a small U-Net that
 #: trains end to end in a few minutes on two CPU cores), ``tiny`` (seconds; for tests) and
 #: ``nuclei`` (the instance-aware three-class U-Net for grey fluorescence nuclei, width 8 and
 #: depth 4: as many parameters as width 16 depth 3, half its compute at full resolution, so
 #: inference takes about half the time: 2,750 steps of 16 random 128x128 crops of 256x256
 #: tiles, 44,000 crops; at the ~20 crops/s measured in fp32 on two shared CPU cores, about
-#: 40 min).
+#: 40 min); ``fnc`` (the shipped FNC model's network: the same three-class U-Net on grey
+#: percentile-normalised input, so that yellow and red stains look alike, with 192 px crops of
+#: 400 px tiles for the larger neurons; 400 steps of 8, about 9 min on two CPU cores; the shipped
+#: model is this pretrained on synthetic plates and fine-tuned on real ones with ``init_model``,
+#: see ``scripts/train_fnc_model.py``).
 PRESETS: dict[str, TrainConfig] = {
     "seed": TrainConfig(
         model="shallow",
@@ -259,24 +283,27 @@ PRESETS: dict[str, TrainConfig] = {
         boundary_width=2,
         class_weighting="none",
         crop=128,
-        phases=[
-            PhaseConfig(
-                name=name,
-                epochs=epochs,
-                learning_rate=lr,
-                batch_size=16,
-                tile_filter=tile_filter,
-                affine=True,
-                intensity=True,
-                steps_per_epoch=125,
-            )
-            for name, epochs, lr, tile_filter in (
-                ("1", 4, 2e-3, "cells"),
-                ("2", 11, 1e-3, "all"),
-                ("3", 7, 3e-4, "all"),
-            )
-        ],
+        phases=augmented_phases(
+            [("1", 4, 2e-3, "cells"), ("2", 11, 1e-3, "all"), ("3", 7, 3e-4, "all")],
+            batch_size=16,
+            steps=125,
+        ),
         val_max_tiles=64,
+    ),
+    "fnc": TrainConfig(
+        model="unet",
+        width=8,
+        depth=4,
+        target="three_class",
+        loss="cce_dice",
+        loss_params={"lam": 0.5},
+        boundary_width=2,
+        class_weighting="none",
+        crop=192,
+        phases=augmented_phases(
+            [("1", 3, 2e-3, "cells"), ("2", 5, 1e-3, "all")], batch_size=8, steps=50
+        ),
+        val_max_tiles=32,
     ),
 }
 
@@ -286,7 +313,7 @@ def get_preset(name: str, **overrides: Any) -> TrainConfig:
 
     Parameters
     ----------
-    name : {"seed", "cpu-small", "tiny", "nuclei"}
+    name : {"seed", "cpu-small", "tiny", "nuclei", "fnc"}
     **overrides
         ``TrainConfig`` fields, e.g. ``seed=3``, ``mixed_precision=True`` or ``phases=[...]``
         (dicts or ``PhaseConfig``).

@@ -8,12 +8,12 @@ Steps, timed with the library's own pieces (the path ``segment`` and the nightly
 marker watershed), ``measure`` (:func:`neuroseg.measure.cell_records`) and ``write`` (one
 image's Parquet file), then the end-to-end time per image, for each precision.
 
-Images: for RGB models (``default``, the FNC model) synthetic 1600x1200 plates
-(:mod:`neuroseg.synth`); for grey models (``nuclei``) real 520x696 BBBC039 images (16-bit files
-of 12-bit values) from ``../shared/data/nuclei/bbbc039`` when present, else synthetic plates
-turned into 12-bit grey images of that size. ``library_plate_seconds`` is a whole plate
-through :func:`neuroseg.inference.process_image` in a plain loop (what the nightly flow maps),
-the reference for the orchestration bench (``flows/bench.py``).
+Images: for the FNC model (``default``, also ``fnc``) and other RGB models synthetic 1600x1200
+plates (:mod:`neuroseg.synth`); for other grey models (``nuclei``) real 520x696 BBBC039 images
+(16-bit files of 12-bit values) from ``../shared/data/nuclei/bbbc039`` when present, else
+synthetic plates turned into 12-bit grey images of that size. ``library_plate_seconds`` is a
+whole plate through :func:`neuroseg.inference.process_image` in a plain loop (what the nightly
+flow maps), the reference for the orchestration bench (``flows/bench.py``).
 
 The model is the shipped one (:func:`neuroseg.registry.default_model_uri`). Until one is shipped,
 the fallback is an untrained U-Net of the ``cpu-small`` architecture (``unet``, tile 400, width 16,
@@ -408,8 +408,10 @@ def bench_inference(
 
     with tempfile.TemporaryDirectory(prefix="neuroseg-bench-inference-") as tmp:
         model_uri, model_name, target_key = _resolve_model(model, tmp, seed)
+        # FNC models (the default, whatever its input planes) on FNC-like RGB plates; other grey
+        # models (nuclei) on grey microscope images
         grey = input_spec(storage.read_json(storage.join(model_uri, "config.json")).get("input"))
-        grey = grey["channels"] == "grey"
+        grey = grey["channels"] == "grey" and target_key not in ("default", "fnc")
         height = height or (520 if grey else 1200)
         width = width or (696 if grey else 1600)
         t0 = time.perf_counter()
