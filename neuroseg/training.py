@@ -208,6 +208,18 @@ def augmented_phases(
     ]
 
 
+#: The instance-aware network of the ``nuclei`` and ``fnc`` presets.
+_THREE_CLASS_UNET: dict[str, Any] = {
+    "model": "unet",
+    "width": 8,
+    "depth": 4,
+    "target": "three_class",
+    "loss": "cce_dice",
+    "loss_params": {"lam": 0.5},
+    "boundary_width": 2,
+    "class_weighting": "none",
+}
+
 #: Named configurations: ``seed`` (the notebook exactly), ``cpu-small`` (a small U-Net that
 #: trains end to end in a few minutes on two CPU cores), ``tiny`` (seconds; for tests) and
 #: ``nuclei`` (the instance-aware three-class U-Net for grey fluorescence nuclei, width 8 and
@@ -274,14 +286,7 @@ PRESETS: dict[str, TrainConfig] = {
         val_max_tiles=4,
     ),
     "nuclei": TrainConfig(
-        model="unet",
-        width=8,
-        depth=4,
-        target="three_class",
-        loss="cce_dice",
-        loss_params={"lam": 0.5},
-        boundary_width=2,
-        class_weighting="none",
+        **_THREE_CLASS_UNET,
         crop=128,
         phases=augmented_phases(
             [("1", 4, 2e-3, "cells"), ("2", 11, 1e-3, "all"), ("3", 7, 3e-4, "all")],
@@ -291,14 +296,7 @@ PRESETS: dict[str, TrainConfig] = {
         val_max_tiles=64,
     ),
     "fnc": TrainConfig(
-        model="unet",
-        width=8,
-        depth=4,
-        target="three_class",
-        loss="cce_dice",
-        loss_params={"lam": 0.5},
-        boundary_width=2,
-        class_weighting="none",
+        **_THREE_CLASS_UNET,
         crop=192,
         phases=augmented_phases(
             [("1", 3, 2e-3, "cells"), ("2", 5, 1e-3, "all")], batch_size=8, steps=50
