@@ -65,8 +65,7 @@ class PrepareParams(BaseModel):
 
     def fractions(self) -> tuple[float, float, float]:
         """``(train, val, test)`` shares of the images."""
-        train = round(1.0 - self.val_fraction - self.test_fraction, 6)
-        return (train, self.val_fraction, self.test_fraction)
+        return lib.split_fractions(self.val_fraction, self.test_fraction)
 
     def input_spec(self) -> dict:
         """The model input these parameters declare (see neuroseg.normalize)."""
@@ -121,6 +120,7 @@ def prepare(params: PrepareParams) -> dict:
         )
     records = manifest.to_dict("records")
     spec = params.input_spec()
+    fractions = params.fractions()
     version = lib.prepared_version(
         records,
         tile=params.tile,
@@ -128,7 +128,7 @@ def prepare(params: PrepareParams) -> dict:
         seed=params.seed,
         input=spec,
         channel=params.channel,
-        fractions=params.fractions(),
+        fractions=fractions,
     )
     out = lib.prepared_uri(params.root, params.dataset, version)
     summary_uri = storage.join(out, "summary.json")
@@ -159,9 +159,9 @@ def prepare(params: PrepareParams) -> dict:
                 "seed": params.seed,
                 "input": spec,
                 "channel": params.channel,
-                "fractions": list(params.fractions()),
+                "fractions": list(fractions),
             },
-            params.fractions(),
+            fractions,
         )
         storage.write_json(
             storage.join(params.root, "prepared", params.dataset, "latest.json"),

@@ -18,7 +18,7 @@ from prefect.runtime import flow_run
 from pydantic import BaseModel, Field, field_validator, model_validator
 
 from neuroseg import storage
-from neuroseg.training import PRESETS, PhaseConfig, TrainConfig, get_preset
+from neuroseg.training import PRESETS, PhaseConfig, TrainConfig, get_preset, prepared_input
 from tasks.common import artifact_key
 from tasks.train import register, resolve_prepared, train_phase
 
@@ -258,11 +258,7 @@ def _init_model(root: str, spec: str, cfg: dict, prepared: dict) -> dict:
                 f"init_model {spec!r} ({uri}) has {key} {train[key]!r}, the run wants "
                 f"{cfg[key]!r}: pick a preset or overrides with the same network"
             )
-    try:
-        summary = storage.read_json(storage.join(prepared["uri"], "summary.json"))
-        data_input = input_spec((summary.get("params") or {}).get("input"))
-    except FileNotFoundError:
-        data_input = input_spec(None)
+    data_input = input_spec(prepared_input(prepared["uri"]) or None)
     if input_spec(mcfg.get("input")) != data_input:
         raise ValueError(
             f"init_model {spec!r} reads input {dict(input_spec(mcfg.get('input')))}, the "

@@ -61,16 +61,16 @@ def prepared_version(
         params["input"] = spec
     if channel is not None:
         params["channel"] = int(channel)
-    fractions = _fractions(fractions)
+    fractions = split_fractions(fractions[1], fractions[2])
     if fractions != SPLIT_FRACTIONS:
         params["fractions"] = list(fractions)
     h.update(json.dumps(params, sort_keys=False).encode())
     return h.hexdigest()[:12]
 
 
-def _fractions(fractions) -> tuple[float, float, float]:
+def split_fractions(val: float, test: float) -> tuple[float, float, float]:
     """``(train, val, test)`` as floats; train is whatever val and test leave."""
-    val, test = float(fractions[1]), float(fractions[2])
+    val, test = float(val), float(test)
     return (round(1.0 - val - test, 6), val, test)
 
 

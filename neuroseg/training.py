@@ -45,7 +45,9 @@ __all__ = [
     "PRESETS",
     "PhaseConfig",
     "TrainConfig",
+    "augmented_phases",
     "get_preset",
+    "prepared_input",
     "run_phase",
     "train",
     "training_device",
@@ -343,7 +345,7 @@ def _spread(tiles: TileSet, limit: int | None) -> TileSet:
     return tiles.take(keep)
 
 
-def _prepared_input(prepared_uri: str) -> dict:
+def prepared_input(prepared_uri: str) -> dict:
     """The ``input`` entry of the prepared data's ``summary.json`` params ({} when absent)."""
     try:
         summary = storage.read_json(storage.join(prepared_uri, "summary.json"))
@@ -492,7 +494,7 @@ def run_phase(
     train_out = None if config.model == "unet" else out
     repeat = phase.steps_per_epoch is not None
     targets = {"target": config.target, "boundary_width": config.boundary_width}
-    fill = GREY_FILL if _prepared_input(prepared_uri).get("channels") == "grey" else None
+    fill = GREY_FILL if prepared_input(prepared_uri).get("channels") == "grey" else None
     train_ds = make_dataset(
         train_tiles,
         split="train",

@@ -83,10 +83,9 @@ def _layout(dest: Path, samples: list[dict], *, shrink: int | None = None) -> Pa
 
 def _pool(rows: list[dict]) -> dict:
     """Centroid-matching scores pooled over images (TP, FP, FN summed), with count MAE."""
+    from neuroseg.metrics import prf
+
     tp, fp, fn = (sum(r[k] for r in rows) for k in ("tp", "fp", "fn"))
-    p = tp / (tp + fp) if tp + fp else 1.0
-    r = tp / (tp + fn) if tp + fn else 1.0
-    f1 = 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 1.0
     mae = sum(abs(x["pred_count"] - x["true_count"]) for x in rows) / len(rows) if rows else None
     return {
         "images": len(rows),
@@ -95,9 +94,7 @@ def _pool(rows: list[dict]) -> dict:
         "tp": tp,
         "fp": fp,
         "fn": fn,
-        "precision": p,
-        "recall": r,
-        "f1": f1,
+        **prf(tp, fp, fn),
         "count_mae": mae,
     }
 
