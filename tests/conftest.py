@@ -21,6 +21,7 @@ os.environ.pop("PREFECT_API_URL", None)
 
 REPO = Path(__file__).resolve().parents[1]
 FNC_ROOT = REPO.parent / "shared" / "data" / "fnc-samples"
+NUCLEI_ROOT = REPO.parent / "shared" / "data" / "nuclei"
 
 
 def _free_port() -> int:
@@ -35,6 +36,14 @@ def fnc_root() -> Path:
     if not (FNC_ROOT / "yellow" / "images").is_dir():
         pytest.skip(f"real FNC samples not found at {FNC_ROOT} (../shared is absent)")
     return FNC_ROOT
+
+
+@pytest.fixture(scope="session")
+def nuclei_root() -> Path:
+    """The real nucleus sets (bbbc039/, dsb2018/) beside the checkout; skip when absent."""
+    if not all((NUCLEI_ROOT / name / "labels").is_dir() for name in ("bbbc039", "dsb2018")):
+        pytest.skip(f"real nucleus images not found at {NUCLEI_ROOT} (../shared is absent)")
+    return NUCLEI_ROOT
 
 
 @pytest.fixture(scope="session")

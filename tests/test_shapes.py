@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 from scipy import ndimage as ndi
 from skimage.measure import regionprops, regionprops_table
 
 from neuroseg.shapes import SHAPE_COLUMNS, shape_table
-
-NUCLEI = Path(__file__).resolve().parents[2] / "shared" / "data" / "nuclei"
 
 
 def _random_labels(seed: int, shape=(120, 150)) -> np.ndarray:
@@ -62,10 +58,8 @@ def test_random_objects_match_regionprops(seed):
     assert _check_against_regionprops(labels) > 20
 
 
-def test_real_nucleus_labels_match_regionprops():
-    sets = [NUCLEI / name / "labels" for name in ("bbbc039", "dsb2018")]
-    if not all(folder.is_dir() for folder in sets):
-        pytest.skip(f"{NUCLEI} not found: real nucleus labels are read in place from ../shared")
+def test_real_nucleus_labels_match_regionprops(nuclei_root):
+    sets = [nuclei_root / name / "labels" for name in ("bbbc039", "dsb2018")]
     from neuroseg.images import read_labels
     from neuroseg.predict import relabel_raster
 
