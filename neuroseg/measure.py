@@ -119,7 +119,7 @@ def _utc(value) -> pd.Timestamp:
 
 
 def _shape_columns(labels: np.ndarray, n: int) -> dict[str, np.ndarray]:
-    # regionprops' definitions, computed for all cells at once (neuroseg.shapes: 2x faster)
+    # regionprops' definitions, computed for all cells at once (see neuroseg.shapes)
     props = shape_table(labels, n)
     return {new: np.asarray(props[old], dtype=np.float64) for old, new in _SHAPE_PROPS.items()}
 

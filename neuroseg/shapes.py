@@ -50,33 +50,26 @@ _PERIMETER_WEIGHTS[[21, 33]] = np.sqrt(2.0)
 _PERIMETER_WEIGHTS[[13, 23]] = (1.0 + np.sqrt(2.0)) / 2.0
 
 
-def _perimeters(labels: np.ndarray, n: int) -> np.ndarray:
-    """Work in proportion to the objects' pixels, not the image's: neighbours are looked up by
-    flat index in a copy of the labels padded with one background pixel on every side."""
-    h, w = labels.shape
-    padded = np.zeros((h + 2, w + 2), labels.dtype)
-    padded[1:-1, 1:-1] = labels
-    flat = padded.ravel()
-    on = np.flatnonzero(flat)
-    own = flat[on]
-    stride = w + 2
+def _perimeters(flat: np.ndarray, on: np.ndarray, lab: np.ndarray, stride: int, n: int):
+    """skimage's 4-neighbourhood perimeter of every object, from the padded labels ``flat``
+    (rows of ``stride`` pixels), the flat indices ``on`` of the objects' pixels and their
+    labels ``lab``."""
     edges = (-stride, stride, -1, 1)
     inner = np.ones(on.size, bool)
     for step in edges:
-        inner &= flat[on + step] == own
-    idx, lab = on[~inner], own[~inner]
-    border = np.zeros(flat.size, labels.dtype)  # labels of the border pixels only
-    border[idx] = lab
+        inner &= flat[on + step] == lab
+    idx, own = on[~inner], lab[~inner]
+    border = np.zeros(flat.size, flat.dtype)  # labels of the border pixels only
+    border[idx] = own
     code = np.ones(idx.size, np.uint8)
     for steps, weight in ((edges, 2), ((-stride - 1, -stride + 1, stride - 1, stride + 1), 10)):
         for step in steps:
-            code += weight * (border[idx + step] == lab).astype(np.uint8)
-    return np.bincount(lab, weights=_PERIMETER_WEIGHTS[code], minlength=n + 1)[1 : n + 1]
+            code += weight * (border[idx + step] == own).astype(np.uint8)
+    return np.bincount(own, weights=_PERIMETER_WEIGHTS[code], minlength=n + 1)[1 : n + 1]
 
 
-def _moments(on: np.ndarray, lab: np.ndarray, width: int, n: int):
+def _moments(r: np.ndarray, c: np.ndarray, lab: np.ndarray, n: int):
     """Area and skimage's inertia tensor entries ``(a, b, c)`` of objects ``1..n``."""
-    r, c = np.divmod(on, width)
     area = np.bincount(lab, minlength=n + 1).astype(np.float64)
     with np.errstate(divide="ignore", invalid="ignore"):  # absent labels: NaN
         dr = r - (np.bincount(lab, weights=r, minlength=n + 1) / area)[lab]
@@ -105,22 +98,19 @@ def _axes(a: np.ndarray, b: np.ndarray, c: np.ndarray) -> dict[str, np.ndarray]:
     }
 
 
-def _hull_points(flat: np.ndarray, on: np.ndarray, lab: np.ndarray, width: int, n: int):
+def _hull_points(flat, on, lab, r, c, n: int):
     """Candidate hull vertices of every object, in doubled (integer) coordinates.
 
     The midpoints of the four edges of the first and last pixel of every run of an object in a
     row (the pixels between them add no hull vertex; ``convex_hull_image`` takes each row's and
     column's end pixels, whose hull is the same), without repeats (repeated points can trouble
     qhull), sorted by object: ``(bounds, rows2, cols2)``, object ``i``'s points at
-    ``bounds[i - 1]:bounds[i]``. Found in one pass over the objects' pixels, no sorting of them.
+    ``bounds[i - 1]:bounds[i]``. Found in one pass over the objects' pixels (``on``, their
+    labels ``lab`` and coordinates ``r, c`` in the padded labels ``flat``), no sorting of them.
     """
-    col = on % width
-    left = np.where(col > 0, flat[np.maximum(on - 1, 0)], 0)
-    right = np.where(col < width - 1, flat[np.minimum(on + 1, flat.size - 1)], 0)
-    ends = np.flatnonzero((left != lab) | (right != lab))
-    r, c = np.divmod(on[ends], width)
-    height = flat.size // width
-    h2, w2 = 2 * height + 1, 2 * width + 1
+    ends = np.flatnonzero((flat[on - 1] != lab) | (flat[on + 1] != lab))
+    r, c = r[ends], c[ends]
+    h2, w2 = 2 * int(r.max()) + 3, 2 * int(c.max()) + 3
     rows2 = (2 * r + 1)[:, None] + np.array([-1, 1, 0, 0])
     cols2 = (2 * c + 1)[:, None] + np.array([0, 0, -1, 1])
     points = np.unique((lab[ends].astype(np.int64)[:, None] * h2 + rows2) * w2 + cols2)
@@ -175,15 +165,19 @@ def shape_table(labels: np.ndarray, n: int | None = None) -> dict[str, np.ndarra
     n = int(labels.max(initial=0)) if n is None else int(n)
     if n == 0:
         return {name: np.zeros(0) for name in SHAPE_COLUMNS}
-    flat = labels.ravel()
+    # one background pixel around the image: every neighbour lookup stays inside
+    h, w = labels.shape
+    padded = np.zeros((h + 2, w + 2), labels.dtype)
+    padded[1:-1, 1:-1] = labels
+    flat = padded.ravel()
     on = np.flatnonzero(flat)
     lab = flat[on]
-    width = labels.shape[1]
-    area, tensor = _moments(on, lab, width, n)
+    r, c = np.divmod(on, w + 2)  # padded coordinates: the moments are central, the hulls local
+    area, tensor = _moments(r, c, lab, n)
     with np.errstate(divide="ignore", invalid="ignore"):
-        solidity = area / _convex_areas(*_hull_points(flat, on, lab, width, n))
+        solidity = area / _convex_areas(*_hull_points(flat, on, lab, r, c, n))
     return {
-        "perimeter": _perimeters(labels, n),
+        "perimeter": _perimeters(flat, on, lab, w + 2, n),
         **_axes(*tensor),
         "solidity": solidity,
     }
