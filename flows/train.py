@@ -105,6 +105,12 @@ class TrainParams(BaseModel):
         description="random training crop (U-Net only); empty = preset: "
         + _per_preset(lambda c: str(c.crop) if c.crop else "whole tiles"),
     )
+    centre: bool | None = Field(
+        None,
+        description="three-class U-Nets: also learn a centre map (each nucleus' normalised "
+        "distance to its outline) whose cores may seed the watershed; empty = preset: "
+        + _per_preset(lambda c: "yes" if c.centre else "no"),
+    )
     seed: int | None = Field(None, description="random seed; empty = the preset's (0)")
     model_name: str = Field("neuroseg", description="name in the model registry")
     init_model: str | None = Field(
@@ -152,7 +158,7 @@ def build_config(p: TrainParams) -> TrainConfig:
         over["loss"] = p.loss
     if p.precision != FROM_PRESET:
         over["mixed_precision"] = p.precision == "bf16"
-    for key in ("crop", "seed"):
+    for key in ("crop", "seed", "centre"):
         if getattr(p, key) is not None:
             over[key] = getattr(p, key)
     phases = [ph.model_dump() for ph in (p.phases or preset.phases)]

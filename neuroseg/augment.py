@@ -254,6 +254,8 @@ def random_affine(
     ----------
     images : tensor (b, rows, cols, 3), any real dtype, values 0..255
     masks : tensor (b, rows, cols) or (b, rows, cols, 1), float in [0, 1]
+        With ``mask_interpolation="nearest"`` also ``(b, rows, cols, C)`` of any float values
+        (e.g. class ids and a centre map), every channel warped alike.
     seed, generator
         As in :func:`random_shapes`.
     shear, rotation, scale : (low, high)
@@ -281,8 +283,12 @@ def random_affine(
     squeeze = masks.shape.rank == 3
     if squeeze:
         masks = masks[..., None]
-    if masks.shape.rank != 4 or masks.shape[-1] != 1:
-        raise ValueError(f"masks must be (batch, rows, cols[, 1]), got shape {masks.shape}")
+    nearest = mask_interpolation == "nearest"
+    if masks.shape.rank != 4 or (masks.shape[-1] != 1 and not nearest):
+        raise ValueError(
+            f"masks must be (batch, rows, cols[, 1]) (several channels with nearest "
+            f"interpolation), got shape {masks.shape}"
+        )
     if images.shape[:3].is_fully_defined() and masks.shape[:3].is_fully_defined():
         if images.shape[:3] != masks.shape[:3]:
             raise ValueError(
@@ -300,11 +306,10 @@ def random_affine(
     inverse = tf.linalg.inv(forward)  # the op maps output pixels to input pixels
     transforms = tf.reshape(inverse, [-1, 9])[:, :8]
 
-    nearest = mask_interpolation == "nearest"
     parts = [tf.cast(images, tf.float32)]
     if not nearest:
         parts.append(tf.cast(masks, tf.float32))
-    stack = tf.concat([*parts, tf.ones_like(masks, tf.float32)], axis=-1)
+    stack = tf.concat([*parts, tf.ones_like(masks[..., :1], tf.float32)], axis=-1)
 
     def warp(x, interpolation):
         return tf.raw_ops.ImageProjectiveTransformV3(

@@ -184,6 +184,7 @@ def cmd_train(args) -> int:
         loss=args.loss,
         epochs=args.epochs,
         precision="bf16" if args.bf16 else "preset",
+        centre=args.centre,
         model_name=args.name,
         run_id=args.run_id,
         init_model=args.init_model,
@@ -446,6 +447,12 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--name", default="neuroseg", help="model name in the registry")
     sp.add_argument("--run-id", help="resume this training run (its checkpoints are kept)")
     sp.add_argument("--bf16", action="store_true", help="bfloat16 mixed precision")
+    sp.add_argument(
+        "--centre",
+        default=None,
+        action=argparse.BooleanOptionalAction,
+        help="three-class presets: also learn a centre map (default: the preset's)",
+    )
     sp.add_argument("--no-evaluate", action="store_true", help="skip evaluation after training")
     sp.add_argument("--no-promote", action="store_true", help="never promote this model")
     sp.set_defaults(func=cmd_train)

@@ -28,10 +28,13 @@ from neuroseg.predict import relabel_raster
 __all__ = [
     "BACKGROUND",
     "BOUNDARY",
+    "CENTRE",
     "CLASS_NAMES",
     "INTERIOR",
+    "MARKERS",
     "POSTPROCESS_DEFAULTS",
     "POSTPROCESS_GRID",
+    "centre_targets",
     "instances_from_classes",
     "sweep_postprocessing",
     "three_class_targets",
@@ -39,6 +42,11 @@ __all__ = [
 
 BACKGROUND, INTERIOR, BOUNDARY = 0, 1, 2
 CLASS_NAMES = ("background", "interior", "boundary")
+#: Channel of the centre map (:func:`centre_targets`) that a three-class head may add.
+CENTRE = 3
+#: What seeds the watershed: the interior probability, or the predicted centre map (4-channel
+#: heads only).
+MARKERS = ("interior", "centre")
 
 #: Parameters of :func:`instances_from_classes` a three-class model's config carries
 #: (``config["postprocess"]``) until the validation sweep replaces them.
@@ -47,6 +55,7 @@ POSTPROCESS_DEFAULTS = {
     "foreground_threshold": 0.5,
     "min_area": 15,
     "min_marker_area": 0,
+    "markers": "interior",
 }
 #: The default grid of :func:`sweep_postprocessing` (8 x 5 x 3 x 2 = 240 points; 80 watersheds
 #: per image, the rest is cheap filtering and matching: about 3 s per 520x696 image). The
@@ -60,6 +69,8 @@ POSTPROCESS_GRID = {
     "min_area": (10, 25, 40),
     "min_marker_area": (0, 4),
 }
+#: Added to the grid for probability maps with a centre channel (both marker kinds compete).
+CENTRE_GRID = {"markers": MARKERS}
 _TUNABLE = tuple(POSTPROCESS_DEFAULTS)
 _FOUR = ndi.generate_binary_structure(2, 1)
 
@@ -115,12 +126,72 @@ def three_class_targets(labels: np.ndarray, *, boundary_width: int = 1) -> np.nd
 
 def _check_probs(probs) -> np.ndarray:
     probs = np.asarray(probs)
-    if probs.ndim != 3 or probs.shape[2] != 3 or not np.issubdtype(probs.dtype, np.floating):
+    shape_ok = probs.ndim == 3 and probs.shape[2] in (3, 4)
+    if not shape_ok or not np.issubdtype(probs.dtype, np.floating):
         raise ValueError(
             "probs must be an (H, W, 3) float array of background/interior/boundary "
-            f"probabilities, got shape {probs.shape} dtype {probs.dtype}"
+            "probabilities (H, W, 4 with a centre map), "
+            f"got shape {probs.shape} dtype {probs.dtype}"
         )
     return probs
+
+
+def _check_markers(markers: str, probs: np.ndarray) -> str:
+    if markers not in MARKERS:
+        raise ValueError(f"markers must be one of {MARKERS}, got {markers!r}")
+    if markers == "centre" and probs.shape[2] <= CENTRE:
+        raise ValueError(
+            "markers='centre' needs a model that predicts a centre map (H, W, 4), "
+            f"got shape {probs.shape}"
+        )
+    return markers
+
+
+def centre_targets(labels: np.ndarray) -> np.ndarray:
+    """The centre map of an instance label image: each object's distance to its own outline.
+
+    Per object, the Euclidean distance of its pixels to the nearest pixel outside it (background
+    or another object), divided by the object's largest such distance: 1 at the object's
+    centre, falling to ``1 / max`` on its outline, 0 outside. Unlike the interior class, it dips
+    at the neck between two touching nuclei, so thresholding it keeps their cores apart whatever
+    their sizes. An object cut by the image (or tile) edge continues past the cut, as in
+    :func:`three_class_targets`: its distances do not fall towards the edge.
+
+    Parameters
+    ----------
+    labels : (H, W) integer array
+        0 background, any positive id per object.
+
+    Returns
+    -------
+    (H, W) float32 array in [0, 1]
+    """
+    labels = np.asarray(labels)
+    if labels.ndim != 2 or not np.issubdtype(labels.dtype, np.integer):
+        raise ValueError(
+            f"labels must be a 2-D integer array, got shape {labels.shape} dtype {labels.dtype}"
+        )
+    out = np.zeros(labels.shape, np.float32)
+    height, width = labels.shape
+    for index, box in enumerate(ndi.find_objects(labels.astype(np.int64, copy=False))):
+        if box is None:
+            continue
+        rows, cols = box
+        own = labels[box] == index + 1
+        padded = np.pad(own, 1)
+        # continue the object past an image edge it touches
+        if rows.start == 0:
+            padded[0] = padded[1]
+        if rows.stop == height:
+            padded[-1] = padded[-2]
+        if cols.start == 0:
+            padded[:, 0] = padded[:, 1]
+        if cols.stop == width:
+            padded[:, -1] = padded[:, -2]
+        dist = ndi.distance_transform_edt(padded)[1:-1, 1:-1]
+        top = dist[own].max()
+        out[box][own] = dist[own] / top
+    return out
 
 
 def _check_fraction(name: str, value) -> float:
@@ -137,21 +208,21 @@ def _check_count(name: str, value) -> int:
 
 
 def _grow(probs: np.ndarray, interior_threshold: float, foreground_threshold: float,
-          min_marker_area: int) -> np.ndarray:  # fmt: skip
-    """Watershed of the foreground from the interior markers; labels not yet renumbered."""
+          min_marker_area: int, markers: str = "interior") -> np.ndarray:  # fmt: skip
+    """Watershed of the foreground from the markers; labels not yet renumbered."""
     from skimage.segmentation import watershed
 
-    interior = probs[..., INTERIOR]
+    seed_map = probs[..., CENTRE if markers == "centre" else INTERIOR]
     foreground = (1.0 - probs[..., BACKGROUND]) > foreground_threshold
-    markers, n = ndi.label((interior > interior_threshold) & foreground, structure=_FOUR)
+    seeds, n = ndi.label((seed_map > interior_threshold) & foreground, structure=_FOUR)
     if n and min_marker_area > 0:
-        area = np.bincount(markers.ravel(), minlength=n + 1)
+        area = np.bincount(seeds.ravel(), minlength=n + 1)
         small = area < min_marker_area
         small[0] = False
-        markers[small[markers]] = 0
-    if markers.any():
-        labels = watershed(-interior, markers, mask=foreground).astype(np.int32)
-        top = int(markers.max())
+        seeds[small[seeds]] = 0
+    if seeds.any():
+        labels = watershed(-seed_map, seeds, mask=foreground).astype(np.int32)
+        top = int(seeds.max())
     else:
         labels, top = np.zeros(foreground.shape, np.int32), 0
     # foreground without a marker (an object all boundary, a dropped small marker) stays an
@@ -179,27 +250,33 @@ def instances_from_classes(
     foreground_threshold: float = POSTPROCESS_DEFAULTS["foreground_threshold"],
     min_area: int = POSTPROCESS_DEFAULTS["min_area"],
     min_marker_area: int = POSTPROCESS_DEFAULTS["min_marker_area"],
+    markers: str = POSTPROCESS_DEFAULTS["markers"],
 ) -> tuple[np.ndarray, int]:
     """Instance labels from background / interior / boundary probabilities.
 
     1. foreground = ``1 - p_background > foreground_threshold``;
     2. markers = 4-connected components of ``p_interior > interior_threshold`` within the
-       foreground; markers under ``min_marker_area`` pixels are dropped;
+       foreground (with ``markers="centre"``: of the predicted centre map, channel 3, above
+       that threshold); markers under ``min_marker_area`` pixels are dropped;
     3. a marker-seeded watershed (:func:`skimage.segmentation.watershed`) of ``-p_interior``
-       restricted to the foreground gives every foreground pixel to a marker, so objects keep
-       their boundary ring and touching nuclei split along the predicted boundary; foreground
-       that no marker reaches (an object predicted all boundary) is an object of its own;
+       (or of the negated centre map) restricted to the foreground gives every foreground pixel
+       to a marker, so objects keep their boundary ring and touching nuclei split along the
+       predicted boundary; foreground that no marker reaches (an object predicted all
+       boundary) is an object of its own;
     4. objects under ``min_area`` pixels are dropped and the rest numbered ``1..n`` in raster
        order of their first pixel (:func:`neuroseg.predict.relabel_raster`).
 
     Parameters
     ----------
-    probs : (H, W, 3) float array
-        Class probabilities (a softmax: channels background, interior, boundary).
+    probs : (H, W, 3) or (H, W, 4) float array
+        Class probabilities (a softmax: channels background, interior, boundary), optionally
+        followed by a centre map in [0, 1] (:func:`centre_targets`, learnt).
     interior_threshold, foreground_threshold : float
-        In ``[0, 1)``.
+        In ``[0, 1)``; ``interior_threshold`` applies to the map that seeds the markers.
     min_area, min_marker_area : int
         Smallest object and smallest marker, in pixels (0: keep all).
+    markers : {"interior", "centre"}
+        The map that seeds the watershed; ``"centre"`` needs the 4th channel.
 
     Returns
     -------
@@ -212,6 +289,7 @@ def instances_from_classes(
         _check_fraction("interior_threshold", interior_threshold),
         _check_fraction("foreground_threshold", foreground_threshold),
         _check_count("min_marker_area", min_marker_area),
+        _check_markers(markers, probs),
     )
     return _drop_small(labels, _check_count("min_area", min_area))
 
@@ -228,17 +306,20 @@ def sweep_postprocessing(
     :data:`POSTPROCESS_DEFAULTS`) is scored by :func:`neuroseg.metrics.iou_scores` pooled over
     the images; the best has the highest mean AP over IoU 0.5:0.95, then the highest F1 at IoU
     0.5, then comes first in the grid. The watershed runs once per image and distinct
-    (interior_threshold, foreground_threshold, min_marker_area); ``min_area`` only filters.
+    (interior_threshold, foreground_threshold, min_marker_area, markers); ``min_area`` only
+    filters.
 
     Parameters
     ----------
-    prob_maps : sequence of (H, W, 3) float arrays
-        Predicted class probabilities of the validation images.
+    prob_maps : sequence of (H, W, 3) or (H, W, 4) float arrays
+        Predicted class probabilities of the validation images (with a centre map: all 4).
     true_labels : sequence of (H, W) integer arrays
         Their instance label images (same order and shapes).
     grid : mapping, optional
         ``{parameter: values}`` over ``interior_threshold, foreground_threshold, min_area,
-        min_marker_area``; default :data:`POSTPROCESS_GRID`.
+        min_marker_area, markers``; default :data:`POSTPROCESS_GRID`, with
+        :data:`CENTRE_GRID` (interior and centre markers compete) when the maps have a centre
+        channel.
 
     Returns
     -------
@@ -248,14 +329,17 @@ def sweep_postprocessing(
         :func:`~neuroseg.metrics.iou_scores`) and ``table`` (one row per grid point in grid
         order: its parameters, ``mean_ap``, ``ap_50``, ``f1_50``, ``count_mae``).
     """
-    grid = dict(POSTPROCESS_GRID if grid is None else grid)
+    prob_maps, true_labels = list(prob_maps), list(true_labels)
+    if grid is None:
+        centre = bool(prob_maps) and all(np.shape(p)[-1] > CENTRE for p in prob_maps)
+        grid = {**POSTPROCESS_GRID, **(CENTRE_GRID if centre else {})}
+    grid = dict(grid)
     unknown = sorted(set(grid) - set(_TUNABLE))
     if unknown:
         raise ValueError(f"unknown grid parameters {unknown}; tunable: {', '.join(_TUNABLE)}")
     values = {k: list(grid.get(k, [POSTPROCESS_DEFAULTS[k]])) for k in _TUNABLE}
     if any(not v for v in values.values()):
         raise ValueError("every grid parameter needs at least one value")
-    prob_maps, true_labels = list(prob_maps), list(true_labels)
     if not prob_maps or len(prob_maps) != len(true_labels):
         raise ValueError(
             f"need as many probability maps as label images (>= 1), got {len(prob_maps)} "
@@ -267,6 +351,8 @@ def sweep_postprocessing(
         _check_fraction("foreground_threshold", p["foreground_threshold"])
         _check_count("min_area", p["min_area"])
         _check_count("min_marker_area", p["min_marker_area"])
+        if p["markers"] not in MARKERS:
+            raise ValueError(f"markers must be one of {MARKERS}, got {p['markers']!r}")
 
     matches: list[list[dict]] = [[] for _ in points]
     for probs, truth in zip(prob_maps, true_labels, strict=True):
@@ -275,9 +361,15 @@ def sweep_postprocessing(
             raise ValueError(f"label shape {np.shape(truth)} != probability map {probs.shape[:2]}")
         grown: dict[tuple, np.ndarray] = {}
         for i, p in enumerate(points):
-            key = (p["interior_threshold"], p["foreground_threshold"], p["min_marker_area"])
+            key = (
+                p["interior_threshold"],
+                p["foreground_threshold"],
+                p["min_marker_area"],
+                p["markers"],
+            )
             if key not in grown:
-                grown[key] = _grow(probs, float(key[0]), float(key[1]), int(key[2]))
+                markers = _check_markers(key[3], probs)
+                grown[key] = _grow(probs, float(key[0]), float(key[1]), int(key[2]), markers)
             labels, _ = _drop_small(grown[key], int(p["min_area"]))
             matches[i].append(iou_matching(truth, labels))
 
@@ -288,5 +380,6 @@ def sweep_postprocessing(
         "foreground_threshold": float(points[best]["foreground_threshold"]),
         "min_area": int(points[best]["min_area"]),
         "min_marker_area": int(points[best]["min_marker_area"]),
+        "markers": str(points[best]["markers"]),
     }
     return {"params": params, "scores": ranked["scores"], "table": table}

@@ -6,7 +6,8 @@ compiled model saved as ``.keras`` reloads with its loss once this module is imp
 losses are the cell-class probability maps ``(b, rows, cols, 1)`` in [0, 1], their predictions
 sigmoid outputs. The three-class losses (:data:`MULTICLASS_LOSSES`) take one-hot targets
 ``(b, rows, cols, 3)`` (background, interior, boundary; :mod:`neuroseg.instances`) and softmax
-predictions.
+predictions; with a fourth channel (a centre map, :func:`neuroseg.instances.centre_targets`,
+and a sigmoid prediction of it) they add ``centre_weight`` times its binary cross-entropy.
 """
 
 from __future__ import annotations
@@ -204,6 +205,17 @@ def _cce_prepare(y_true, y_pred):
     return ops.cast(y_true, "float32"), ops.clip(ops.cast(y_pred, "float32"), EPSILON, 1.0)
 
 
+def _split_centre(y_true, y_pred, weight: float):
+    """``(classes_true, classes_pred, centre_term)``: the three class channels and, when a
+    fourth (centre) channel is present, ``weight`` times its per-tile mean cross-entropy
+    (else 0)."""
+    if y_true.shape[-1] != 4:
+        return y_true, y_pred, 0.0
+    centre_true, centre_pred = _prepare(y_true[..., 3], y_pred[..., 3])
+    term = weight * _per_tile_mean(_bce(centre_true, centre_pred))
+    return y_true[..., :3], y_pred[..., :3], term
+
+
 @keras.saving.register_keras_serializable(package="neuroseg")
 class WeightedCCE(_Base):
     """Class-weighted categorical cross-entropy of one-hot maps, mean over pixels.
@@ -214,17 +226,23 @@ class WeightedCCE(_Base):
     the plain cross-entropy while the rare boundary class weighs more.
     """
 
-    def __init__(self, class_weights=(1.0, 1.0, 1.0), name="weighted_cce", **kw):
+    def __init__(self, class_weights=(1.0, 1.0, 1.0), centre_weight=1.0, name="weighted_cce", **kw):
         super().__init__(name=name, **kw)
         self.class_weights = [float(w) for w in class_weights]
+        self.centre_weight = float(centre_weight)
 
     def call(self, y_true, y_pred):
+        y_true, y_pred, centre = _split_centre(y_true, y_pred, self.centre_weight)
         y_true, y_pred = _cce_prepare(y_true, y_pred)
         weights = ops.convert_to_tensor(self.class_weights, dtype="float32")
-        return _per_tile_mean(-ops.sum(weights * y_true * ops.log(y_pred), axis=-1))
+        return _per_tile_mean(-ops.sum(weights * y_true * ops.log(y_pred), axis=-1)) + centre
 
     def get_config(self):
-        return {**super().get_config(), "class_weights": list(self.class_weights)}
+        return {
+            **super().get_config(),
+            "class_weights": list(self.class_weights),
+            "centre_weight": self.centre_weight,
+        }
 
 
 @keras.saving.register_keras_serializable(package="neuroseg")
@@ -236,12 +254,22 @@ class CCEDice(_Base):
     of the thin boundary class directly, whatever its share of the pixels.
     """
 
-    def __init__(self, class_weights=(1.0, 1.0, 1.0), lam=1.0, smooth=1.0, name="cce_dice", **kw):
+    def __init__(
+        self,
+        class_weights=(1.0, 1.0, 1.0),
+        lam=1.0,
+        smooth=1.0,
+        centre_weight=1.0,
+        name="cce_dice",
+        **kw,
+    ):
         super().__init__(name=name, **kw)
         self.cce = WeightedCCE(class_weights)
         self.lam, self.smooth = float(lam), float(smooth)
+        self.centre_weight = float(centre_weight)
 
     def call(self, y_true, y_pred):
+        y_true, y_pred, centre = _split_centre(y_true, y_pred, self.centre_weight)
         y_true, y_pred = _cce_prepare(y_true, y_pred)
         dice = 0.0
         for c in (1, 2):
@@ -249,7 +277,7 @@ class CCEDice(_Base):
             inter = _per_tile_sum(yc * pc)
             total = _per_tile_sum(yc) + _per_tile_sum(pc)
             dice = dice + 1.0 - (2.0 * inter + self.smooth) / (total + self.smooth)
-        return self.cce.call(y_true, y_pred) + self.lam * dice / 2.0
+        return self.cce.call(y_true, y_pred) + self.lam * dice / 2.0 + centre
 
     def get_config(self):
         return {
@@ -257,6 +285,7 @@ class CCEDice(_Base):
             "class_weights": list(self.cce.class_weights),
             "lam": self.lam,
             "smooth": self.smooth,
+            "centre_weight": self.centre_weight,
         }
 
 
@@ -280,8 +309,8 @@ _PARAMS = {
     "focal": {"alpha", "gamma"},
     "tversky": {"alpha", "beta", "smooth"},
     "bce_dice": {"lam", "smooth"},
-    "weighted_cce": set(),
-    "cce_dice": {"lam", "smooth"},
+    "weighted_cce": {"centre_weight"},
+    "cce_dice": {"lam", "smooth", "centre_weight"},
 }
 
 
@@ -318,7 +347,9 @@ def get_loss(
         three-class losses.
     **params
         ``smooth`` (dice, jaccard, tversky, bce_dice, cce_dice), ``alpha``/``gamma`` (focal),
-        ``alpha``/``beta`` (tversky), ``lam`` (bce_dice, cce_dice).
+        ``alpha``/``beta`` (tversky), ``lam`` (bce_dice, cce_dice), ``centre_weight``
+        (weighted_cce, cce_dice: weight of the centre map's cross-entropy when the targets
+        have one).
 
     Returns
     -------

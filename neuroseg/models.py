@@ -97,7 +97,13 @@ def _conv_block(x, filters: int, batch_norm: bool, kw: dict, name: str):
 
 
 def _unet(
-    tile: int | None, width: int, depth: int, batch_norm: bool, policy: str | None, head: str
+    tile: int | None,
+    width: int,
+    depth: int,
+    batch_norm: bool,
+    policy: str | None,
+    head: str,
+    centre: bool = False,
 ) -> keras.Model:
     if width < 1 or depth < 1:
         raise ValueError(f"width and depth must be >= 1, got width={width}, depth={depth}")
@@ -116,9 +122,16 @@ def _unet(
         x = layers.Conv2DTranspose(width * 2**level, 2, strides=2, name=f"up{level}", **kw)(x)
         x = layers.Concatenate(name=f"skip{level}", **kw)([x, skips[level]])
         x = _conv_block(x, width * 2**level, batch_norm, kw, f"dec{level}")
-    outputs = layers.Conv2D(
-        head_channels(head), 1, activation=_activation(head), dtype="float32", name="prob"
-    )(x)
+    if centre:
+        classes = layers.Conv2D(
+            head_channels(head), 1, activation="softmax", dtype="float32", name="prob_classes"
+        )(x)
+        centres = layers.Conv2D(1, 1, activation="sigmoid", dtype="float32", name="prob_centre")(x)
+        outputs = layers.Concatenate(dtype="float32", name="prob")([classes, centres])
+    else:
+        outputs = layers.Conv2D(
+            head_channels(head), 1, activation=_activation(head), dtype="float32", name="prob"
+        )(x)
     return keras.Model(inputs, outputs, name="unet")
 
 
@@ -131,6 +144,7 @@ def build_model(
     batch_norm: bool = True,
     mixed_precision: bool = False,
     head: str = "binary",
+    centre: bool = False,
 ) -> keras.Model:
     """Build an uncompiled segmentation model.
 
@@ -160,21 +174,30 @@ def build_model(
         ``binary``: one sigmoid channel (the cell class; the seed's). ``three_class``: a
         softmax over background, interior and boundary (:mod:`neuroseg.instances`), in place
         of the last layer's single channel; the rest of the network is the same.
+    centre : bool
+        ``unet`` with the ``three_class`` head only: a fourth output channel, a sigmoid centre
+        map (each object's normalised distance to its outline,
+        :func:`neuroseg.instances.centre_targets`) from its own 1x1 convolution beside the
+        softmax.
 
     Returns
     -------
     keras.Model
         Input raw RGB in 0..255 as float ``(b, rows, cols, 3)``; output probabilities
-        ``(b, out, out, C)`` float32, ``C`` = 1 (binary) or 3 (three_class).
+        ``(b, out, out, C)`` float32, ``C`` = 1 (binary), 3 (three_class) or 4 (with
+        ``centre``).
     """
     if not isinstance(tile, int) or tile < 1:
         raise ValueError(f"tile must be a positive int, got {tile!r}")
     head_channels(head)  # unknown heads raise
+    if centre and (name != "unet" or head != "three_class"):
+        raise ValueError("centre needs the 'unet' model with the 'three_class' head")
     policy = "mixed_bfloat16" if mixed_precision else None
     if name == "shallow":
         return _shallow(tile, width, policy, head)
     if name == "unet":
-        return _unet(tile, 16 if width is None else width, depth, batch_norm, policy, head)
+        width = 16 if width is None else width
+        return _unet(tile, width, depth, batch_norm, policy, head, centre)
     raise ValueError(f"unknown model {name!r}; choose one of {', '.join(ARCHITECTURES)}")
 
 
@@ -226,10 +249,12 @@ def fold_batch_norm(model: keras.Model, *, mixed_precision: bool = False) -> ker
     """
     if model.name != "unet":
         raise ValueError(f"only the unet has BatchNorm to fold, got {model.name!r}")
-    head = "three_class" if model.output_shape[-1] == 3 else "binary"
+    channels = model.output_shape[-1]
+    head = "binary" if channels == 1 else "three_class"
     width = int(model.get_layer("down0_conv1").filters)
     depth = sum(1 for layer in model.layers if layer.name.startswith("pool"))
-    twin = _unet(None, width, depth, False, "mixed_bfloat16" if mixed_precision else None, head)
+    policy = "mixed_bfloat16" if mixed_precision else None
+    twin = _unet(None, width, depth, False, policy, head, centre=channels == 4)
     for layer in twin.layers:
         if not layer.weights:
             continue

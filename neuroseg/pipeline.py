@@ -125,6 +125,19 @@ class TileSet:
             self._classes[key] = out
         return self._classes[key]
 
+    def centres(self) -> np.ndarray:
+        """Centre maps ``(n, T, T) uint8`` (0..255: :func:`neuroseg.instances.centre_targets`
+        of the instance labels times 255), computed once."""
+        from neuroseg.instances import centre_targets
+
+        if "centre" not in self._classes:
+            labels = self.instance_labels()
+            out = np.zeros(labels.shape, np.uint8)
+            for i, lab in enumerate(labels):
+                out[i] = np.round(centre_targets(lab) * 255.0)
+            self._classes["centre"] = out
+        return self._classes["centre"]
+
 
 def _components(masks: np.ndarray) -> np.ndarray:
     from scipy import ndimage as ndi
@@ -360,6 +373,7 @@ def make_dataset(
     boundary_width: int = 1,
     intensity: bool = False,
     fill: tuple[tuple[int, int, int], tuple[int, int, int]] | None = None,
+    centre: bool = False,
 ) -> tf.data.Dataset:
     """A ``tf.data`` pipeline of (augmented) training batches.
 
@@ -408,13 +422,17 @@ def make_dataset(
     fill : two RGB triples, optional
         Background colours of the affine warp (default: the seed's brownish ones; use
         :data:`neuroseg.augment.GREY_FILL` for grey percentile-normalised input).
+    centre : bool
+        ``three_class`` only: a fourth target channel, the centre map of the instances
+        (:meth:`TileSet.centres`, in [0, 1]), warped with the classes.
 
     Returns
     -------
     tf.data.Dataset
         Elements ``(images float32 (b, h, w, 3) in 0..255, targets float32 (b, o, o, C))``,
         ``h = w = crop or T``, ``o = output_size or h``; binary: ``C = 1``, masks in {0, 1};
-        three_class: ``C = 3``, one-hot background / interior / boundary.
+        three_class: ``C = 3``, one-hot background / interior / boundary (``C = 4`` with
+        ``centre``).
     """
     if target not in TARGETS:
         raise ValueError(f"target must be one of {TARGETS}, got {target!r}")
@@ -432,8 +450,15 @@ def make_dataset(
         raise ValueError(f"output_size must be between 1 and {size}, got {output_size}")
 
     three = target == "three_class"
+    if centre and not three:
+        raise ValueError("centre targets need target='three_class'")
     images = tf.constant(tiles.images)
-    masks = tf.constant(tiles.classes(boundary_width) if three else tiles.masks)
+    if centre:
+        masks = tf.constant(np.stack([tiles.classes(boundary_width), tiles.centres()], axis=-1))
+    elif three:
+        masks = tf.constant(tiles.classes(boundary_width))
+    else:
+        masks = tf.constant(tiles.masks)
     base_seed = None if seed is None else int(seed)
     rows_idx = cols_idx = None
     if output_size is not None and output_size != size:
@@ -444,7 +469,9 @@ def make_dataset(
     def load(index, rand):
         seeds = tf.random.experimental.stateless_split(rand, num=2)
         x = tf.cast(tf.gather(images, index), tf.float32)
-        y = tf.cast(tf.gather(masks, index), tf.float32)[..., None]
+        y = tf.cast(tf.gather(masks, index), tf.float32)
+        if not centre:
+            y = y[..., None]
         if not three:
             y = y / 255.0
         if crop is not None and crop != side:
@@ -464,7 +491,8 @@ def make_dataset(
         if rows_idx is not None:
             y = tf.gather(tf.gather(y, rows_idx, axis=1), cols_idx, axis=2)
         if three:
-            y = tf.one_hot(tf.cast(tf.round(y[..., 0]), tf.int32), 3, dtype=tf.float32)
+            classes = tf.one_hot(tf.cast(tf.round(y[..., 0]), tf.int32), 3, dtype=tf.float32)
+            y = tf.concat([classes, y[..., 1:] / 255.0], axis=-1) if centre else classes
         elif not (shapes or affine) or binarize:
             y = tf.cast(y > 0.5, tf.float32)
         return x, y

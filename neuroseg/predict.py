@@ -377,9 +377,10 @@ def postprocess(
         from neuroseg.instances import POSTPROCESS_DEFAULTS, instances_from_classes
 
         params = {**POSTPROCESS_DEFAULTS, **(config.get("postprocess") or {})}
-        if prob.ndim != 3 or prob.shape[2] != 3:
+        if prob.ndim != 3 or prob.shape[2] not in (3, 4):
             raise ValueError(
-                f"a three_class model must predict (H, W, 3) probabilities, got {prob.shape}"
+                "a three_class model must predict (H, W, 3) probabilities (H, W, 4 with a "
+                f"centre map), got {prob.shape}"
             )
         labels, n = instances_from_classes(prob, **params)
         return labels, n, np.ascontiguousarray(1.0 - prob[..., 0], dtype=np.float32)

@@ -478,6 +478,7 @@ def _rebuild(model: keras.Model, config: dict, *, mixed_precision: bool) -> kera
             batch_norm=bool(train.get("batch_norm", True)),
             mixed_precision=mixed_precision,
             head=config.get("head") or train.get("target") or "binary",
+            centre=bool(train.get("centre", False)),
         )
         clone.set_weights(model.get_weights())
     except (ValueError, KeyError) as exc:

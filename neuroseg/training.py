@@ -32,7 +32,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from neuroseg import storage
 from neuroseg.augment import GREY_FILL
 from neuroseg.losses import LOSSES, get_loss, loss_head, pixel_metrics
-from neuroseg.models import build_model, output_size
+from neuroseg.models import build_model, head_channels, output_size
 from neuroseg.pipeline import (
     TileSet,
     class_weights_for,
@@ -126,6 +126,12 @@ class TrainConfig(BaseModel):
         ``weighted_cce`` or ``cce_dice``, instances by :mod:`neuroseg.instances`).
     boundary_width : int
         Boundary thickness in pixels of the three-class targets.
+    centre : bool
+        ``three_class`` U-Nets: also learn each object's centre map (its normalised distance to
+        its outline, :func:`neuroseg.instances.centre_targets`) in a fourth, sigmoid channel;
+        the post-processing sweep may then seed the watershed from it
+        (``postprocess["markers"] = "centre"``), which keeps touching nuclei of any size apart
+        where the interior class joins them.
     class_weighting : {"sqrt", "inverse", "none"}
         Class weights of the three-class losses from the training tiles' class frequencies
         (:func:`neuroseg.pipeline.multiclass_weights_for`).
@@ -150,6 +156,7 @@ class TrainConfig(BaseModel):
     target: Literal["binary", "three_class"] = "binary"
     boundary_width: int = Field(default=2, ge=1, le=8)
     class_weighting: Literal["sqrt", "inverse", "none"] = "none"
+    centre: bool = False
 
     @field_validator("loss")
     @classmethod
@@ -165,6 +172,8 @@ class TrainConfig(BaseModel):
                 raise ValueError("crop needs the fully convolutional 'unet' model")
             if self.crop % 2**self.depth:
                 raise ValueError(f"crop {self.crop} must be divisible by 2**depth")
+        if self.centre and (self.model != "unet" or self.target != "three_class"):
+            raise ValueError("centre needs the 'unet' model and target 'three_class'")
         get_loss(self.loss, **self.loss_params)  # unknown parameters raise here
         if loss_head(self.loss) != self.target:
             raise ValueError(
@@ -373,6 +382,12 @@ def _load_checkpoint(uri: str, config: TrainConfig) -> keras.Model:
         raise ValueError(
             f"{uri}: checkpoint holds a {model.name!r} model, config wants {config.model!r}"
         )
+    channels = 4 if config.centre else head_channels(config.target)
+    if model.output_shape[-1] != channels:
+        raise ValueError(
+            f"{uri}: checkpoint predicts {model.output_shape[-1]} channel(s), config wants "
+            f"{channels} (target {config.target!r}, centre {config.centre})"
+        )
     return model
 
 
@@ -475,6 +490,7 @@ def run_phase(
             batch_norm=config.batch_norm,
             mixed_precision=config.mixed_precision,
             head=config.target,
+            centre=config.centre,
         )
         optimizer = None
     if optimizer is None:
@@ -493,7 +509,11 @@ def run_phase(
     crop = config.crop if config.crop is not None and config.crop < tile else None
     train_out = None if config.model == "unet" else out
     repeat = phase.steps_per_epoch is not None
-    targets = {"target": config.target, "boundary_width": config.boundary_width}
+    targets = {
+        "target": config.target,
+        "boundary_width": config.boundary_width,
+        "centre": config.centre,
+    }
     fill = GREY_FILL if prepared_input(prepared_uri).get("channels") == "grey" else None
     train_ds = make_dataset(
         train_tiles,

@@ -254,6 +254,12 @@ def main() -> None:
     ap.add_argument("--tile", type=int, default=256)
     ap.add_argument("--precision", default="preset", choices=("preset", "fp32", "bf16"))
     ap.add_argument("--out", default=None, help="where to copy the model folder")
+    ap.add_argument(
+        "--centre",
+        default=None,
+        action=argparse.BooleanOptionalAction,
+        help="learn a centre map too (default: the preset's)",
+    )
     ap.add_argument("--smoke", action="store_true", help="a handful of images, a few steps")
     ap.add_argument(
         "--from-model",
@@ -351,6 +357,7 @@ def main() -> None:
                 phases=phases or [],
                 crop=crop,
                 seed=args.seed,
+                centre=args.centre,
                 model_name=args.dataset,
                 evaluate=False,
                 promote=False,

@@ -186,6 +186,18 @@ def test_nearest_masks_keep_class_indices_and_follow_the_image():
         random_affine(images, masks, seed=1, mask_interpolation="cubic")
 
 
+def test_nearest_warps_every_mask_channel_alike():
+    images, masks = _square(b=4)
+    stacked = np.concatenate([masks * 2.0, masks * 200.0], axis=-1)  # classes and a centre map
+    _, one = random_affine(images, masks * 2.0, seed=9, mask_interpolation="nearest")
+    _, two = random_affine(images, stacked, seed=9, mask_interpolation="nearest")
+    assert two.shape == (4, 64, 64, 2)
+    np.testing.assert_array_equal(two.numpy()[..., :1], one.numpy())
+    np.testing.assert_array_equal(two.numpy()[..., 1], two.numpy()[..., 0] * 100.0)
+    with pytest.raises(ValueError, match="several channels"):
+        random_affine(images, stacked / 200.0, seed=9)  # bilinear takes one channel
+
+
 def test_random_intensity_keeps_grey_range_and_is_seeded():
     rng = np.random.default_rng(0)
     plane = rng.uniform(0, 255, (8, 16, 16, 1)).astype(np.float32)

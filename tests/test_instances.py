@@ -9,8 +9,11 @@ from skimage.segmentation import find_boundaries
 
 from neuroseg.instances import (
     BOUNDARY,
+    CENTRE,
     INTERIOR,
     POSTPROCESS_DEFAULTS,
+    POSTPROCESS_GRID,
+    centre_targets,
     instances_from_classes,
     sweep_postprocessing,
     three_class_targets,
@@ -114,3 +117,76 @@ def test_sweep_picks_the_parameters_that_split_the_discs():
         sweep_postprocessing([probs], [labels], grid={"sigma": [1]})
     with pytest.raises(ValueError, match="as many"):
         sweep_postprocessing([probs], [])
+
+
+def test_centre_targets_peak_at_centres_and_dip_at_the_neck():
+    labels = touching_discs()
+    centre = centre_targets(labels)
+    assert centre.dtype == np.float32 and centre.shape == labels.shape
+    assert (centre[labels == 0] == 0).all() and (centre[labels > 0] > 0).all()
+    for value, (r, c) in ((1, (30, 30)), (2, (30, 56))):
+        own = labels == value
+        assert centre[own].max() == 1.0
+        peak = np.unravel_index(np.argmax(np.where(own, centre, -1)), labels.shape)
+        assert abs(peak[0] - r) <= 1 and abs(peak[1] - c) <= 1
+    # each object's distance is to its own outline: low on both sides of the contact line
+    rows, cols = np.nonzero((labels[:, :-1] == 1) & (labels[:, 1:] == 2))
+    assert centre[rows, cols].max() < 0.2 and centre[rows, cols + 1].max() < 0.2
+    # a small object reaches 1 too (normalised per object)
+    small = np.zeros((20, 20), np.int32)
+    small[5:8, 5:8] = 3
+    assert centre_targets(small)[6, 6] == 1.0 and centre_targets(small)[5, 5] < 1.0
+
+
+def test_centre_targets_continue_objects_past_the_image_edge():
+    labels = np.zeros((20, 20), np.int32)
+    labels[:, :6] = 1  # a band cut by the top, bottom and left edges
+    centre = centre_targets(labels)
+    # distance to the only real outline (column 6): the same down the whole band
+    np.testing.assert_allclose(centre[:, 0], 1.0)
+    np.testing.assert_allclose(centre[0], centre[10])
+    assert centre[10, 5] < centre[10, 0]
+    assert not centre_targets(np.zeros((4, 5), np.uint16)).any()
+    with pytest.raises(ValueError, match="integer"):
+        centre_targets(np.zeros((5, 5), np.float32))
+
+
+def _joined_interiors_with_centre() -> tuple[np.ndarray, np.ndarray]:
+    """Two touching discs whose predicted interior joins them (no boundary line between them)
+    but whose centre map dips at the contact: only centre markers split them."""
+    labels = touching_discs()
+    probs = np.zeros((*labels.shape, 4), np.float32)
+    probs[..., 0] = labels == 0
+    probs[..., INTERIOR] = labels > 0
+    probs[..., CENTRE] = centre_targets(labels)
+    return labels, probs
+
+
+def test_centre_markers_split_what_the_interior_joins():
+    labels, probs = _joined_interiors_with_centre()
+    assert instances_from_classes(probs, markers="interior")[1] == 1
+    pred, n = instances_from_classes(probs, markers="centre", interior_threshold=0.5)
+    assert n == 2
+    match = iou_matching(labels, pred, thresholds=[0.8])
+    assert match["tp"] == [2] and match["fp"] == [0]
+    with pytest.raises(ValueError, match="centre map"):
+        instances_from_classes(probs[..., :3], markers="centre")
+    with pytest.raises(ValueError, match="markers"):
+        instances_from_classes(probs, markers="peaks")
+
+
+def test_sweep_lets_centre_markers_compete_when_there_is_a_centre_map():
+    labels, probs = _joined_interiors_with_centre()
+    grid = {"interior_threshold": [0.5], "markers": ["interior", "centre"]}
+    out = sweep_postprocessing([probs], [labels], grid=grid)
+    assert out["params"]["markers"] == "centre" and len(out["table"]) == 2
+    assert out["table"][0]["f1_50"] < out["table"][1]["f1_50"] == 1.0
+    # the default grid adds the marker kinds only for maps with a centre channel
+    small = {"interior_threshold": [0.5], "foreground_threshold": [0.5]}
+    assert sweep_postprocessing([probs], [labels], grid=small)["params"]["markers"] == "interior"
+    three = np.ascontiguousarray(probs[..., :3])
+    default3 = sweep_postprocessing([three[:, :40]], [labels[:, :40]])
+    assert default3["params"]["markers"] == "interior"
+    assert len(default3["table"]) == np.prod([len(v) for v in POSTPROCESS_GRID.values()])
+    with pytest.raises(ValueError, match="centre map"):
+        sweep_postprocessing([three], [labels], grid={"markers": ["centre"]})

@@ -114,6 +114,24 @@ def test_weighted_cce_and_cce_dice_known_answers():
         get_loss("weighted_cce", class_weights=(0.1, 0.9))
 
 
+def test_a_centre_channel_adds_its_weighted_cross_entropy():
+    centre_true = RNG.uniform(size=(3, 8, 8, 1)).astype(np.float32)
+    centre_pred = RNG.uniform(0.01, 0.99, size=(3, 8, 8, 1)).astype(np.float32)
+    y4, p4 = np.concatenate([Y3, centre_true], -1), np.concatenate([P3, centre_pred], -1)
+    term = _bce(centre_true, centre_pred).mean()
+    w = (0.3, 0.7, 2.5)
+    for name, kw in (("weighted_cce", {"class_weights": w}), ("cce_dice", {"lam": 0.5})):
+        three = float(get_loss(name, **kw)(Y3, P3))
+        assert float(get_loss(name, **kw)(y4, p4)) == pytest.approx(three + term, rel=1e-5)
+        heavy = float(get_loss(name, centre_weight=2.0, **kw)(y4, p4))
+        assert heavy == pytest.approx(three + 2 * term, rel=1e-5)
+        assert float(get_loss(name, centre_weight=0.0, **kw)(y4, p4)) == pytest.approx(three)
+        restored = keras.losses.deserialize(keras.losses.serialize(get_loss(name, centre_weight=3)))
+        assert restored.centre_weight == 3.0
+    with pytest.raises(ValueError, match="takes no parameter"):
+        get_loss("dice", centre_weight=1.0)
+
+
 def test_foreground_metrics_of_three_class_maps():
     y = np.eye(3, dtype=np.float32)[np.array([1, 2, 0, 0, 1])].reshape(1, 5, 1, 3)
     p = np.array(

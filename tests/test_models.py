@@ -99,12 +99,30 @@ def test_three_class_head_is_a_float32_softmax_even_in_bfloat16():
         build_model("unet", head="distance")
 
 
+def test_centre_head_adds_a_sigmoid_channel_beside_the_softmax():
+    three = build_model("unet", width=4, depth=2, head="three_class")
+    for mixed in (False, True):
+        model = build_model(
+            "unet", width=4, depth=2, head="three_class", centre=True, mixed_precision=mixed
+        )
+        assert model.count_params() == three.count_params() + 4 + 1  # one more 1x1 filter
+        assert model.get_layer("prob").compute_dtype == "float32"
+        x = np.random.default_rng(2).uniform(0, 255, (2, 32, 32, 3)).astype("f4")
+        y = np.asarray(model(x))
+        assert y.shape == (2, 32, 32, 4) and y.dtype == np.float32
+        np.testing.assert_allclose(y[..., :3].sum(axis=-1), 1.0, atol=1e-5)
+        assert 0.0 < y[..., 3].min() and y[..., 3].max() < 1.0
+    for kw in ({"head": "binary"}, {"head": "three_class", "name": "shallow", "tile": 64}):
+        with pytest.raises(ValueError, match="centre needs"):
+            build_model(kw.pop("name", "unet"), centre=True, **kw)
+
+
 def test_folding_batch_norm_keeps_the_outputs():
     from neuroseg.models import fold_batch_norm
 
     rng = np.random.default_rng(4)
-    for head in ("binary", "three_class"):
-        model = build_model("unet", width=4, depth=2, head=head)
+    for head, centre in (("binary", False), ("three_class", False), ("three_class", True)):
+        model = build_model("unet", width=4, depth=2, head=head, centre=centre)
         for layer in model.layers:  # BatchNorm statistics as after training, not the defaults
             if isinstance(layer, keras.layers.BatchNormalization):
                 n = layer.gamma.shape[0]
@@ -117,7 +135,7 @@ def test_folding_batch_norm_keeps_the_outputs():
                     ]
                 )
         folded = fold_batch_norm(model)
-        assert folded.name == "unet"
+        assert folded.name == "unet" and folded.output_shape == model.output_shape
         assert not any(isinstance(la, keras.layers.BatchNormalization) for la in folded.layers)
         x = rng.uniform(0, 255, (2, 32, 48, 3)).astype("f4")
         np.testing.assert_allclose(

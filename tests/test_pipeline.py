@@ -13,7 +13,7 @@ from PIL import Image
 from neuroseg import storage
 from neuroseg.augment import GREY_FILL
 from neuroseg.benchmarks.pipeline import bench_pipeline, write_synthetic_prepared
-from neuroseg.instances import three_class_targets
+from neuroseg.instances import centre_targets, three_class_targets
 from neuroseg.pipeline import (
     class_weights_for,
     has_split,
@@ -261,6 +261,42 @@ def test_three_class_batches_are_one_hot_maps_of_the_labels(tmp_path):
     assert next(iter(small))[1].shape == (8, 8, 8, 3)
     with pytest.raises(ValueError, match="target"):
         make_dataset(root, batch_size=2, target="distance")
+
+
+def test_centre_targets_ride_along_as_a_fourth_channel(tmp_path):
+    root = write_synthetic_prepared(
+        str(tmp_path), images=2, tiles_per_image=4, tile=32, splits=("train",)
+    )
+    source = load_tiles(root, split="train")
+    centres = source.centres()
+    assert centres.dtype == np.uint8 and centres.shape == source.labels.shape
+    np.testing.assert_array_equal(
+        centres, np.round(np.stack([centre_targets(lab) * 255 for lab in source.labels]))
+    )
+    assert source.take(np.arange(2)).centres().shape == (2, 32, 32)  # the cache follows
+    ds = make_dataset(
+        root, batch_size=8, tile_filter="all", shuffle=False, target="three_class", centre=True
+    )
+    _, y = (a.numpy() for a in next(iter(ds)))
+    assert y.shape == (8, 32, 32, 4)
+    np.testing.assert_array_equal(y[..., :3].argmax(-1), source.classes(1))
+    np.testing.assert_allclose(y[..., 3], centres / 255.0, atol=1e-6)
+    # warped with the classes: the centre map lives on the foreground only, peaks inside
+    ds = make_dataset(
+        root,
+        batch_size=8,
+        tile_filter="all",
+        target="three_class",
+        centre=True,
+        affine=True,
+        crop=24,
+        seed=3,
+    )
+    _, y = (a.numpy() for a in next(iter(ds)))
+    assert y.shape == (8, 24, 24, 4) and 0.0 <= y[..., 3].min() and y[..., 3].max() <= 1.0
+    assert (y[..., 3][y[..., 0] == 1.0] == 0.0).all() and (y[..., 3][y[..., 1] == 1.0] > 0).all()
+    with pytest.raises(ValueError, match="centre"):
+        make_dataset(root, batch_size=2, centre=True)
 
 
 def test_multiclass_weights(tmp_path):

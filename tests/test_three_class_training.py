@@ -10,7 +10,7 @@ from pydantic import ValidationError
 from neuroseg import registry, storage
 from neuroseg.benchmarks.pipeline import synthetic_tiles, write_synthetic_prepared
 from neuroseg.predict import segment_image
-from neuroseg.training import PRESETS, get_preset, train
+from neuroseg.training import PRESETS, get_preset, run_phase, train
 
 GREY = {"channels": "grey", "normalization": "percentile", "percentiles": [1.0, 99.8]}
 
@@ -62,11 +62,57 @@ def test_tiny_three_class_unet_trains_registers_and_segments(tmp_path):
     assert labels.max() == n and truth.shape == (1, 96, 96)
 
 
+def test_tiny_centre_unet_trains_and_segments_in_both_precisions(tmp_path):
+    prepared = write_synthetic_prepared(
+        str(tmp_path / "prepared"),
+        images=3,
+        tiles_per_image=4,
+        tile=32,
+        splits=("train", "train", "val"),
+        params={"input": GREY},
+    )
+    config = get_preset(
+        "tiny", target="three_class", loss="cce_dice", boundary_width=1, crop=16, centre=True
+    )
+    results = train(prepared, config, checkpoint_dir=str(tmp_path / "ckpt"))
+    assert all(np.isfinite(v).all() for r in results for v in r["history"].values())
+    uri = registry.register_model(
+        str(tmp_path),
+        "nuclei",
+        model_file_uri=results[-1]["checkpoint_uri"],
+        config=config.model_dump(),
+        lineage={"prepared_uri": prepared},
+    )
+    saved = storage.read_json(f"{uri}/config.json")
+    assert saved["train"]["centre"] is True and saved["postprocess"]["markers"] == "interior"
+    image = synthetic_tiles(1, tile=64, seed=3, max_cells=5)[0][0]
+    for precision in ("fp32", "bf16"):
+        bundle = registry.load_model(uri, precision=precision, fold=False)
+        assert bundle.model.output_shape[-1] == 4
+        labels, n, prob = segment_image(bundle, image)
+        assert labels.shape == prob.shape == (64, 64) and labels.max() == n
+    centre_markers = {**saved["postprocess"], "markers": "centre"}
+    storage.write_json(f"{uri}/config.json", {**saved, "postprocess": centre_markers})
+    labels, n, _ = segment_image(registry.load_model(uri), image)
+    assert labels.shape == (64, 64) and labels.max() == n
+    # a checkpoint whose head does not match the configuration is refused with its channels
+    with pytest.raises(ValueError, match="predicts 4 channel"):
+        run_phase(
+            prepared,
+            get_preset("tiny", target="three_class", loss="cce_dice", crop=16),
+            0,
+            checkpoint_uri=str(tmp_path / "other.keras"),
+            init_checkpoint=results[-1]["checkpoint_uri"],
+        )
+
+
 def test_three_class_configs_are_validated():
     with pytest.raises(ValidationError, match="three_class takes"):
         get_preset("tiny", target="three_class")  # weighted_bce is a binary loss
     with pytest.raises(ValidationError, match="trains a three_class head"):
         get_preset("tiny", loss="cce_dice")
+    with pytest.raises(ValidationError, match="centre needs"):
+        get_preset("tiny", centre=True)
     nuclei = PRESETS["nuclei"]
     assert (nuclei.model, nuclei.target, nuclei.loss) == ("unet", "three_class", "cce_dice")
     assert all(p.affine and p.intensity and not p.shapes for p in nuclei.phases)

@@ -27,6 +27,13 @@ def test_overrides_apply_to_every_phase():
     assert cfg.loss == "dice" and cfg.model == "unet" and cfg.width == 16
 
 
+def test_centre_override_and_its_checks():
+    assert build_config(TrainParams(preset="nuclei", centre=True)).centre is True
+    assert build_config(TrainParams(preset="nuclei", centre=None)) == PRESETS["nuclei"]
+    with pytest.raises(ValueError, match="centre needs"):
+        build_config(TrainParams(preset="cpu-small", centre=True))  # a binary preset
+
+
 def test_invalid_values_are_refused():
     with pytest.raises(ValidationError):
         TrainParams(preset="huge")
