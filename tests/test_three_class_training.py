@@ -15,6 +15,16 @@ from neuroseg.training import PRESETS, get_preset, run_phase, train
 GREY = {"channels": "grey", "normalization": "percentile", "percentiles": [1.0, 99.8]}
 
 
+def _register(tmp_path, results, config, prepared) -> str:
+    return registry.register_model(
+        str(tmp_path),
+        "nuclei",
+        model_file_uri=results[-1]["checkpoint_uri"],
+        config=config.model_dump(),
+        lineage={"prepared_uri": prepared},
+    )
+
+
 def test_tiny_three_class_unet_trains_registers_and_segments(tmp_path):
     prepared = write_synthetic_prepared(
         str(tmp_path / "prepared"),
@@ -45,13 +55,7 @@ def test_tiny_three_class_unet_trains_registers_and_segments(tmp_path):
     assert all(np.isfinite(v).all() for r in results for v in r["history"].values())
     assert results[-1]["optimizer_iterations"] == 6
 
-    uri = registry.register_model(
-        str(tmp_path),
-        "nuclei",
-        model_file_uri=results[-1]["checkpoint_uri"],
-        config=config.model_dump(),
-        lineage={"prepared_uri": prepared},
-    )
+    uri = _register(tmp_path, results, config, prepared)
     saved = storage.read_json(f"{uri}/config.json")
     assert saved["head"] == "three_class" and saved["input"] == GREY and saved["tile"] == 32
     bundle = registry.load_model(uri)
@@ -64,25 +68,14 @@ def test_tiny_three_class_unet_trains_registers_and_segments(tmp_path):
 
 def test_tiny_centre_unet_trains_and_segments_in_both_precisions(tmp_path):
     prepared = write_synthetic_prepared(
-        str(tmp_path / "prepared"),
-        images=3,
-        tiles_per_image=4,
-        tile=32,
-        splits=("train", "train", "val"),
-        params={"input": GREY},
+        str(tmp_path / "prepared"), images=3, tiles_per_image=4, tile=32, params={"input": GREY}
     )
     config = get_preset(
         "tiny", target="three_class", loss="cce_dice", boundary_width=1, crop=16, centre=True
     )
     results = train(prepared, config, checkpoint_dir=str(tmp_path / "ckpt"))
     assert all(np.isfinite(v).all() for r in results for v in r["history"].values())
-    uri = registry.register_model(
-        str(tmp_path),
-        "nuclei",
-        model_file_uri=results[-1]["checkpoint_uri"],
-        config=config.model_dump(),
-        lineage={"prepared_uri": prepared},
-    )
+    uri = _register(tmp_path, results, config, prepared)
     saved = storage.read_json(f"{uri}/config.json")
     assert saved["train"]["centre"] is True and saved["postprocess"]["markers"] == "interior"
     image = synthetic_tiles(1, tile=64, seed=3, max_cells=5)[0][0]
