@@ -111,6 +111,12 @@ class TrainParams(BaseModel):
         "distance to its outline) whose cores may seed the watershed; empty = preset: "
         + _per_preset(lambda c: "yes" if c.centre else "no"),
     )
+    centre_weight: float | None = Field(
+        None,
+        ge=0,
+        description="weight of the centre map's cross-entropy in the loss (with centre); "
+        "empty = the loss's (1)",
+    )
     seed: int | None = Field(None, description="random seed; empty = the preset's (0)")
     model_name: str = Field("neuroseg", description="name in the model registry")
     init_model: str | None = Field(
@@ -161,6 +167,8 @@ def build_config(p: TrainParams) -> TrainConfig:
     for key in ("crop", "seed", "centre"):
         if getattr(p, key) is not None:
             over[key] = getattr(p, key)
+    if p.centre_weight is not None:
+        over["loss_params"] = {**preset.loss_params, "centre_weight": p.centre_weight}
     phases = [ph.model_dump() for ph in (p.phases or preset.phases)]
     for ph in phases:
         for key in ("epochs", "learning_rate", "batch_size"):

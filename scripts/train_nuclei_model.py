@@ -260,6 +260,7 @@ def main() -> None:
         action=argparse.BooleanOptionalAction,
         help="learn a centre map too (default: the preset's)",
     )
+    ap.add_argument("--centre-weight", type=float, help="its weight in the loss (default 1)")
     ap.add_argument("--smoke", action="store_true", help="a handful of images, a few steps")
     ap.add_argument(
         "--from-model",
@@ -358,6 +359,7 @@ def main() -> None:
                 crop=crop,
                 seed=args.seed,
                 centre=args.centre,
+                centre_weight=args.centre_weight,
                 model_name=args.dataset,
                 evaluate=False,
                 promote=False,

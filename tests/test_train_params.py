@@ -30,6 +30,10 @@ def test_overrides_apply_to_every_phase():
 def test_centre_override_and_its_checks():
     assert build_config(TrainParams(preset="nuclei", centre=True)).centre is True
     assert build_config(TrainParams(preset="nuclei", centre=None)) == PRESETS["nuclei"]
+    weighted = build_config(TrainParams(preset="nuclei", centre=True, centre_weight=4))
+    assert weighted.loss_params == {**PRESETS["nuclei"].loss_params, "centre_weight": 4.0}
+    with pytest.raises(ValueError, match="takes no parameter"):
+        build_config(TrainParams(preset="cpu-small", centre_weight=2))  # a binary loss
     with pytest.raises(ValueError, match="centre needs"):
         build_config(TrainParams(preset="cpu-small", centre=True))  # a binary preset
 
