@@ -272,6 +272,11 @@ def _init_model(root: str, spec: str, cfg: dict, prepared: dict) -> dict:
                 f"init_model {spec!r} ({uri}) has {key} {train[key]!r}, the run wants "
                 f"{cfg[key]!r}: pick a preset or overrides with the same network"
             )
+    if bool(train.get("centre", False)) != bool(cfg.get("centre", False)):
+        raise ValueError(
+            f"init_model {spec!r} ({uri}) has centre {bool(train.get('centre', False))}, the "
+            f"run wants {bool(cfg.get('centre', False))}: the output heads differ"
+        )
     data_input = input_spec(prepared_input(prepared["uri"]) or None)
     if input_spec(mcfg.get("input")) != data_input:
         raise ValueError(

@@ -74,3 +74,15 @@ def test_former_call_styles_still_work():
     assert build_config(TrainParams(preset="seed", precision="fp32")) == PRESETS["seed"]
     with pytest.raises(ValidationError):
         TrainParams(loss="mse")
+
+
+def test_fine_tuning_refuses_a_model_without_the_centre_head(tmp_path):
+    """The shipped nuclei model has no centre map: a centre run cannot start from it."""
+    import json
+
+    from flows.train import _init_model
+    from neuroseg.training import get_preset
+
+    cfg = json.loads(get_preset("nuclei", centre=True).model_dump_json())
+    with pytest.raises(ValueError, match="has centre False, the run wants True"):
+        _init_model(str(tmp_path), "nuclei", cfg, {"uri": str(tmp_path / "prepared")})
