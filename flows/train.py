@@ -266,17 +266,16 @@ def _init_model(root: str, spec: str, cfg: dict, prepared: dict) -> dict:
     uri = resolve_model_uri(root, spec)
     mcfg = storage.read_json(storage.join(uri, "config.json"))
     train = mcfg.get("train") or {}
-    for key in ("model", "width", "depth", "target", "batch_norm"):
-        if key in train and train[key] != cfg[key]:
+    network = {
+        k: train[k] for k in ("model", "width", "depth", "target", "batch_norm") if k in train
+    }
+    network["centre"] = bool(train.get("centre", False))  # absent before centre maps existed
+    for key, value in network.items():
+        if value != cfg[key]:
             raise ValueError(
-                f"init_model {spec!r} ({uri}) has {key} {train[key]!r}, the run wants "
+                f"init_model {spec!r} ({uri}) has {key} {value!r}, the run wants "
                 f"{cfg[key]!r}: pick a preset or overrides with the same network"
             )
-    if bool(train.get("centre", False)) != bool(cfg.get("centre", False)):
-        raise ValueError(
-            f"init_model {spec!r} ({uri}) has centre {bool(train.get('centre', False))}, the "
-            f"run wants {bool(cfg.get('centre', False))}: the output heads differ"
-        )
     data_input = input_spec(prepared_input(prepared["uri"]) or None)
     if input_spec(mcfg.get("input")) != data_input:
         raise ValueError(

@@ -136,10 +136,11 @@ def _check_probs(probs) -> np.ndarray:
     return probs
 
 
-def _check_markers(markers: str, probs: np.ndarray) -> str:
+def _check_markers(markers: str, probs: np.ndarray | None = None) -> str:
+    """A known marker kind, available in ``probs`` (when given)."""
     if markers not in MARKERS:
         raise ValueError(f"markers must be one of {MARKERS}, got {markers!r}")
-    if markers == "centre" and probs.shape[2] <= CENTRE:
+    if markers == "centre" and probs is not None and probs.shape[2] <= CENTRE:
         raise ValueError(
             "markers='centre' needs a model that predicts a centre map (H, W, 4), "
             f"got shape {probs.shape}"
@@ -351,8 +352,7 @@ def sweep_postprocessing(
         _check_fraction("foreground_threshold", p["foreground_threshold"])
         _check_count("min_area", p["min_area"])
         _check_count("min_marker_area", p["min_marker_area"])
-        if p["markers"] not in MARKERS:
-            raise ValueError(f"markers must be one of {MARKERS}, got {p['markers']!r}")
+        _check_markers(p["markers"])
 
     matches: list[list[dict]] = [[] for _ in points]
     for probs, truth in zip(prob_maps, true_labels, strict=True):

@@ -117,26 +117,25 @@ class TileSet:
         from neuroseg.instances import three_class_targets
 
         key = int(boundary_width)
-        if key not in self._classes:
-            labels = self.instance_labels()
-            out = np.zeros(labels.shape, np.uint8)
-            for i, lab in enumerate(labels):
-                out[i] = three_class_targets(lab, boundary_width=key)
-            self._classes[key] = out
-        return self._classes[key]
+        return self._per_tile(key, lambda lab: three_class_targets(lab, boundary_width=key))
 
     def centres(self) -> np.ndarray:
         """Centre maps ``(n, T, T) uint8`` (0..255: :func:`neuroseg.instances.centre_targets`
         of the instance labels times 255), computed once."""
         from neuroseg.instances import centre_targets
 
-        if "centre" not in self._classes:
+        return self._per_tile("centre", lambda lab: np.round(centre_targets(lab) * 255.0))
+
+    def _per_tile(self, key, make) -> np.ndarray:
+        """``make(labels) -> (T, T)`` of every tile's instance labels as uint8, cached under
+        ``key`` (the cache follows :meth:`take`)."""
+        if key not in self._classes:
             labels = self.instance_labels()
             out = np.zeros(labels.shape, np.uint8)
             for i, lab in enumerate(labels):
-                out[i] = np.round(centre_targets(lab) * 255.0)
-            self._classes["centre"] = out
-        return self._classes["centre"]
+                out[i] = make(lab)
+            self._classes[key] = out
+        return self._classes[key]
 
 
 def _components(masks: np.ndarray) -> np.ndarray:
