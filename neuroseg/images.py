@@ -39,6 +39,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from neuroseg import storage
+from neuroseg.normalize import channel_max
 
 __all__ = [
     "FORMATS",
@@ -395,7 +396,7 @@ def decode_mask(data: bytes, *, name: str, max_pixels: int = MAX_PIXELS) -> np.n
         _load(img, name)
         out = _gray(img)
         if out is None:
-            out = _to_rgb(img).max(axis=2)
+            out = channel_max(_to_rgb(img))
     return np.ascontiguousarray(out)
 
 
@@ -615,7 +616,7 @@ def encode_labels(labels: np.ndarray) -> tuple[bytes, str]:
     return buf.getvalue(), ".tif"
 
 
-def encode_png(array: np.ndarray) -> bytes:
+def encode_png(array: np.ndarray, *, compress_level: int = 6) -> bytes:
     """Encode an 8-bit image as PNG bytes (lossless).
 
     Parameters
@@ -623,6 +624,9 @@ def encode_png(array: np.ndarray) -> bytes:
     array : numpy.ndarray
         ``(H, W)`` (grayscale), ``(H, W, 3)`` (RGB) or ``(H, W, 4)`` (RGBA), ``uint8``; a
         ``bool`` ``(H, W)`` mask is written as 0/255.
+    compress_level : int
+        zlib level, 0..9: 6 (the default) for files that are kept, 1 for pictures made often
+        (several times faster, somewhat larger).
 
     Returns
     -------
@@ -639,6 +643,10 @@ def encode_png(array: np.ndarray) -> bytes:
         raise ValueError(f"expected shape (H, W), (H, W, 3) or (H, W, 4), got {array.shape}")
     if array.shape[0] == 0 or array.shape[1] == 0:
         raise ValueError(f"cannot encode an empty image of shape {array.shape}")
+    if isinstance(compress_level, bool) or compress_level not in range(10):
+        raise ValueError(f"compress_level must be an integer 0..9, got {compress_level!r}")
     buf = io.BytesIO()
-    Image.fromarray(np.ascontiguousarray(array)).save(buf, format="PNG", compress_level=6)
+    Image.fromarray(np.ascontiguousarray(array)).save(
+        buf, format="PNG", compress_level=compress_level
+    )
     return buf.getvalue()

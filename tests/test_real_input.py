@@ -25,7 +25,13 @@ from neuroseg.images import (
     read_labels,
 )
 from neuroseg.metrics import match_by_iou
-from neuroseg.normalize import input_spec, model_input, percentile_normalize, select_channels
+from neuroseg.normalize import (
+    channel_max,
+    input_spec,
+    model_input,
+    percentile_normalize,
+    select_channels,
+)
 from neuroseg.predict import prepare_input, segment_image
 from neuroseg.segment_files import segment_files
 from tests.conftest import register_grey_model
@@ -166,6 +172,22 @@ def test_channel_selection_and_errors():
         input_spec({"normalization": "zscore"})
     flat = percentile_normalize(np.full((5, 5), 7, np.uint16))
     assert flat.max() == 0.0  # a flat image is not stretched into noise
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.float32])
+@pytest.mark.parametrize("channels", [2, 3, 5])
+def test_channel_max_equals_numpy_max_over_channels(dtype, channels):
+    rng = np.random.default_rng(channels)
+    image = (rng.random((37, 53, channels)) * 4000).astype(dtype)
+    if dtype == np.float32:
+        image[3, 4, 1] = np.nan  # propagates, as in ndarray.max
+    out = channel_max(image)
+    assert out.dtype == image.dtype and out.shape == image.shape[:2]
+    np.testing.assert_array_equal(out, image.max(axis=2))
+    np.testing.assert_array_equal(select_channels(image, channels="grey")[..., 0], out)
+    np.testing.assert_array_equal(channel_max(image[..., 0]), image[..., 0])  # (H, W) as is
+    with pytest.raises(ValueError, match="shape"):
+        channel_max(np.zeros((2, 3, 0)))
 
 
 # ----------------------------------------------------------------------------- same cells
