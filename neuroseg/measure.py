@@ -207,18 +207,22 @@ def cell_records(
             "labels must be numbered 1..n without gaps "
             "(relabel with skimage.segmentation.relabel_sequential)"
         )
+    # sums over the cells' pixels only (a plate is mostly background); bincount adds each
+    # cell's pixels in the same order as over the whole image, so the sums are the same
     flat = labels.ravel()
+    inside = np.flatnonzero(flat)
+    cells = flat[inside]
     area = base["area_px"].astype(np.float64)
     channels = image.shape[2]
-    channel_sum = image.sum(axis=2, dtype=np.float64).ravel()
-    intensity = np.bincount(flat, weights=channel_sum, minlength=n + 1)[1 : n + 1] / (
+    channel_sum = image.reshape(-1, channels)[inside].sum(axis=1, dtype=np.float64)
+    intensity = np.bincount(cells, weights=channel_sum, minlength=n + 1)[1 : n + 1] / (
         channels * area
     )
     if prob is None:
         mean_prob = np.full(n, np.nan)
     else:
-        p = prob.astype(np.float64, copy=False).ravel()
-        mean_prob = np.bincount(flat, weights=p, minlength=n + 1)[1 : n + 1] / area
+        p = prob.ravel()[inside].astype(np.float64)
+        mean_prob = np.bincount(cells, weights=p, minlength=n + 1)[1 : n + 1] / area
 
     columns = {
         "plate_id": [plate_id] * n,

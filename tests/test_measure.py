@@ -12,6 +12,7 @@ import pytest
 from skimage.measure import regionprops
 
 from neuroseg.measure import CELL_COLUMNS, CELL_SCHEMA, SCHEMA_VERSION, cell_records, to_arrow
+from neuroseg.predict import relabel_raster
 
 WHEN = dt.datetime(2025, 3, 4, 5, 6, 7, 123456, tzinfo=dt.UTC)
 LINEAGE = dict(
@@ -164,3 +165,22 @@ def test_mean_intensity_in_the_image_units(scene):
     two = np.stack([grey, np.zeros_like(grey)], axis=2)
     df2 = cell_records(labels, two, prob, **LINEAGE)
     np.testing.assert_allclose(df2["mean_intensity"], df16["mean_intensity"] / 2)
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.float32])
+def test_means_are_those_of_each_cells_own_pixels(dtype):
+    """mean_intensity and mean_probability, summed over the cells' pixels only, equal the
+    plain per-cell means of a random multi-channel image (background pixels count for none)."""
+    rng = np.random.default_rng(3)
+    labels = np.zeros((60, 80), np.int32)
+    for i, (r, c) in enumerate(rng.integers(5, 55, (7, 2)), start=1):
+        labels[max(r - 4, 0) : r + 4, c : c + 9] = i
+    labels, n = relabel_raster(labels)
+    image = (rng.random((60, 80, 3)) * 1000).astype(dtype)
+    prob = rng.random((60, 80)).astype(np.float32)
+    df = cell_records(labels, image, prob, **LINEAGE)
+    assert len(df) == n > 3
+    for row in df.itertuples():
+        own = labels == row.cell_id
+        assert row.mean_intensity == pytest.approx(image[own].astype(np.float64).mean(), rel=1e-12)
+        assert row.mean_probability == pytest.approx(prob[own].astype(np.float64).mean(), rel=1e-12)
