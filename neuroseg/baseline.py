@@ -33,7 +33,7 @@ from scipy import ndimage as ndi
 from scipy.special import expit
 
 from neuroseg.metrics import iou_matching, rank_grid
-from neuroseg.normalize import percentile_normalize, select_channels
+from neuroseg.normalize import channel_max, percentile_normalize, select_channels
 from neuroseg.predict import relabel_raster, segment
 
 __all__ = [
@@ -82,7 +82,7 @@ def otsu_score(
         raise ValueError(f"sigma must be >= 0, got {sigma!r}")
     if not min_contrast >= 0:
         raise ValueError(f"min_contrast must be >= 0, got {min_contrast!r}")
-    v = image.max(axis=2).astype(np.float64)
+    v = channel_max(image).astype(np.float64)
     if sigma > 0:
         v = ndi.gaussian_filter(v, sigma)
     top = float(v.max())
@@ -226,15 +226,6 @@ def _classical_split(foreground: np.ndarray, min_distance: int) -> np.ndarray:
     return labels
 
 
-def _drop_small(labels: np.ndarray, min_area: int) -> tuple[np.ndarray, int]:
-    if min_area > 0:
-        area = np.bincount(labels.ravel())
-        small = area < min_area
-        small[0] = False
-        labels = np.where(small[labels], 0, labels)
-    return relabel_raster(labels)
-
-
 def _check_int(name: str, value, low: int) -> int:
     if isinstance(value, bool) or int(value) != value or value < low:
         raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
@@ -298,7 +289,7 @@ def classical_segment(
     min_area = _check_int("min_area", min_area, 0)
     v = _classical_score(image, channel, sigma, percentiles)
     foreground = _classical_foreground(v, threshold, min_cnr)
-    return _drop_small(_classical_split(foreground, min_distance), min_area)
+    return relabel_raster(_classical_split(foreground, min_distance), min_area=min_area)
 
 
 def tune_classical(
@@ -362,7 +353,7 @@ def tune_classical(
             ks = (*kf, p["min_distance"])
             if ks not in split:
                 split[ks] = _classical_split(fg[kf], p["min_distance"])
-            labels, _ = _drop_small(split[ks], p["min_area"])
+            labels, _ = relabel_raster(split[ks], min_area=p["min_area"])
             matches[i].append(iou_matching(truth, labels))
 
     ranked = rank_grid(points, matches)

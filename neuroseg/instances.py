@@ -235,15 +235,6 @@ def _grow(probs: np.ndarray, interior_threshold: float, foreground_threshold: fl
     return labels
 
 
-def _drop_small(labels: np.ndarray, min_area: int) -> tuple[np.ndarray, int]:
-    if min_area > 0 and labels.any():
-        area = np.bincount(labels.ravel())
-        small = area < min_area
-        small[0] = False
-        labels = np.where(small[labels], 0, labels)
-    return relabel_raster(labels)
-
-
 def instances_from_classes(
     probs: np.ndarray,
     *,
@@ -292,7 +283,7 @@ def instances_from_classes(
         _check_count("min_marker_area", min_marker_area),
         _check_markers(markers, probs),
     )
-    return _drop_small(labels, _check_count("min_area", min_area))
+    return relabel_raster(labels, min_area=_check_count("min_area", min_area))
 
 
 def sweep_postprocessing(
@@ -370,7 +361,7 @@ def sweep_postprocessing(
             if key not in grown:
                 markers = _check_markers(key[3], probs)
                 grown[key] = _grow(probs, float(key[0]), float(key[1]), int(key[2]), markers)
-            labels, _ = _drop_small(grown[key], int(p["min_area"]))
+            labels, _ = relabel_raster(grown[key], min_area=int(p["min_area"]))
             matches[i].append(iou_matching(truth, labels))
 
     ranked = rank_grid(points, matches)

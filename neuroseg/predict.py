@@ -197,8 +197,12 @@ def predict_input(bundle: Any, x: np.ndarray, *, batch_size: int = 8) -> np.ndar
     )
 
 
-def relabel_raster(labels: np.ndarray) -> tuple[np.ndarray, int]:
+def relabel_raster(labels: np.ndarray, *, min_area: int = 0) -> tuple[np.ndarray, int]:
     """Renumber a label image ``1..n`` in raster order of each object's first pixel.
+
+    Objects of fewer than ``min_area`` pixels are dropped first (0 keeps all). The work is on
+    the objects' pixels only (one scan of the image finds them), so a plate that is mostly
+    background costs little beyond that scan.
 
     Returns
     -------
@@ -207,12 +211,18 @@ def relabel_raster(labels: np.ndarray) -> tuple[np.ndarray, int]:
     """
     labels = np.asarray(labels)
     flat = labels.ravel()
-    nz = np.flatnonzero(flat)
-    ids, first = np.unique(flat[nz], return_index=True)
-    order = np.argsort(first, kind="stable")
-    lut = np.zeros(int(ids.max()) + 1 if ids.size else 1, dtype=np.int32)
-    lut[ids[order]] = np.arange(1, ids.size + 1, dtype=np.int32)
-    return lut[labels].astype(np.int32, copy=False), int(ids.size)
+    inside = np.flatnonzero(flat)
+    out = np.zeros(labels.shape, np.int32)
+    if not inside.size:
+        return out, 0
+    values = flat[inside]
+    ids, first, area = np.unique(values, return_index=True, return_counts=True)
+    lut = np.zeros(int(ids[-1]) + 1, dtype=np.int32)
+    keep = area >= min_area
+    kept = ids[keep][np.argsort(first[keep], kind="stable")]
+    lut[kept] = np.arange(1, kept.size + 1, dtype=np.int32)
+    out.ravel()[inside] = lut[values]
+    return out, int(kept.size)
 
 
 def _split_one(object_mask: np.ndarray, min_distance: int, h: float) -> tuple[np.ndarray, int]:
@@ -315,13 +325,8 @@ def segment(
     labels, n = label_mask(foreground, connectivity=4)
     if watershed and n:
         labels = _split_touching(labels, int(min_distance), float(h))
-    if min_area > 0:
-        area = np.bincount(labels.ravel())
-        small = area < min_area
-        small[0] = False
-        labels = np.where(small[labels], 0, labels)
     if watershed or min_area > 0:
-        labels, n = relabel_raster(labels)
+        labels, n = relabel_raster(labels, min_area=int(min_area))
     return labels.astype(np.int32, copy=False), int(n)
 
 

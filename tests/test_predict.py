@@ -7,6 +7,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 from PIL import Image
+from scipy import ndimage as ndi
 
 from neuroseg import reference
 from neuroseg.metrics import iou_matching, match_objects
@@ -154,6 +155,42 @@ def test_relabel_raster():
     out, n = relabel_raster(lab)
     assert n == 3
     np.testing.assert_array_equal(out, [[0, 1, 1], [2, 0, 3], [2, 0, 3]])
+    # min_area drops the small objects first, then numbers the rest in raster order
+    out, n = relabel_raster(np.array([[0, 7, 7, 7], [3, 0, 9, 9], [3, 0, 0, 5]]), min_area=2)
+    assert n == 3 and out.dtype == np.int32
+    np.testing.assert_array_equal(out, [[0, 1, 1, 1], [2, 0, 3, 3], [2, 0, 0, 0]])
+    empty, n = relabel_raster(np.zeros((4, 5), np.uint16), min_area=3)
+    assert n == 0 and empty.shape == (4, 5) and not empty.any()
+    gone, n = relabel_raster(np.array([[4, 4, 0]]), min_area=3)
+    assert n == 0 and not gone.any()
+
+
+def _relabel_whole_image(labels, min_area):
+    """The whole-image way (bincount of every pixel, then a lookup of every pixel)."""
+    area = np.bincount(labels.ravel())
+    small = area < min_area
+    small[0] = False
+    labels = np.where(small[labels], 0, labels)
+    flat = labels.ravel()
+    nz = np.flatnonzero(flat)
+    ids, first = np.unique(flat[nz], return_index=True)
+    lut = np.zeros(int(ids.max()) + 1 if ids.size else 1, dtype=np.int32)
+    lut[ids[np.argsort(first, kind="stable")]] = np.arange(1, ids.size + 1, dtype=np.int32)
+    return lut[labels], int(ids.size)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_relabel_raster_matches_the_whole_image_way(seed):
+    rng = np.random.default_rng(seed)
+    # random blobs with shuffled ids and gaps, many of them small
+    ids = rng.permutation(400)[:60] + 1
+    lab = np.where(rng.random((90, 120)) < 0.3, rng.choice(ids, (90, 120)), 0)
+    lab = ndi.maximum_filter(lab, size=int(rng.integers(1, 4))).astype(np.int32)
+    for min_area in (0, 1, 5, 30):
+        out, n = relabel_raster(lab, min_area=min_area)
+        ref, ref_n = _relabel_whole_image(lab, min_area)
+        assert n == ref_n
+        np.testing.assert_array_equal(out, ref)
 
 
 def test_multi_channel_outputs_are_stitched_per_channel():
