@@ -495,6 +495,18 @@ def test_encode_png_round_trips():
     )
 
 
+def test_encode_png_compress_level_trades_size_not_pixels():
+    rng = np.random.default_rng(0)
+    noisy = np.clip(rng.normal(60, 20, (120, 160, 3)), 0, 255).astype(np.uint8)
+    fast, small = images.encode_png(noisy, compress_level=1), images.encode_png(noisy)
+    for data in (fast, small):
+        np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(data))), noisy)
+    assert len(fast) > len(small)
+    for level in (-1, 10, 2.5, True):
+        with pytest.raises(ValueError, match="compress_level"):
+            images.encode_png(noisy, compress_level=level)
+
+
 @pytest.mark.parametrize(
     "bad",
     [

@@ -86,6 +86,26 @@ def test_overlay_png_colours_and_downscaling():
         plots.overlay_png(image, true[:10], pred)
 
 
+def test_nightly_overlay_draws_unbroken_outlines_at_display_scale():
+    """The nightly report's overlay (inference.overlay_png): a 12-bit grey plate subsampled to
+    800 px, with the cell outlines drawn at that scale, one pixel wide and unbroken."""
+    from neuroseg.inference import overlay_png
+
+    image = np.full((1200, 1600), 300, np.uint16)
+    image[200:600, 300:900] = 3000
+    labels = np.zeros((1200, 1600), np.int32)
+    labels[200:600, 300:900] = 1
+    img = np.asarray(decode(overlay_png(image, labels)))
+    assert img.shape == (600, 800, 3)
+    cyan = (img == (0, 255, 255)).all(axis=2)
+    assert cyan[100, 150:450].all() and cyan[299, 150:450].all()  # top and bottom edges
+    assert cyan[100:300, 150].all() and cyan[100:300, 449].all()  # left and right edges
+    assert cyan.sum() == 2 * 300 + 2 * 198  # the ring, nothing else
+    assert (img[200, 300] == img[200, 300, 0]).all() and img[200, 300, 0] > img[50, 50, 0]
+    with pytest.raises(ValueError, match="labels shape"):
+        overlay_png(image, labels[:10])
+
+
 def test_import_does_not_load_matplotlib():
     code = "import sys, neuroseg.plots; assert 'matplotlib' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
