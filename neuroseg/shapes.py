@@ -17,8 +17,10 @@ the same numbers in 0.045 s, with passes over the objects' pixels:
 - the convex area as :func:`skimage.morphology.convex_hull_image` counts it (pixels whose
   centres lie inside or on the hull of the pixels' edge midpoints): the end pixels of every
   object's runs in every row are found for all objects at once, then one
-  :class:`scipy.spatial.ConvexHull` and one :func:`skimage.measure.grid_points_in_poly` per
-  object (the remaining per-object cost, ~0.3 ms).
+  :class:`scipy.spatial.ConvexHull` per object (the remaining per-object cost, ~0.1 ms), and
+  the grid points inside or on all the hulls are counted at once, row spans in integer
+  arithmetic (the points :func:`skimage.measure.grid_points_in_poly` finds, without its
+  per-object mask).
 
 ``tests/test_shapes.py`` checks the results against ``regionprops`` on real and random label
 images (equal to 1e-9). One caveat, inherited: an object whose two second moments are equal (a
@@ -119,27 +121,84 @@ def _hull_points(flat, on, lab, r, c, n: int):
     return np.searchsorted(obj, np.arange(1, n + 2)), rows2, cols2
 
 
+def _lattice_counts(owner: np.ndarray, rows2: np.ndarray, cols2: np.ndarray, n: int):
+    """Grid points ``(i, j)`` inside or on each object's convex polygon, all objects at once.
+
+    The polygons' vertices are in doubled integer coordinates (``2 i``, ``2 j`` is grid point
+    ``(i, j)``), in order around each polygon (``owner`` the object of each vertex, polygons
+    contiguous). Every non-horizontal edge meets the rows ``2 i`` it spans at a rational column
+    ``num / den``; per object and row, the span is from the smallest crossing to the largest and
+    holds ``floor(max / 2) - ceil(min / 2) + 1`` grid points. Integer arithmetic throughout, so
+    a point on an edge or a vertex counts exactly as ``grid_points_in_poly``'s O'Rourke test
+    finds it (its crossing signs are exact for such coordinates): 1 (inside), 2 (vertex) and 3
+    (edge) all count, as ``convex_hull_image`` counts them.
+    """
+    out = np.zeros(n, np.int64)
+    if not owner.size:
+        return out
+    # edges: each vertex to the next one of the same polygon (the last back to the first)
+    first = np.r_[0, np.flatnonzero(np.diff(owner)) + 1]
+    nxt = np.arange(1, owner.size + 1)
+    nxt[np.r_[first[1:], owner.size] - 1] = first
+    r0, c0, r1, c1 = rows2, cols2, rows2[nxt], cols2[nxt]
+    keep = r0 != r1
+    swap = r1 < r0
+    r0, r1 = np.where(swap, r1, r0), np.where(swap, r0, r1)
+    c0, c1 = np.where(swap, c1, c0), np.where(swap, c0, c1)
+    r0, c0, r1, c1, obj = r0[keep], c0[keep], r1[keep], c1[keep], owner[keep]
+    # the even rows each edge spans, inclusive
+    lo = r0 + (r0 & 1)
+    hi = r1 - (r1 & 1)
+    count = np.maximum((hi - lo) // 2 + 1, 0)
+    edge = np.repeat(np.arange(count.size), count)
+    step = np.arange(edge.size) - np.repeat(np.cumsum(count) - count, count)
+    y = lo[edge] + 2 * step
+    den = (r1 - r0)[edge]
+    num = c0[edge] * den + (y - r0[edge]) * (c1 - c0)[edge]
+    floor_half = num // (2 * den)  # floor(column / 2): den > 0
+    ceil_half = -((-num) // (2 * den))
+    # per (object, row): the largest floor and the smallest ceiling
+    key = obj[edge].astype(np.int64) * (int(rows2.max()) + 2) + y // 2
+    order = np.argsort(key, kind="stable")
+    key, floor_half, ceil_half = key[order], floor_half[order], ceil_half[order]
+    starts = np.r_[0, np.flatnonzero(np.diff(key)) + 1]
+    span = np.maximum.reduceat(floor_half, starts) - np.minimum.reduceat(ceil_half, starts) + 1
+    rows_of = key[starts] // (int(rows2.max()) + 2)
+    np.add.at(out, rows_of, np.maximum(span, 0))
+    return out
+
+
 def _convex_areas(bounds: np.ndarray, rows2: np.ndarray, cols2: np.ndarray) -> np.ndarray:
+    """Pixels of each object's convex hull image: one qhull per object, then all the hulls'
+    grid points counted at once (:func:`_lattice_counts`)."""
     from scipy.spatial import ConvexHull, QhullError
-    from skimage.measure import grid_points_in_poly
 
     n = bounds.size - 1
-    out = np.zeros(n)
+    owners, hull_rows, hull_cols = [], [], []
     for i in range(n):
         lo, hi = bounds[i], bounds[i + 1]
         if lo == hi:
             continue
         rr, cc = rows2[lo:hi], cols2[lo:hi]
         r0, c0 = rr[0], cc.min()  # sorted by row: the first point is on the top edge
-        pts = np.stack([rr - r0 - 1, cc - c0 - 1], axis=1) / 2.0  # the bounding box's frame
-        shape = ((rr[-1] - r0) // 2, (cc.max() - c0) // 2)
+        # the bounding box's frame, doubled: grid point (i, j) of the box is (2 i, 2 j)
+        pts = np.stack([rr - r0 - 1, cc - c0 - 1], axis=1)
         try:
-            hull = ConvexHull(pts)
+            vertices = ConvexHull(pts).vertices  # in order around the hull
         except QhullError:  # as convex_hull_image: an empty hull
             continue
-        inside = grid_points_in_poly(shape, hull.points[hull.vertices], binarize=False)
-        out[i] = np.count_nonzero(inside >= 1)
-    return out
+        owners.append(np.full(vertices.size, i))
+        hull_rows.append(pts[vertices, 0])
+        hull_cols.append(pts[vertices, 1])
+    if not owners:
+        return np.zeros(n)
+    counts = _lattice_counts(
+        np.concatenate(owners),
+        np.concatenate(hull_rows).astype(np.int64),
+        np.concatenate(hull_cols).astype(np.int64),
+        n,
+    )
+    return counts.astype(np.float64)
 
 
 def shape_table(labels: np.ndarray, n: int | None = None) -> dict[str, np.ndarray]:

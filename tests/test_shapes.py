@@ -89,3 +89,38 @@ def test_known_shapes_and_edge_cases():
         shape_table(np.zeros((4, 4), np.float32))
     with pytest.raises(ValueError, match="negative"):
         shape_table(-np.ones((4, 4), np.int32))
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_hull_lattice_counts_equal_grid_points_in_poly(seed):
+    """The grid points counted for all hulls at once are those grid_points_in_poly marks
+    (inside, vertex or edge), on random hulls of doubled-integer points: lattice vertices,
+    horizontal and vertical edges, slivers and single rows all occur."""
+    from scipy.spatial import ConvexHull
+    from skimage.measure import grid_points_in_poly
+
+    from neuroseg.shapes import _lattice_counts
+
+    rng = np.random.default_rng(seed)
+    owners, rows, cols, expected = [], [], [], []
+    for i in range(300):
+        h, w = rng.integers(1, 12, 2)
+        k = int(rng.integers(3, 12))
+        pts = np.stack([rng.integers(-1, 2 * h, k), rng.integers(-1, 2 * w, k)], axis=1)
+        if i % 7 == 0:  # an axis-aligned box: horizontal and vertical edges
+            pts = np.array([[-1, -1], [-1, 2 * w - 1], [2 * h - 1, 2 * w - 1], [2 * h - 1, -1]])
+        try:
+            hull = ConvexHull(pts)
+        except Exception:  # collinear: no hull, as shape_table treats it
+            continue
+        verts = pts[hull.vertices]
+        inside = grid_points_in_poly((h, w), verts / 2.0, binarize=False)
+        expected.append(np.count_nonzero(inside >= 1))
+        owners.append(np.full(len(verts), len(expected) - 1))
+        rows.append(verts[:, 0])
+        cols.append(verts[:, 1])
+    got = _lattice_counts(
+        np.concatenate(owners), np.concatenate(rows), np.concatenate(cols), len(expected)
+    )
+    assert len(expected) > 200
+    np.testing.assert_array_equal(got, expected)
