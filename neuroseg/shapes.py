@@ -133,9 +133,8 @@ def _lattice_counts(owner: np.ndarray, rows2: np.ndarray, cols2: np.ndarray, n: 
     finds it (its crossing signs are exact for such coordinates): 1 (inside), 2 (vertex) and 3
     (edge) all count, as ``convex_hull_image`` counts them.
     """
-    out = np.zeros(n, np.int64)
     if not owner.size:
-        return out
+        return np.zeros(n, np.int64)
     # edges: each vertex to the next one of the same polygon (the last back to the first)
     first = np.r_[0, np.flatnonzero(np.diff(owner)) + 1]
     nxt = np.arange(1, owner.size + 1)
@@ -158,14 +157,14 @@ def _lattice_counts(owner: np.ndarray, rows2: np.ndarray, cols2: np.ndarray, n: 
     floor_half = num // (2 * den)  # floor(column / 2): den > 0
     ceil_half = -((-num) // (2 * den))
     # per (object, row): the largest floor and the smallest ceiling
-    key = obj[edge].astype(np.int64) * (int(rows2.max()) + 2) + y // 2
+    stride = int(rows2.max()) + 2  # more rows than any polygon spans
+    key = obj[edge].astype(np.int64) * stride + y // 2
     order = np.argsort(key, kind="stable")
     key, floor_half, ceil_half = key[order], floor_half[order], ceil_half[order]
     starts = np.r_[0, np.flatnonzero(np.diff(key)) + 1]
     span = np.maximum.reduceat(floor_half, starts) - np.minimum.reduceat(ceil_half, starts) + 1
-    rows_of = key[starts] // (int(rows2.max()) + 2)
-    np.add.at(out, rows_of, np.maximum(span, 0))
-    return out
+    counts = np.bincount(key[starts] // stride, weights=np.maximum(span, 0), minlength=n)
+    return np.rint(counts).astype(np.int64)
 
 
 def _convex_areas(bounds: np.ndarray, rows2: np.ndarray, cols2: np.ndarray) -> np.ndarray:
