@@ -62,14 +62,18 @@ def configure_output(*, verbose: bool = False) -> None:
     imports it lazily, after this has run. Quiet is level 2: errors stay, the INFO notices
     (oneDNN custom operations, the CPU-instruction hint, "All log messages before
     absl::InitializeLog()") and TensorFlow's warnings go; a level the user exported wins.
-    absl's Python warnings are raised to ERROR. ``--verbose`` shows everything (level 0) and
-    neuroseg's debug lines.
+    absl's Python warnings are raised to ERROR. TensorFlow 2.21 prints some notices before its
+    logging reads the level (oneDNN on AVX-512 CPUs); :mod:`neuroseg.tfquiet` holds those back.
+    ``--verbose`` shows everything (level 0) and neuroseg's debug lines.
     """
     if verbose:
         os.environ["TF_CPP_MIN_LOG_LEVEL"] = "0"
     else:
+        from neuroseg import tfquiet
+
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
         logging.getLogger("absl").setLevel(logging.ERROR)
+        tfquiet.install()
     log = logging.getLogger("neuroseg")
     log.setLevel(logging.DEBUG if verbose else logging.INFO)
     if not any(isinstance(h, _StderrHandler) for h in log.handlers):
