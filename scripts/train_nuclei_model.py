@@ -102,6 +102,28 @@ def _fmt(value, digits: int = 3) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
 
+def _schedule(train_cfg: dict) -> str:
+    text = "; ".join(
+        f"{p['name']}: {p['epochs']} x {p['steps_per_epoch']} steps of {p['batch_size']}, "
+        f"lr {p['learning_rate']:g}"
+        for p in train_cfg.get("phases", [])
+    )
+    return text + (f", crop {train_cfg.get('crop')}" if train_cfg.get("crop") else "")
+
+
+def _init_row(init: dict | None, lineage: dict) -> list[str]:
+    """The card's row for a fine-tuned model: what it started from and the total time."""
+    if not init:
+        return []
+    before = (init.get("lineage") or {}).get("seconds", 0)
+    total = (before + lineage.get("seconds", 0)) / 60
+    return [
+        f"| fine-tuned from | `{init.get('name')}@{init.get('version')}` "
+        f"({_schedule(init.get('train') or {})}; {_fmt(before / 60, 1)} min); "
+        f"training in all {_fmt(total, 1)} min |"
+    ]
+
+
 def _card(info: dict) -> str:
     """MODEL_CARD.md from the collected figures."""
     cfg, lineage, scores = info["config"], info["config"].get("lineage", {}), info["scores"]
@@ -128,6 +150,7 @@ def _card(info: dict) -> str:
         f"{'bf16' if train.get('mixed_precision') else 'fp32'}, "
         f"{_fmt(lineage.get('seconds', 0) / 60, 1)} min on {lineage.get('device')} "
         f"({info['host']}) |",
+        *_init_row(info.get("init"), lineage),
         f"| version | `{cfg.get('name')}@{cfg.get('version')}`, trained {info['when']} |",
         "",
         "## Data and licence",
@@ -269,6 +292,16 @@ def main() -> None:
     ap.add_argument("--smoke-images", type=int, default=5, help="images per set with --smoke")
     ap.add_argument("--smoke-steps", type=int, default=2, help="steps per phase with --smoke")
     ap.add_argument("--smoke-crop", type=int, default=64, help="training crop with --smoke")
+    ap.add_argument(
+        "--init-model",
+        help="fine-tune: start from this model folder's weights (e.g. the shipped nuclei model)",
+    )
+    ap.add_argument(
+        "--fine-tune",
+        metavar="EPOCHS:LR[,EPOCHS:LR...]",
+        help="with --init-model: these phases (125 steps of 16 per epoch, augmented, all "
+        "tiles) instead of the preset's, e.g. 6:3e-4,6:1e-4",
+    )
     args = ap.parse_args()
     sys.path.insert(0, str(REPO))
     work = str(Path(args.work).resolve())
@@ -324,14 +357,31 @@ def main() -> None:
     # 3. train the nuclei preset through the train flow (its evaluation, on the test split, is
     # left to step 4, on the validation split)
     preset = PRESETS["nuclei"]
+    # read before training: the folder may be the one this run ships into (--out)
+    init_cfg = (
+        storage.read_json(str(Path(args.init_model) / "config.json")) if args.init_model else None
+    )
+    if args.fine_tune and not args.init_model:
+        raise SystemExit("--fine-tune needs --init-model")
     phases, crop = None, None
+    if args.fine_tune:
+        # the preset's last phase (augmented, all tiles) with these epochs and learning rates
+        last = preset.phases[-1].model_dump()
+        phases = []
+        for i, part in enumerate(args.fine_tune.split(",")):
+            epochs, _, lr = part.partition(":")
+            try:
+                update = {"epochs": int(epochs), "learning_rate": float(lr)}
+            except ValueError:
+                raise SystemExit(f"--fine-tune: {part!r} is not EPOCHS:LR") from None
+            phases.append(PhaseConfig(**{**last, "name": f"ft{i + 1}", **update}))
     if args.smoke:
         phases = [
             PhaseConfig(
                 **{**p.model_dump(), "epochs": 1, "steps_per_epoch": args.smoke_steps}
                 | ({"batch_size": 4} if args.smoke_steps <= 10 else {})
             )
-            for p in preset.phases
+            for p in (phases or preset.phases)
         ]
         crop = args.smoke_crop
     t_train = time.time()
@@ -361,6 +411,7 @@ def main() -> None:
                 centre=args.centre,
                 centre_weight=args.centre_weight,
                 model_name=args.dataset,
+                init_model=str(Path(args.init_model).resolve()) if args.init_model else None,
                 evaluate=False,
                 promote=False,
             )
@@ -476,15 +527,11 @@ def main() -> None:
         shutil.rmtree(out)
     registry.copy_model(model_uri, str(out))
     train_cfg = cfg.get("train") or {}
-    schedule = "; ".join(
-        f"{p['name']}: {p['epochs']} x {p['steps_per_epoch']} steps of {p['batch_size']}, "
-        f"lr {p['learning_rate']:g}"
-        for p in train_cfg.get("phases", [])
-    )
     info = {
         "config": storage.read_json(str(out / "config.json")),
         "params": int(bundle.model.count_params()),
-        "schedule": schedule + (f", crop {train_cfg.get('crop')}" if train_cfg.get("crop") else ""),
+        "schedule": _schedule(train_cfg),
+        "init": init_cfg,
         "host": f"{platform.processor() or platform.machine()}",
         "when": datetime.now(UTC).strftime("%Y-%m-%d"),
         "split_sizes": {
