@@ -117,6 +117,13 @@ class TrainParams(BaseModel):
         description="weight of the centre map's cross-entropy in the loss (with centre); "
         "empty = the loss's (1)",
     )
+    separation_weight: float | None = Field(
+        None,
+        ge=0,
+        description="three-class losses: extra weight of the cross-entropy on the pixels "
+        "between close objects (the contact lines and narrow gaps where merges happen; "
+        "the pixel counts 1 + this); empty = the preset's (0: off)",
+    )
     seed: int | None = Field(None, description="random seed; empty = the preset's (0)")
     model_name: str = Field("neuroseg", description="name in the model registry")
     init_model: str | None = Field(
@@ -167,8 +174,10 @@ def build_config(p: TrainParams) -> TrainConfig:
     for key in ("crop", "seed", "centre"):
         if getattr(p, key) is not None:
             over[key] = getattr(p, key)
-    if p.centre_weight is not None:
-        over["loss_params"] = {**preset.loss_params, "centre_weight": p.centre_weight}
+    for key in ("centre_weight", "separation_weight"):
+        if getattr(p, key) is not None:
+            loss_params = over.get("loss_params", preset.loss_params)
+            over["loss_params"] = {**loss_params, key: getattr(p, key)}
     phases = [ph.model_dump() for ph in (p.phases or preset.phases)]
     for ph in phases:
         for key in ("epochs", "learning_rate", "batch_size"):

@@ -7,7 +7,10 @@ losses are the cell-class probability maps ``(b, rows, cols, 1)`` in [0, 1], the
 sigmoid outputs. The three-class losses (:data:`MULTICLASS_LOSSES`) take one-hot targets
 ``(b, rows, cols, 3)`` (background, interior, boundary; :mod:`neuroseg.instances`) and softmax
 predictions; with a fourth channel (a centre map, :func:`neuroseg.instances.centre_targets`,
-and a sigmoid prediction of it) they add ``centre_weight`` times its binary cross-entropy.
+and a sigmoid prediction of it) they add ``centre_weight`` times its binary cross-entropy. A
+target with one channel more than the prediction carries a separation map last
+(:func:`neuroseg.instances.separation_targets`): the cross-entropy of its pixels, between close
+objects, weighs ``1 + separation_weight`` times.
 """
 
 from __future__ import annotations
@@ -205,11 +208,21 @@ def _cce_prepare(y_true, y_pred):
     return ops.cast(y_true, "float32"), ops.clip(ops.cast(y_pred, "float32"), EPSILON, 1.0)
 
 
+def _split_separation(y_true, y_pred, weight: float):
+    """``(y_true, pixel_weights)``: the targets without their separation channel and the
+    per-pixel weights of the cross-entropy (``1 + weight`` on separation pixels), or
+    ``(y_true, None)`` when the targets have no channel more than the predictions."""
+    if y_true.shape[-1] != y_pred.shape[-1] + 1:
+        return y_true, None
+    separation = ops.cast(y_true[..., -1], "float32")
+    return y_true[..., :-1], 1.0 + weight * separation
+
+
 def _split_centre(y_true, y_pred, weight: float):
     """``(classes_true, classes_pred, centre_term)``: the three class channels and, when a
     fourth (centre) channel is present, ``weight`` times its per-tile mean cross-entropy
     (else 0)."""
-    if y_true.shape[-1] != 4:
+    if y_pred.shape[-1] != 4:
         return y_true, y_pred, 0.0
     centre_true, centre_pred = _prepare(y_true[..., 3], y_pred[..., 3])
     term = weight * _per_tile_mean(_bce(centre_true, centre_pred))
@@ -226,22 +239,39 @@ class WeightedCCE(_Base):
     the plain cross-entropy while the rare boundary class weighs more.
     """
 
-    def __init__(self, class_weights=(1.0, 1.0, 1.0), centre_weight=1.0, name="weighted_cce", **kw):
+    def __init__(
+        self,
+        class_weights=(1.0, 1.0, 1.0),
+        centre_weight=1.0,
+        separation_weight=0.0,
+        name="weighted_cce",
+        **kw,
+    ):
         super().__init__(name=name, **kw)
         self.class_weights = [float(w) for w in class_weights]
         self.centre_weight = float(centre_weight)
+        self.separation_weight = float(separation_weight)
 
     def call(self, y_true, y_pred):
+        y_true, pixel_weights = _split_separation(y_true, y_pred, self.separation_weight)
         y_true, y_pred, centre = _split_centre(y_true, y_pred, self.centre_weight)
+        return self._cce(y_true, y_pred, pixel_weights) + centre
+
+    def _cce(self, y_true, y_pred, pixel_weights=None):
+        """Per-tile mean class-weighted cross-entropy of the three class channels."""
         y_true, y_pred = _cce_prepare(y_true, y_pred)
         weights = ops.convert_to_tensor(self.class_weights, dtype="float32")
-        return _per_tile_mean(-ops.sum(weights * y_true * ops.log(y_pred), axis=-1)) + centre
+        per_pixel = -ops.sum(weights * y_true * ops.log(y_pred), axis=-1)
+        if pixel_weights is not None:
+            per_pixel = per_pixel * pixel_weights
+        return _per_tile_mean(per_pixel)
 
     def get_config(self):
         return {
             **super().get_config(),
             "class_weights": list(self.class_weights),
             "centre_weight": self.centre_weight,
+            "separation_weight": self.separation_weight,
         }
 
 
@@ -260,6 +290,7 @@ class CCEDice(_Base):
         lam=1.0,
         smooth=1.0,
         centre_weight=1.0,
+        separation_weight=0.0,
         name="cce_dice",
         **kw,
     ):
@@ -267,8 +298,10 @@ class CCEDice(_Base):
         self.cce = WeightedCCE(class_weights)
         self.lam, self.smooth = float(lam), float(smooth)
         self.centre_weight = float(centre_weight)
+        self.separation_weight = float(separation_weight)
 
     def call(self, y_true, y_pred):
+        y_true, pixel_weights = _split_separation(y_true, y_pred, self.separation_weight)
         y_true, y_pred, centre = _split_centre(y_true, y_pred, self.centre_weight)
         y_true, y_pred = _cce_prepare(y_true, y_pred)
         dice = 0.0
@@ -277,7 +310,7 @@ class CCEDice(_Base):
             inter = _per_tile_sum(yc * pc)
             total = _per_tile_sum(yc) + _per_tile_sum(pc)
             dice = dice + 1.0 - (2.0 * inter + self.smooth) / (total + self.smooth)
-        return self.cce.call(y_true, y_pred) + self.lam * dice / 2.0 + centre
+        return self.cce._cce(y_true, y_pred, pixel_weights) + self.lam * dice / 2.0 + centre
 
     def get_config(self):
         return {
@@ -286,6 +319,7 @@ class CCEDice(_Base):
             "lam": self.lam,
             "smooth": self.smooth,
             "centre_weight": self.centre_weight,
+            "separation_weight": self.separation_weight,
         }
 
 
@@ -309,8 +343,8 @@ _PARAMS = {
     "focal": {"alpha", "gamma"},
     "tversky": {"alpha", "beta", "smooth"},
     "bce_dice": {"lam", "smooth"},
-    "weighted_cce": {"centre_weight"},
-    "cce_dice": {"lam", "smooth", "centre_weight"},
+    "weighted_cce": {"centre_weight", "separation_weight"},
+    "cce_dice": {"lam", "smooth", "centre_weight", "separation_weight"},
 }
 
 
@@ -349,7 +383,8 @@ def get_loss(
         ``smooth`` (dice, jaccard, tversky, bce_dice, cce_dice), ``alpha``/``gamma`` (focal),
         ``alpha``/``beta`` (tversky), ``lam`` (bce_dice, cce_dice), ``centre_weight``
         (weighted_cce, cce_dice: weight of the centre map's cross-entropy when the targets
-        have one).
+        have one), ``separation_weight`` (weighted_cce, cce_dice: the extra weight of the
+        cross-entropy between close objects when the targets carry a separation map; 0).
 
     Returns
     -------
@@ -370,6 +405,8 @@ def get_loss(
             raise ValueError(
                 f"class_weights of {name!r} must be three non-negative numbers, got {class_weights}"
             )
+        if not params.get("separation_weight", 0.0) >= 0:
+            raise ValueError(f"separation_weight must be >= 0, got {params['separation_weight']!r}")
         return LOSSES[name](class_weights=weights, **params)
     if name in _WEIGHTED:
         w0, w1 = (1.0, 1.0) if class_weights is None else class_weights

@@ -126,6 +126,14 @@ class TileSet:
 
         return self._per_tile("centre", lambda lab: np.round(centre_targets(lab) * 255.0))
 
+    def separations(self, radius: int = 2) -> np.ndarray:
+        """Separation maps ``(n, T, T) uint8`` (1 between close objects:
+        :func:`neuroseg.instances.separation_targets` of the instance labels), computed once."""
+        from neuroseg.instances import separation_targets
+
+        key = ("separation", int(radius))
+        return self._per_tile(key, lambda lab: separation_targets(lab, radius=key[1]))
+
     def _per_tile(self, key, make) -> np.ndarray:
         """``make(labels) -> (T, T)`` of every tile's instance labels as uint8, cached under
         ``key`` (the cache follows :meth:`take`)."""
@@ -373,6 +381,7 @@ def make_dataset(
     intensity: bool = False,
     fill: tuple[tuple[int, int, int], tuple[int, int, int]] | None = None,
     centre: bool = False,
+    separation: bool = False,
 ) -> tf.data.Dataset:
     """A ``tf.data`` pipeline of (augmented) training batches.
 
@@ -424,14 +433,18 @@ def make_dataset(
     centre : bool
         ``three_class`` only: a fourth target channel, the centre map of the instances
         (:meth:`TileSet.centres`, in [0, 1]), warped with the classes.
+    separation : bool
+        ``three_class`` only: a last target channel, 1 on the pixels between close objects
+        (:meth:`TileSet.separations`), warped with the classes; the three-class losses weigh
+        those pixels' cross-entropy more (``separation_weight``).
 
     Returns
     -------
     tf.data.Dataset
         Elements ``(images float32 (b, h, w, 3) in 0..255, targets float32 (b, o, o, C))``,
         ``h = w = crop or T``, ``o = output_size or h``; binary: ``C = 1``, masks in {0, 1};
-        three_class: ``C = 3``, one-hot background / interior / boundary (``C = 4`` with
-        ``centre``).
+        three_class: ``C = 3``, one-hot background / interior / boundary, then the centre map
+        (with ``centre``) and the separation map (with ``separation``).
     """
     if target not in TARGETS:
         raise ValueError(f"target must be one of {TARGETS}, got {target!r}")
@@ -449,11 +462,15 @@ def make_dataset(
         raise ValueError(f"output_size must be between 1 and {size}, got {output_size}")
 
     three = target == "three_class"
-    if centre and not three:
-        raise ValueError("centre targets need target='three_class'")
+    if (centre or separation) and not three:
+        raise ValueError("centre and separation targets need target='three_class'")
     images = tf.constant(tiles.images)
-    if centre:
-        masks = tf.constant(np.stack([tiles.classes(boundary_width), tiles.centres()], axis=-1))
+    stacked = centre or separation
+    if stacked:
+        planes = [tiles.classes(boundary_width)]
+        planes += [tiles.centres()] if centre else []
+        planes += [tiles.separations()] if separation else []
+        masks = tf.constant(np.stack(planes, axis=-1))
     elif three:
         masks = tf.constant(tiles.classes(boundary_width))
     else:
@@ -469,7 +486,7 @@ def make_dataset(
         seeds = tf.random.experimental.stateless_split(rand, num=2)
         x = tf.cast(tf.gather(images, index), tf.float32)
         y = tf.cast(tf.gather(masks, index), tf.float32)
-        if not centre:
+        if not stacked:
             y = y[..., None]
         if not three:
             y = y / 255.0
@@ -491,7 +508,9 @@ def make_dataset(
             y = tf.gather(tf.gather(y, rows_idx, axis=1), cols_idx, axis=2)
         if three:
             classes = tf.one_hot(tf.cast(tf.round(y[..., 0]), tf.int32), 3, dtype=tf.float32)
-            y = tf.concat([classes, y[..., 1:] / 255.0], axis=-1) if centre else classes
+            more = [y[..., 1:2] / 255.0] if centre else []
+            more += [y[..., -1:]] if separation else []
+            y = tf.concat([classes, *more], axis=-1) if more else classes
         elif not (shapes or affine) or binarize:
             y = tf.cast(y > 0.5, tf.float32)
         return x, y

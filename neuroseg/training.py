@@ -103,7 +103,9 @@ class TrainConfig(BaseModel):
     loss : str
         A :func:`neuroseg.losses.get_loss` name.
     loss_params : dict
-        Extra loss parameters (``alpha``, ``gamma``, ``beta``, ``lam``, ``smooth``).
+        Extra loss parameters (``alpha``, ``gamma``, ``beta``, ``lam``, ``smooth``,
+        ``centre_weight``, ``separation_weight``; with ``separation_weight > 0`` the targets
+        carry the separation map of :func:`neuroseg.instances.separation_targets`).
     positive_scale : float
         Factor on the cell class weight (the seed's 0.33).
     phases : list of PhaseConfig
@@ -513,6 +515,8 @@ def run_phase(
         "target": config.target,
         "boundary_width": config.boundary_width,
         "centre": config.centre,
+        # the loss weighs the pixels between close objects: the targets carry their map
+        "separation": float(config.loss_params.get("separation_weight", 0.0)) > 0,
     }
     fill = GREY_FILL if prepared_input(prepared_uri).get("channels") == "grey" else None
     train_ds = make_dataset(

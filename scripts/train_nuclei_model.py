@@ -284,6 +284,11 @@ def main() -> None:
         help="learn a centre map too (default: the preset's)",
     )
     ap.add_argument("--centre-weight", type=float, help="its weight in the loss (default 1)")
+    ap.add_argument(
+        "--separation-weight",
+        type=float,
+        help="extra loss weight on the pixels between close nuclei (default 0: off)",
+    )
     ap.add_argument("--smoke", action="store_true", help="a handful of images, a few steps")
     ap.add_argument(
         "--from-model",
@@ -410,6 +415,7 @@ def main() -> None:
                 seed=args.seed,
                 centre=args.centre,
                 centre_weight=args.centre_weight,
+                separation_weight=args.separation_weight,
                 model_name=args.dataset,
                 init_model=str(Path(args.init_model).resolve()) if args.init_model else None,
                 evaluate=False,

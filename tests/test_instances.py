@@ -15,6 +15,7 @@ from neuroseg.instances import (
     POSTPROCESS_GRID,
     centre_targets,
     instances_from_classes,
+    separation_targets,
     sweep_postprocessing,
     three_class_targets,
 )
@@ -149,6 +150,35 @@ def test_centre_targets_continue_objects_past_the_image_edge():
     assert not centre_targets(np.zeros((4, 5), np.uint16)).any()
     with pytest.raises(ValueError, match="integer"):
         centre_targets(np.zeros((5, 5), np.float32))
+
+
+def test_separation_targets_mark_contacts_and_narrow_gaps_only():
+    labels = touching_discs()
+    sep = separation_targets(labels)
+    assert sep.dtype == bool and sep.shape == labels.shape
+    # the contact line of the two discs is marked on both sides, their far sides are not
+    rows, cols = np.nonzero((labels[:, :-1] == 1) & (labels[:, 1:] == 2))
+    assert len(rows) and sep[rows, cols].all() and sep[rows, cols + 1].all()
+    assert not sep[30, 16:25].any() and not sep[30, 62:71].any()
+    # exactly the pixels within 2 px (chessboard) of both objects
+    near = [ndi.binary_dilation(labels == v, np.ones((5, 5), bool)) for v in (1, 2)]
+    np.testing.assert_array_equal(sep, near[0] & near[1])
+    # a gap of 3 px (2 * radius - 1) between two squares: its middle column is marked with
+    # radius 2, nothing with radius 1; a gap of 4 px is not marked
+    gap = np.zeros((12, 20), np.int32)
+    gap[2:10, 2:8], gap[2:10, 11:17] = 4, 9
+    assert separation_targets(gap)[2:10, 9].all() and not separation_targets(gap)[:, 8].any()
+    assert not separation_targets(gap, radius=1).any()
+    gap[2:10, 11] = 0
+    assert not separation_targets(gap).any()
+    # a lone object, however large its id, has nothing to part from
+    lone = np.zeros((10, 10), np.uint16)
+    lone[2:8, 2:8] = 65535
+    assert not separation_targets(lone).any()
+    with pytest.raises(ValueError, match="radius"):
+        separation_targets(labels, radius=0)
+    with pytest.raises(ValueError, match="integer"):
+        separation_targets(labels.astype(np.float32))
 
 
 def _joined_interiors_with_centre() -> tuple[np.ndarray, np.ndarray]:

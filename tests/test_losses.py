@@ -132,6 +132,38 @@ def test_a_centre_channel_adds_its_weighted_cross_entropy():
         get_loss("dice", centre_weight=1.0)
 
 
+def test_a_separation_channel_weighs_the_cross_entropy_between_objects():
+    sep = (RNG.uniform(size=(3, 8, 8, 1)) > 0.8).astype(np.float32)
+    cce = -(Y3 * np.log(P3.astype(np.float64))).sum(-1)  # per pixel, class weights 1
+    weighted = (cce * (1 + 4.0 * sep[..., 0])).mean()
+    plain = float(get_loss("weighted_cce")(Y3, P3))
+    y_sep = np.concatenate([Y3, sep], -1)
+    assert float(get_loss("weighted_cce", separation_weight=4.0)(y_sep, P3)) == pytest.approx(
+        weighted, rel=1e-5
+    )
+    assert float(get_loss("weighted_cce")(y_sep, P3)) == pytest.approx(plain, rel=1e-5)
+    # cce_dice: only its cross-entropy part is weighted
+    dice_part = float(get_loss("cce_dice")(Y3, P3)) - plain
+    got = float(get_loss("cce_dice", separation_weight=4.0)(y_sep, P3))
+    assert got == pytest.approx(weighted + dice_part, rel=1e-5)
+    # beside a centre channel: classes, centre, separation
+    centre_true = RNG.uniform(size=(3, 8, 8, 1)).astype(np.float32)
+    centre_pred = RNG.uniform(0.01, 0.99, size=(3, 8, 8, 1)).astype(np.float32)
+    y5 = np.concatenate([Y3, centre_true, sep], -1)
+    p4 = np.concatenate([P3, centre_pred], -1)
+    term = _bce(centre_true, centre_pred).mean()
+    got = float(get_loss("weighted_cce", separation_weight=4.0)(y5, p4))
+    assert got == pytest.approx(weighted + term, rel=1e-5)
+    restored = keras.losses.deserialize(
+        keras.losses.serialize(get_loss("cce_dice", separation_weight=2.5))
+    )
+    assert restored.separation_weight == 2.5
+    with pytest.raises(ValueError, match="separation_weight must be"):
+        get_loss("cce_dice", separation_weight=-1.0)
+    with pytest.raises(ValueError, match="takes no parameter"):
+        get_loss("bce_dice", separation_weight=1.0)
+
+
 def test_foreground_metrics_of_three_class_maps():
     y = np.eye(3, dtype=np.float32)[np.array([1, 2, 0, 0, 1])].reshape(1, 5, 1, 3)
     p = np.array(

@@ -13,7 +13,7 @@ from PIL import Image
 from neuroseg import storage
 from neuroseg.augment import GREY_FILL
 from neuroseg.benchmarks.pipeline import bench_pipeline, write_synthetic_prepared
-from neuroseg.instances import centre_targets, three_class_targets
+from neuroseg.instances import centre_targets, separation_targets, three_class_targets
 from neuroseg.pipeline import (
     class_weights_for,
     has_split,
@@ -297,6 +297,34 @@ def test_centre_targets_ride_along_as_a_fourth_channel(tmp_path):
     assert (y[..., 3][y[..., 0] == 1.0] == 0.0).all() and (y[..., 3][y[..., 1] == 1.0] > 0).all()
     with pytest.raises(ValueError, match="centre"):
         make_dataset(root, batch_size=2, centre=True)
+
+
+def test_separation_maps_ride_along_as_the_last_channel(tmp_path):
+    root = write_synthetic_prepared(
+        str(tmp_path), images=2, tiles_per_image=4, tile=32, splits=("train",)
+    )
+    source = load_tiles(root, split="train")
+    seps = source.separations()
+    assert seps.dtype == np.uint8 and seps.shape == source.labels.shape
+    np.testing.assert_array_equal(seps, [separation_targets(lab) for lab in source.labels])
+    for centre, channels in ((False, 4), (True, 5)):
+        ds = make_dataset(
+            root,
+            batch_size=8,
+            tile_filter="all",
+            shuffle=False,
+            target="three_class",
+            centre=centre,
+            separation=True,
+        )
+        _, y = (a.numpy() for a in next(iter(ds)))
+        assert y.shape == (8, 32, 32, channels)
+        np.testing.assert_array_equal(y[..., :3].argmax(-1), source.classes(1))
+        np.testing.assert_array_equal(y[..., -1], seps)
+        if centre:
+            np.testing.assert_allclose(y[..., 3], source.centres() / 255.0, atol=1e-6)
+    with pytest.raises(ValueError, match="separation"):
+        make_dataset(root, batch_size=2, separation=True)
 
 
 def test_multiclass_weights(tmp_path):

@@ -71,13 +71,20 @@ def test_tiny_centre_unet_trains_and_segments_in_both_precisions(tmp_path):
         str(tmp_path / "prepared"), images=3, tiles_per_image=4, tile=32, params={"input": GREY}
     )
     config = get_preset(
-        "tiny", target="three_class", loss="cce_dice", boundary_width=1, crop=16, centre=True
+        "tiny",
+        target="three_class",
+        loss="cce_dice",
+        boundary_width=1,
+        crop=16,
+        centre=True,
+        loss_params={"separation_weight": 5.0},  # targets: classes, centre, separation
     )
     results = train(prepared, config, checkpoint_dir=str(tmp_path / "ckpt"))
     assert all(np.isfinite(v).all() for r in results for v in r["history"].values())
     uri = _register(tmp_path, results, config, prepared)
     saved = storage.read_json(f"{uri}/config.json")
     assert saved["train"]["centre"] is True and saved["postprocess"]["markers"] == "interior"
+    assert saved["train"]["loss_params"]["separation_weight"] == 5.0
     image = synthetic_tiles(1, tile=64, seed=3, max_cells=5)[0][0]
     for precision in ("fp32", "bf16"):
         bundle = registry.load_model(uri, precision=precision, fold=False)

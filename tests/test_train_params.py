@@ -38,6 +38,19 @@ def test_centre_override_and_its_checks():
         build_config(TrainParams(preset="cpu-small", centre=True))  # a binary preset
 
 
+def test_separation_weight_joins_the_loss_parameters():
+    both = build_config(TrainParams(preset="nuclei", centre_weight=2, separation_weight=5))
+    assert both.loss_params == {
+        **PRESETS["nuclei"].loss_params,
+        "centre_weight": 2.0,
+        "separation_weight": 5.0,
+    }
+    with pytest.raises(ValueError, match="takes no parameter"):
+        build_config(TrainParams(preset="cpu-small", separation_weight=5))  # a binary loss
+    with pytest.raises(ValidationError):
+        TrainParams(preset="nuclei", separation_weight=-1)
+
+
 def test_invalid_values_are_refused():
     with pytest.raises(ValidationError):
         TrainParams(preset="huge")
