@@ -146,7 +146,9 @@ def _card(info: dict) -> str:
         "split by mean AP over IoU 0.5:0.95) |",
         f"| inference | whole image in one call up to {cfg.get('max_whole_pixels'):,} pixels, "
         f"else {cfg.get('tile')} px tiles |",
-        f"| training | preset `nuclei` ({info['schedule']}), "
+        f"| training | preset `nuclei` ({info['schedule']}), loss `{train.get('loss')}` "
+        f"`{json.dumps(train.get('loss_params') or {})}`"
+        f"{', centre map' if train.get('centre') else ''}, "
         f"{'bf16' if train.get('mixed_precision') else 'fp32'}, "
         f"{_fmt(lineage.get('seconds', 0) / 60, 1)} min on {lineage.get('device')} "
         f"({info['host']}) |",
