@@ -122,7 +122,7 @@ class TrainParams(BaseModel):
         ge=0,
         description="three-class losses: extra weight of the cross-entropy on the pixels "
         "between close objects (the contact lines and narrow gaps where merges happen; "
-        "the pixel counts 1 + this); empty = the preset's (0: off)",
+        "the pixel counts 1 + this); empty = the preset's (nuclei 10, the others 0)",
     )
     seed: int | None = Field(None, description="random seed; empty = the preset's (0)")
     model_name: str = Field("neuroseg", description="name in the model registry")

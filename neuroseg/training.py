@@ -299,7 +299,9 @@ PRESETS: dict[str, TrainConfig] = {
         val_max_tiles=4,
     ),
     "nuclei": TrainConfig(
-        **_THREE_CLASS_UNET,
+        # the pixels between close nuclei weigh 11x: the shipped model's recipe since
+        # 2026-12-03 (validation F1 BBBC039 0.935 -> 0.949, DSB 0.882 -> 0.885)
+        **{**_THREE_CLASS_UNET, "loss_params": {"lam": 0.5, "separation_weight": 10.0}},
         crop=128,
         phases=augmented_phases(
             [("1", 4, 2e-3, "cells"), ("2", 11, 1e-3, "all"), ("3", 7, 3e-4, "all")],

@@ -289,7 +289,7 @@ def main() -> None:
     ap.add_argument(
         "--separation-weight",
         type=float,
-        help="extra loss weight on the pixels between close nuclei (default 0: off)",
+        help="extra loss weight on the pixels between close nuclei (default: the preset's, 10)",
     )
     ap.add_argument("--smoke", action="store_true", help="a handful of images, a few steps")
     ap.add_argument(
