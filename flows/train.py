@@ -124,6 +124,26 @@ class TrainParams(BaseModel):
         "between close objects (the contact lines and narrow gaps where merges happen; "
         "the pixel counts 1 + this); empty = the preset's (nuclei 10, the others 0)",
     )
+    width: int | None = Field(
+        None,
+        ge=1,
+        le=256,
+        description="U-Nets: filters of the first level (doubling per level); empty = preset: "
+        + _per_preset(lambda c: str(c.width) if c.model == "unet" and c.width else "default"),
+    )
+    depth: int | None = Field(
+        None,
+        ge=1,
+        le=6,
+        description="U-Nets: number of poolings; empty = preset: "
+        + _per_preset(lambda c: str(c.depth) if c.model == "unet" else "-"),
+    )
+    space_to_depth: bool | None = Field(
+        None,
+        description="U-Nets: a space-to-depth stem (the network runs at half resolution and "
+        "predicts each 2x2 block's pixels; about 0.6 of the inference time); empty = preset: "
+        + _per_preset(lambda c: "yes" if c.space_to_depth else "no"),
+    )
     seed: int | None = Field(None, description="random seed; empty = the preset's (0)")
     model_name: str = Field("neuroseg", description="name in the model registry")
     init_model: str | None = Field(
@@ -171,7 +191,7 @@ def build_config(p: TrainParams) -> TrainConfig:
         over["loss"] = p.loss
     if p.precision != FROM_PRESET:
         over["mixed_precision"] = p.precision == "bf16"
-    for key in ("crop", "seed", "centre"):
+    for key in ("crop", "seed", "centre", "width", "depth", "space_to_depth"):
         if getattr(p, key) is not None:
             over[key] = getattr(p, key)
     for key in ("centre_weight", "separation_weight"):
@@ -278,7 +298,9 @@ def _init_model(root: str, spec: str, cfg: dict, prepared: dict) -> dict:
     network = {
         k: train[k] for k in ("model", "width", "depth", "target", "batch_norm") if k in train
     }
-    network["centre"] = bool(train.get("centre", False))  # absent before centre maps existed
+    # absent before centre maps and the space-to-depth stem existed
+    network["centre"] = bool(train.get("centre", False))
+    network["space_to_depth"] = bool(train.get("space_to_depth", False))
     for key, value in network.items():
         if value != cfg[key]:
             raise ValueError(

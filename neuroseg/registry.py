@@ -155,7 +155,8 @@ class ModelBundle:
         """Probabilities of a whole image in one call of a fully convolutional model.
 
         The image is padded with zeros (black, as tiles past the image edge are) at the bottom
-        and right to multiples of ``2 ** depth`` and cropped back. No tile overlaps are computed
+        and right to multiples of the network's stride (``2 ** depth``, twice that with a
+        space-to-depth stem) and cropped back. No tile overlaps are computed
         twice, so a 520x696 image costs about 0.6 of its tiling at 256 px.
 
         Parameters
@@ -174,7 +175,10 @@ class ModelBundle:
             raise ValueError(
                 f"model {self.name}@{self.version} is not fully convolutional at full resolution"
             )
-        step = 2 ** int((self.config.get("train") or {}).get("depth", 3))
+        from neuroseg.models import stride
+
+        train = self.config.get("train") or {}
+        step = stride(int(train.get("depth", 3)), bool(train.get("space_to_depth", False)))
         height, width = image.shape[:2]
         pad_h, pad_w = -height % step, -width % step
         x = image.astype(np.float32, copy=False)
@@ -312,6 +316,8 @@ def _save_inference_model(model: keras.Model, folder: str) -> bytes:
 
 def _load_keras(data: bytes, folder: str, *, uri: str, compile: bool = False) -> keras.Model:
     import keras
+
+    import neuroseg.models  # noqa: F401  (registers the custom layers of the U-Net's stem)
 
     path = os.path.join(folder, "model.keras")
     with open(path, "wb") as f:
@@ -479,6 +485,7 @@ def _rebuild(model: keras.Model, config: dict, *, mixed_precision: bool) -> kera
             mixed_precision=mixed_precision,
             head=config.get("head") or train.get("target") or "binary",
             centre=bool(train.get("centre", False)),
+            space_to_depth=bool(train.get("space_to_depth", False)),
         )
         clone.set_weights(model.get_weights())
     except (ValueError, KeyError) as exc:

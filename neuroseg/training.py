@@ -32,7 +32,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from neuroseg import storage
 from neuroseg.augment import GREY_FILL
 from neuroseg.losses import LOSSES, get_loss, loss_head, pixel_metrics
-from neuroseg.models import build_model, head_channels, output_size
+from neuroseg.models import build_model, head_channels, output_size, stride
 from neuroseg.pipeline import (
     TileSet,
     class_weights_for,
@@ -159,6 +159,7 @@ class TrainConfig(BaseModel):
     boundary_width: int = Field(default=2, ge=1, le=8)
     class_weighting: Literal["sqrt", "inverse", "none"] = "none"
     centre: bool = False
+    space_to_depth: bool = False
 
     @field_validator("loss")
     @classmethod
@@ -172,10 +173,16 @@ class TrainConfig(BaseModel):
         if self.crop is not None:
             if self.model != "unet":
                 raise ValueError("crop needs the fully convolutional 'unet' model")
-            if self.crop % 2**self.depth:
-                raise ValueError(f"crop {self.crop} must be divisible by 2**depth")
+            step = stride(self.depth, self.space_to_depth)
+            if self.crop % step:
+                raise ValueError(
+                    f"crop {self.crop} must be divisible by {step} (2**depth"
+                    + (", twice that with space_to_depth)" if self.space_to_depth else ")")
+                )
         if self.centre and (self.model != "unet" or self.target != "three_class"):
             raise ValueError("centre needs the 'unet' model and target 'three_class'")
+        if self.space_to_depth and self.model != "unet":
+            raise ValueError("space_to_depth needs the 'unet' model")
         get_loss(self.loss, **self.loss_params)  # unknown parameters raise here
         if loss_head(self.loss) != self.target:
             raise ValueError(
@@ -495,6 +502,7 @@ def run_phase(
             mixed_precision=config.mixed_precision,
             head=config.target,
             centre=config.centre,
+            space_to_depth=config.space_to_depth,
         )
         optimizer = None
     if optimizer is None:

@@ -139,7 +139,12 @@ def _card(info: dict) -> str:
         "| | |",
         "|---|---|",
         f"| architecture | U-Net, width {train.get('width')}, depth {train.get('depth')}, "
-        f"{info['params']:,} parameters, `three_class` softmax head |",
+        + (
+            "space-to-depth stem (runs at half resolution, sub-pixel head), "
+            if train.get("space_to_depth")
+            else ""
+        )
+        + f"{info['params']:,} parameters, `three_class` softmax head |",
         f"| input | `{json.dumps(cfg.get('input'))}` (one plane: the maximum over channels "
         "unless `--channel` picks one) |",
         f"| post-processing | `{json.dumps(cfg.get('postprocess'))}` (chosen on the validation "
@@ -291,6 +296,14 @@ def main() -> None:
         type=float,
         help="extra loss weight on the pixels between close nuclei (default: the preset's, 10)",
     )
+    ap.add_argument("--width", type=int, help="U-Net filters at the first level (preset's: 8)")
+    ap.add_argument("--depth", type=int, help="U-Net poolings (preset's: 4)")
+    ap.add_argument(
+        "--space-to-depth",
+        default=None,
+        action=argparse.BooleanOptionalAction,
+        help="a space-to-depth stem: the U-Net runs at half resolution (default: the preset's)",
+    )
     ap.add_argument("--smoke", action="store_true", help="a handful of images, a few steps")
     ap.add_argument(
         "--from-model",
@@ -418,6 +431,9 @@ def main() -> None:
                 centre=args.centre,
                 centre_weight=args.centre_weight,
                 separation_weight=args.separation_weight,
+                width=args.width,
+                depth=args.depth,
+                space_to_depth=args.space_to_depth,
                 model_name=args.dataset,
                 init_model=str(Path(args.init_model).resolve()) if args.init_model else None,
                 evaluate=False,
