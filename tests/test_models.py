@@ -143,3 +143,68 @@ def test_folding_batch_norm_keeps_the_outputs():
         )
     with pytest.raises(ValueError, match="only the unet"):
         fold_batch_norm(build_model("shallow", tile=64, width=4))
+
+
+def test_space_to_depth_and_back_are_the_known_rearrangement():
+    import tensorflow as tf
+
+    from neuroseg.models import DepthToSpace, SpaceToDepth
+
+    x = np.arange(2 * 4 * 6 * 3, dtype="f4").reshape(2, 4, 6, 3)
+    s = np.asarray(SpaceToDepth(2)(x))
+    assert s.shape == (2, 2, 3, 12)
+    # position (0, 1) holds the 2x2 block at rows 0-1, columns 2-3: row-major pixels, RGB each
+    block = np.concatenate([x[0, 0, 2], x[0, 0, 3], x[0, 1, 2], x[0, 1, 3]])
+    np.testing.assert_array_equal(s[0, 0, 1], block)
+    np.testing.assert_array_equal(s, tf.nn.space_to_depth(x, 2).numpy())
+    np.testing.assert_array_equal(np.asarray(DepthToSpace(2)(s)), x)
+    assert SpaceToDepth(2).compute_output_shape((None, None, 8, 3)) == (None, None, 4, 12)
+    assert DepthToSpace(2).compute_output_shape((None, 4, None, 12)) == (None, 8, None, 3)
+
+
+def test_space_to_depth_unet_keeps_the_input_size_and_halves_the_activations():
+    from neuroseg.models import stride
+
+    rng = np.random.default_rng(5)
+    for head, centre, channels in (("binary", False, 1), ("three_class", True, 4)):
+        model = build_model("unet", width=4, depth=2, head=head, centre=centre, space_to_depth=True)
+        x = rng.uniform(0, 255, (2, 16, 24, 3)).astype("f4")
+        y = np.asarray(model(x, training=False))
+        assert y.shape == (2, 16, 24, channels) and y.dtype == np.float32
+        if head == "three_class":
+            np.testing.assert_allclose(y[..., :3].sum(axis=-1), 1.0, atol=1e-5)
+        # the first convolution already works on 2x2 blocks: half the rows of the input
+        first = model.get_layer("down0_conv1")
+        assert first.input.shape[-1] == 12 and first.output.shape[-1] == 4
+        assert model.compute_output_shape((1, 16, 16, 3))[1] == 16
+    assert stride(2) == 4 and stride(2, True) == 8
+    with pytest.raises(ValueError, match=r"2\*\*\(depth \+ 1\).* = 8"):
+        build_model("unet", tile=36, width=4, depth=2, space_to_depth=True)  # 36 = 4 * 9
+    with pytest.raises(ValueError, match="space_to_depth needs"):
+        build_model("shallow", tile=64, space_to_depth=True)
+
+
+def test_space_to_depth_unet_folds_saves_and_loads(tmp_path):
+    from neuroseg.models import fold_batch_norm
+
+    rng = np.random.default_rng(6)
+    model = build_model("unet", width=4, depth=2, head="three_class", space_to_depth=True)
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            n = layer.gamma.shape[0]
+            layer.set_weights(
+                [
+                    rng.uniform(0.5, 2, n),
+                    rng.normal(0, 0.5, n),
+                    rng.normal(0, 0.5, n),
+                    rng.uniform(0.2, 3, n),
+                ]
+            )
+    x = rng.uniform(0, 255, (1, 16, 32, 3)).astype("f4")
+    want = np.asarray(model(x, training=False))
+    folded = fold_batch_norm(model)
+    assert any(la.name == "space_to_depth" for la in folded.layers)
+    np.testing.assert_allclose(np.asarray(folded(x)), want, atol=2e-5)
+    path = str(tmp_path / "m.keras")
+    model.save(path)
+    np.testing.assert_array_equal(np.asarray(keras.saving.load_model(path)(x)), want)

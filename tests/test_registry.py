@@ -307,3 +307,27 @@ def test_a_name_without_production_version_finds_the_model_shipped_under_it(tmp_
     )
     registry.set_production(root, "nuclei", uri.rsplit("/", 1)[-1], reason="trained here")
     assert registry.resolve_model_uri(root, "nuclei") == uri  # the registry's production wins
+
+
+def test_space_to_depth_model_loads_and_pads_to_its_stride(tmp_path):
+    """A space-to-depth U-Net (depth 2: stride 8) loads from its folder in a fresh process's
+    way (custom layers registered by the loader), predicts whole images padded to multiples
+    of 8, and changes precision with its stem."""
+    model = build_model("unet", width=4, depth=2, tile=32, head="three_class", space_to_depth=True)
+    train = get_preset(
+        "tiny", target="three_class", loss="weighted_cce", space_to_depth=True
+    ).model_dump()
+    uri = registry.register_model(
+        str(tmp_path), "nuclei", model=model, config={**train, "tile": 32}, lineage={}
+    )
+    bundle = registry.load_model(uri)
+    assert any(layer.name == "space_to_depth" for layer in bundle.model.layers)
+    image = np.random.default_rng(2).integers(0, 255, (37, 50, 3)).astype(np.uint8)
+    whole = bundle.predict_whole(image)  # padded to 40x56 (stride 8), cropped back
+    padded = np.zeros((40, 56, 3), np.uint8)
+    padded[:37, :50] = image
+    want = model(padded[None].astype("f4"), training=False).numpy()[0, :37, :50]
+    assert whole.shape == (37, 50, 3)
+    np.testing.assert_allclose(whole, want, atol=1e-5)
+    bf16 = registry.load_model(uri, precision="bf16", fold=False)
+    np.testing.assert_allclose(bf16.predict_whole(image), want, atol=0.05)

@@ -67,6 +67,7 @@ def test_tiny_three_class_unet_trains_registers_and_segments(tmp_path):
 
 
 def test_tiny_centre_unet_trains_and_segments_in_both_precisions(tmp_path):
+    """Centre map, separation weights and the space-to-depth stem together, trained for real."""
     prepared = write_synthetic_prepared(
         str(tmp_path / "prepared"), images=3, tiles_per_image=4, tile=32, params={"input": GREY}
     )
@@ -78,6 +79,7 @@ def test_tiny_centre_unet_trains_and_segments_in_both_precisions(tmp_path):
         crop=16,
         centre=True,
         loss_params={"separation_weight": 5.0},  # targets: classes, centre, separation
+        space_to_depth=True,
     )
     results = train(prepared, config, checkpoint_dir=str(tmp_path / "ckpt"))
     assert all(np.isfinite(v).all() for r in results for v in r["history"].values())
@@ -85,10 +87,12 @@ def test_tiny_centre_unet_trains_and_segments_in_both_precisions(tmp_path):
     saved = storage.read_json(f"{uri}/config.json")
     assert saved["train"]["centre"] is True and saved["postprocess"]["markers"] == "interior"
     assert saved["train"]["loss_params"]["separation_weight"] == 5.0
+    assert saved["train"]["space_to_depth"] is True
     image = synthetic_tiles(1, tile=64, seed=3, max_cells=5)[0][0]
     for precision in ("fp32", "bf16"):
         bundle = registry.load_model(uri, precision=precision, fold=False)
         assert bundle.model.output_shape[-1] == 4
+        assert bundle.model.get_layer("space_to_depth") is not None
         labels, n, prob = segment_image(bundle, image)
         assert labels.shape == prob.shape == (64, 64) and labels.max() == n
     centre_markers = {**saved["postprocess"], "markers": "centre"}

@@ -99,3 +99,29 @@ def test_fine_tuning_refuses_a_model_without_the_centre_head(tmp_path):
     cfg = json.loads(get_preset("nuclei", centre=True).model_dump_json())
     with pytest.raises(ValueError, match="has centre False, the run wants True"):
         _init_model(str(tmp_path), "nuclei", cfg, {"uri": str(tmp_path / "prepared")})
+
+
+def test_architecture_overrides_and_the_stem_divisibility():
+    cfg = build_config(TrainParams(preset="nuclei", width=16, depth=3, space_to_depth=True))
+    assert (cfg.width, cfg.depth, cfg.space_to_depth) == (16, 3, True)
+    assert cfg.loss_params == PRESETS["nuclei"].loss_params  # the rest is the preset's
+    assert PRESETS["nuclei"].space_to_depth is False
+    # crop 48 is divisible by 2**depth = 16 but not by 32, the stem's stride at depth 4
+    assert build_config(TrainParams(preset="nuclei", crop=48)).crop == 48
+    with pytest.raises(ValueError, match="divisible by 32"):
+        build_config(TrainParams(preset="nuclei", crop=48, space_to_depth=True))
+    with pytest.raises(ValueError, match="space_to_depth needs"):
+        build_config(TrainParams(preset="seed", space_to_depth=True))
+    with pytest.raises(ValidationError):
+        TrainParams(preset="nuclei", depth=7)
+
+
+def test_fine_tuning_refuses_a_model_with_another_stem(tmp_path):
+    import json
+
+    from flows.train import _init_model
+    from neuroseg.training import get_preset
+
+    cfg = json.loads(get_preset("nuclei", space_to_depth=True).model_dump_json())
+    with pytest.raises(ValueError, match="has space_to_depth False, the run wants True"):
+        _init_model(str(tmp_path), "nuclei", cfg, {"uri": str(tmp_path / "prepared")})
