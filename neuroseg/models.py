@@ -28,6 +28,7 @@ __all__ = [
     "DepthToSpace",
     "SpaceToDepth",
     "build_model",
+    "describe_unet",
     "fold_batch_norm",
     "head_channels",
     "output_size",
@@ -149,6 +150,15 @@ class DepthToSpace(layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), "block": self.block}
+
+
+def describe_unet(train: dict) -> str:
+    """The U-Net of a training configuration in words, for model cards: ``"U-Net, width 8,
+    depth 4"`` and the stem when it has one."""
+    text = f"U-Net, width {train.get('width')}, depth {train.get('depth')}"
+    if train.get("space_to_depth"):
+        text += ", space-to-depth stem (runs at half resolution, sub-pixel head)"
+    return text
 
 
 def stride(depth: int, space_to_depth: bool = False) -> int:

@@ -105,6 +105,8 @@ def _fmt(value, digits: int = 3) -> str:
 
 def card(report: dict) -> str:
     """MODEL_CARD.md from the script's ``scores.json``."""
+    from neuroseg.models import describe_unet
+
     cfg = report["config"]
     train = cfg.get("train") or {}
     cv = report["cross_validation"]
@@ -131,8 +133,7 @@ def card(report: dict) -> str:
         "",
         "| | |",
         "|---|---|",
-        f"| architecture | U-Net, width {train.get('width')}, depth {train.get('depth')}, "
-        f"{report['parameters']:,} parameters, {head} |",
+        f"| architecture | {describe_unet(train)}, {report['parameters']:,} parameters, {head} |",
         f"| input | `{json.dumps(cfg.get('input'))}` |",
         f"| post-processing | {post} |",
         f"| training | pretrained on {report['synthetic_images']} synthetic plates (preset "
@@ -224,6 +225,14 @@ def main() -> None:
     ap.add_argument("--folds", type=int, default=None, help="only the first N folds (checks)")
     ap.add_argument("--card-only", action="store_true", help="rewrite MODEL_CARD.md from --out")
     ap.add_argument("--smoke", action="store_true", help="small images, a few steps, 2 folds")
+    ap.add_argument("--width", type=int, help="U-Net filters at the first level (preset's: 8)")
+    ap.add_argument("--depth", type=int, help="U-Net poolings (preset's: 4)")
+    ap.add_argument(
+        "--space-to-depth",
+        default=None,
+        action=argparse.BooleanOptionalAction,
+        help="a space-to-depth stem: the U-Net runs at half resolution (default: the preset's)",
+    )
     args = ap.parse_args()
     sys.path.insert(0, str(REPO))
     work = Path(args.work).resolve()
@@ -278,6 +287,7 @@ def main() -> None:
     )
     prepare(PrepareParams(root=str(work), dataset="fnc-synthetic", **grey))
     crop = 96 if args.smoke else None
+    network = {"width": args.width, "depth": args.depth, "space_to_depth": args.space_to_depth}
     t_pre = time.time()
     pre = train(
         TrainParams(
@@ -287,6 +297,7 @@ def main() -> None:
             phases=_short(PRESETS["fnc"].phases),
             crop=crop,
             seed=args.seed,
+            **network,
             model_name="fnc-synthetic",
             promote=False,
         )
@@ -308,7 +319,7 @@ def main() -> None:
             TrainParams(
                 root=str(work), dataset=name, preset="fnc", phases=finetune, crop=crop,
                 seed=args.seed, init_model=init, model_name=model_name or name, evaluate=False,
-                promote=False,
+                promote=False, **network,
             )
         )  # fmt: skip
         cfg_uri = storage.join(res["model_uri"], "config.json")

@@ -126,6 +126,8 @@ def _init_row(init: dict | None, lineage: dict) -> list[str]:
 
 def _card(info: dict) -> str:
     """MODEL_CARD.md from the collected figures."""
+    from neuroseg.models import describe_unet
+
     cfg, lineage, scores = info["config"], info["config"].get("lineage", {}), info["scores"]
     train = cfg.get("train") or {}
     lines = [
@@ -138,13 +140,8 @@ def _card(info: dict) -> str:
         "",
         "| | |",
         "|---|---|",
-        f"| architecture | U-Net, width {train.get('width')}, depth {train.get('depth')}, "
-        + (
-            "space-to-depth stem (runs at half resolution, sub-pixel head), "
-            if train.get("space_to_depth")
-            else ""
-        )
-        + f"{info['params']:,} parameters, `three_class` softmax head |",
+        f"| architecture | {describe_unet(train)}, {info['params']:,} parameters, "
+        "`three_class` softmax head |",
         f"| input | `{json.dumps(cfg.get('input'))}` (one plane: the maximum over channels "
         "unless `--channel` picks one) |",
         f"| post-processing | `{json.dumps(cfg.get('postprocess'))}` (chosen on the validation "

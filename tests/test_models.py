@@ -208,3 +208,11 @@ def test_space_to_depth_unet_folds_saves_and_loads(tmp_path):
     path = str(tmp_path / "m.keras")
     model.save(path)
     np.testing.assert_array_equal(np.asarray(keras.saving.load_model(path)(x)), want)
+
+
+def test_model_cards_name_the_stem():
+    from neuroseg.models import describe_unet
+
+    assert describe_unet({"width": 8, "depth": 4}) == "U-Net, width 8, depth 4"
+    stem = describe_unet({"width": 16, "depth": 3, "space_to_depth": True})
+    assert stem.startswith("U-Net, width 16, depth 3, space-to-depth stem")
