@@ -176,6 +176,24 @@ def cmd_prepare(args) -> int:
     return 0
 
 
+def add_network_arguments(ap: argparse.ArgumentParser) -> None:
+    """``--width``, ``--depth`` and ``--space-to-depth``: U-Net overrides of a preset (the train
+    command and the training scripts); :func:`network_arguments` reads them back."""
+    ap.add_argument("--width", type=int, help="U-Net filters at the first level (preset's)")
+    ap.add_argument("--depth", type=int, help="U-Net poolings (preset's)")
+    ap.add_argument(
+        "--space-to-depth",
+        default=None,
+        action=argparse.BooleanOptionalAction,
+        help="a space-to-depth stem: the U-Net runs at half resolution (default: the preset's)",
+    )
+
+
+def network_arguments(args) -> dict:
+    """The :class:`flows.train.TrainParams` fields of :func:`add_network_arguments`."""
+    return {"width": args.width, "depth": args.depth, "space_to_depth": args.space_to_depth}
+
+
 def cmd_train(args) -> int:
     configure_prefect(args.root)
     from flows.train import TrainParams, train
@@ -189,6 +207,8 @@ def cmd_train(args) -> int:
         epochs=args.epochs,
         precision="bf16" if args.bf16 else "preset",
         centre=args.centre,
+        separation_weight=args.separation_weight,
+        **network_arguments(args),
         model_name=args.name,
         run_id=args.run_id,
         init_model=args.init_model,
@@ -457,6 +477,13 @@ def build_parser() -> argparse.ArgumentParser:
         action=argparse.BooleanOptionalAction,
         help="three-class presets: also learn a centre map (default: the preset's)",
     )
+    sp.add_argument(
+        "--separation-weight",
+        type=float,
+        help="three-class losses: extra weight on the pixels between close objects "
+        "(default: the preset's; nuclei 10)",
+    )
+    add_network_arguments(sp)
     sp.add_argument("--no-evaluate", action="store_true", help="skip evaluation after training")
     sp.add_argument("--no-promote", action="store_true", help="never promote this model")
     sp.set_defaults(func=cmd_train)

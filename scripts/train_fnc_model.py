@@ -215,6 +215,9 @@ def card(report: dict) -> str:
 
 
 def main() -> None:
+    sys.path.insert(0, str(REPO))
+    from neuroseg.cli import add_network_arguments, network_arguments
+
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--work", required=True, help="scratch storage root")
     ap.add_argument("--fnc", default=str(REPO.parent / "shared" / "data" / "fnc-samples"))
@@ -225,14 +228,7 @@ def main() -> None:
     ap.add_argument("--folds", type=int, default=None, help="only the first N folds (checks)")
     ap.add_argument("--card-only", action="store_true", help="rewrite MODEL_CARD.md from --out")
     ap.add_argument("--smoke", action="store_true", help="small images, a few steps, 2 folds")
-    ap.add_argument("--width", type=int, help="U-Net filters at the first level (preset's: 8)")
-    ap.add_argument("--depth", type=int, help="U-Net poolings (preset's: 4)")
-    ap.add_argument(
-        "--space-to-depth",
-        default=None,
-        action=argparse.BooleanOptionalAction,
-        help="a space-to-depth stem: the U-Net runs at half resolution (default: the preset's)",
-    )
+    add_network_arguments(ap)
     args = ap.parse_args()
     sys.path.insert(0, str(REPO))
     work = Path(args.work).resolve()
@@ -287,7 +283,7 @@ def main() -> None:
     )
     prepare(PrepareParams(root=str(work), dataset="fnc-synthetic", **grey))
     crop = 96 if args.smoke else None
-    network = {"width": args.width, "depth": args.depth, "space_to_depth": args.space_to_depth}
+    network = network_arguments(args)
     t_pre = time.time()
     pre = train(
         TrainParams(

@@ -273,6 +273,9 @@ def _card(info: dict) -> str:
 
 
 def main() -> None:
+    sys.path.insert(0, str(REPO))
+    from neuroseg.cli import add_network_arguments, network_arguments
+
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--work", required=True, help="scratch storage root")
     ap.add_argument("--nuclei", default=str(REPO.parent / "shared" / "data" / "nuclei"))
@@ -293,14 +296,7 @@ def main() -> None:
         type=float,
         help="extra loss weight on the pixels between close nuclei (default: the preset's, 10)",
     )
-    ap.add_argument("--width", type=int, help="U-Net filters at the first level (preset's: 8)")
-    ap.add_argument("--depth", type=int, help="U-Net poolings (preset's: 4)")
-    ap.add_argument(
-        "--space-to-depth",
-        default=None,
-        action=argparse.BooleanOptionalAction,
-        help="a space-to-depth stem: the U-Net runs at half resolution (default: the preset's)",
-    )
+    add_network_arguments(ap)
     ap.add_argument(
         "--epochs",
         metavar="E1,E2,E3",
@@ -447,9 +443,7 @@ def main() -> None:
                 centre=args.centre,
                 centre_weight=args.centre_weight,
                 separation_weight=args.separation_weight,
-                width=args.width,
-                depth=args.depth,
-                space_to_depth=args.space_to_depth,
+                **network_arguments(args),
                 model_name=args.dataset,
                 init_model=str(Path(args.init_model).resolve()) if args.init_model else None,
                 evaluate=False,

@@ -134,3 +134,26 @@ def test_train_choices_match_the_retrain_form():
     fields = TrainParams.model_fields
     assert set(train.choices) == set(typing.get_args(fields["preset"].annotation))
     assert set(loss.choices) == set(typing.get_args(fields["loss"].annotation)) - {"preset"}
+
+
+def test_train_network_flags_become_train_params():
+    """``neuroseg train``'s network and separation flags reach the train flow's parameters
+    (the same helper the training scripts use); absent flags leave the preset's."""
+    from flows.train import TrainParams, build_config
+    from neuroseg.cli import build_parser, network_arguments
+
+    parser = build_parser()
+    args = parser.parse_args(
+        ["train", "--preset", "nuclei", "--width", "16", "--depth", "3", "--space-to-depth",
+         "--separation-weight", "4"]
+    )  # fmt: skip
+    cfg = build_config(
+        TrainParams(
+            preset="nuclei", separation_weight=args.separation_weight, **network_arguments(args)
+        )
+    )
+    assert (cfg.width, cfg.depth, cfg.space_to_depth) == (16, 3, True)
+    assert cfg.loss_params["separation_weight"] == 4.0
+    plain = parser.parse_args(["train", "--preset", "nuclei"])
+    assert network_arguments(plain) == {"width": None, "depth": None, "space_to_depth": None}
+    assert parser.parse_args(["train", "--no-space-to-depth"]).space_to_depth is False

@@ -117,23 +117,24 @@ def test_centre_head_adds_a_sigmoid_channel_beside_the_softmax():
             build_model(kw.pop("name", "unet"), centre=True, **kw)
 
 
+def _as_trained(model, rng):
+    """The model with BatchNorm statistics as after training, not the defaults."""
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            n = layer.gamma.shape[0]
+            layer.set_weights(
+                [rng.uniform(0.5, 2, n), rng.normal(0, 0.5, n), rng.normal(0, 0.5, n),
+                 rng.uniform(0.2, 3, n)]
+            )  # fmt: skip
+    return model
+
+
 def test_folding_batch_norm_keeps_the_outputs():
     from neuroseg.models import fold_batch_norm
 
     rng = np.random.default_rng(4)
     for head, centre in (("binary", False), ("three_class", False), ("three_class", True)):
-        model = build_model("unet", width=4, depth=2, head=head, centre=centre)
-        for layer in model.layers:  # BatchNorm statistics as after training, not the defaults
-            if isinstance(layer, keras.layers.BatchNormalization):
-                n = layer.gamma.shape[0]
-                layer.set_weights(
-                    [
-                        rng.uniform(0.5, 2, n),
-                        rng.normal(0, 0.5, n),
-                        rng.normal(0, 0.5, n),
-                        rng.uniform(0.2, 3, n),
-                    ]
-                )
+        model = _as_trained(build_model("unet", width=4, depth=2, head=head, centre=centre), rng)
         folded = fold_batch_norm(model)
         assert folded.name == "unet" and folded.output_shape == model.output_shape
         assert not any(isinstance(la, keras.layers.BatchNormalization) for la in folded.layers)
@@ -189,17 +190,7 @@ def test_space_to_depth_unet_folds_saves_and_loads(tmp_path):
 
     rng = np.random.default_rng(6)
     model = build_model("unet", width=4, depth=2, head="three_class", space_to_depth=True)
-    for layer in model.layers:
-        if isinstance(layer, keras.layers.BatchNormalization):
-            n = layer.gamma.shape[0]
-            layer.set_weights(
-                [
-                    rng.uniform(0.5, 2, n),
-                    rng.normal(0, 0.5, n),
-                    rng.normal(0, 0.5, n),
-                    rng.uniform(0.2, 3, n),
-                ]
-            )
+    model = _as_trained(model, rng)
     x = rng.uniform(0, 255, (1, 16, 32, 3)).astype("f4")
     want = np.asarray(model(x, training=False))
     folded = fold_batch_norm(model)
