@@ -305,8 +305,11 @@ def cmd_report(args) -> int:
 def _shipped_nuclei() -> list[str]:
     from neuroseg import registry
 
-    folder = registry.shipped_model_uri("nuclei")
-    return ["nuclei"] if os.path.exists(os.path.join(folder, "config.json")) else []
+    return [
+        name
+        for name in ("nuclei", "nuclei-fast")
+        if os.path.exists(os.path.join(registry.shipped_model_uri(name), "config.json"))
+    ]
 
 
 def cmd_bench(args) -> int:

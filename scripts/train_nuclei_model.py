@@ -124,6 +124,19 @@ def _init_row(init: dict | None, lineage: dict) -> list[str]:
     ]
 
 
+def _reproduce_flags(argv: list[str]) -> list[str]:
+    """The script's arguments that shape the model (not where it works or writes)."""
+    flags, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg in ("--work", "--out", "--nuclei"):
+            skip = True
+        elif not arg.startswith(("--work=", "--out=", "--nuclei=")):
+            flags.append(arg)
+    return flags
+
+
 def _card(info: dict) -> str:
     """MODEL_CARD.md from the collected figures."""
     from neuroseg.models import describe_unet
@@ -266,7 +279,9 @@ def _card(info: dict) -> str:
         "- Scores are on held-out images of the same two collections; the independent test "
         "images of issue 11 may differ.",
         "",
-        "Reproduce: `.venv/bin/python scripts/train_nuclei_model.py --work <scratch folder>`.",
+        "Reproduce: `.venv/bin/python scripts/train_nuclei_model.py --work <scratch folder>"
+        + "".join(f" {a}" for a in info.get("flags", []))
+        + "`.",
         "",
     ]
     return "\n".join(lines)
@@ -575,6 +590,7 @@ def main() -> None:
         "scores": scores,
         "pooled": pooled,
         "timing": timing,
+        "flags": _reproduce_flags(sys.argv[1:]),
     }
     report = {
         "model": f"{cfg.get('name')}@{cfg.get('version')}",
