@@ -96,18 +96,25 @@ def _shallow(tile: int, width: int | None, policy: str | None, head: str) -> ker
     )
 
 
+class _BlockShuffle(layers.Layer):
+    """A rearrangement of k x k pixel blocks (``block`` = k), saved with its block size."""
+
+    def __init__(self, block: int = 2, **kwargs):
+        super().__init__(**kwargs)
+        self.block = int(block)
+
+    def get_config(self):
+        return {**super().get_config(), "block": self.block}
+
+
 @keras.saving.register_keras_serializable(package="neuroseg")
-class SpaceToDepth(layers.Layer):
+class SpaceToDepth(_BlockShuffle):
     """``(b, h, w, c) -> (b, h/k, w/k, k*k*c)``: each k x k block of pixels becomes one position.
 
     Channel ``(i * k + j) * c + ch`` of an output position holds channel ``ch`` of the block's
     pixel at row ``i``, column ``j``; :class:`DepthToSpace` is its inverse. Sides must be
     divisible by ``k``. Backend-neutral (``keras.ops``).
     """
-
-    def __init__(self, block: int = 2, **kwargs):
-        super().__init__(**kwargs)
-        self.block = int(block)
 
     def call(self, x):
         k, c = self.block, x.shape[-1]
@@ -122,17 +129,10 @@ class SpaceToDepth(layers.Layer):
         k = self.block
         return (b, None if h is None else h // k, None if w is None else w // k, k * k * c)
 
-    def get_config(self):
-        return {**super().get_config(), "block": self.block}
-
 
 @keras.saving.register_keras_serializable(package="neuroseg")
-class DepthToSpace(layers.Layer):
+class DepthToSpace(_BlockShuffle):
     """``(b, h, w, k*k*c) -> (b, h*k, w*k, c)``, the inverse of :class:`SpaceToDepth`."""
-
-    def __init__(self, block: int = 2, **kwargs):
-        super().__init__(**kwargs)
-        self.block = int(block)
 
     def call(self, x):
         k = self.block
@@ -147,9 +147,6 @@ class DepthToSpace(layers.Layer):
         b, h, w, c = input_shape
         k = self.block
         return (b, None if h is None else h * k, None if w is None else w * k, c // (k * k))
-
-    def get_config(self):
-        return {**super().get_config(), "block": self.block}
 
 
 def describe_unet(train: dict) -> str:

@@ -230,7 +230,6 @@ def main() -> None:
     ap.add_argument("--smoke", action="store_true", help="small images, a few steps, 2 folds")
     add_network_arguments(ap)
     args = ap.parse_args()
-    sys.path.insert(0, str(REPO))
     work = Path(args.work).resolve()
     out = Path(args.out or (work / "model" if args.smoke else ASSET))
     if args.card_only:

@@ -337,7 +337,6 @@ def main() -> None:
         "tiles) instead of the preset's, e.g. 6:3e-4,6:1e-4",
     )
     args = ap.parse_args()
-    sys.path.insert(0, str(REPO))
     work = str(Path(args.work).resolve())
     out = Path(args.out or (Path(work) / "model" if args.smoke else ASSET))
 
