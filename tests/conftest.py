@@ -19,6 +19,26 @@ os.environ.setdefault("PREFECT_LOGGING_TO_API_BATCH_INTERVAL", "0.3")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.pop("PREFECT_API_URL", None)
 
+
+def _keep_absl_off_pytest_streams() -> None:
+    """absl (imported with TensorFlow) makes a log handler bound to ``sys.stderr`` as it is
+    then, attached nowhere; ``logging.config.dictConfig`` (Prefect's logging set-up) closes every
+    handler ever made, and absl's ``close`` closes its stream unless it is the current
+    ``sys.stderr``. Under pytest that stream is pytest's capture file and ``sys.stderr`` may be a
+    test's ``capsys`` buffer: the capture file got closed and the rest of the session lost stderr
+    (seen when TensorFlow was imported before a ``capsys`` test first set up Prefect). Binding
+    the handler to the process's own stderr, which absl never closes, avoids it."""
+    import sys
+
+    try:
+        from absl import logging as absl_logging
+    except ImportError:  # pragma: no cover - absl comes with TensorFlow
+        return
+    absl_logging.get_absl_handler().python_handler.stream = sys.__stderr__
+
+
+_keep_absl_off_pytest_streams()
+
 REPO = Path(__file__).resolve().parents[1]
 FNC_ROOT = REPO.parent / "shared" / "data" / "fnc-samples"
 NUCLEI_ROOT = REPO.parent / "shared" / "data" / "nuclei"

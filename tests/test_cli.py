@@ -157,3 +157,18 @@ def test_train_network_flags_become_train_params():
     plain = parser.parse_args(["train", "--preset", "nuclei"])
     assert network_arguments(plain) == {"width": None, "depth": None, "space_to_depth": None}
     assert parser.parse_args(["train", "--no-space-to-depth"]).space_to_depth is False
+
+
+def test_absl_log_handler_does_not_close_captured_stderr(capsys):
+    """Prefect's logging set-up (``dictConfig``) closes every handler ever made; absl's closes
+    its stream unless it is the current ``sys.stderr``. With TensorFlow imported before a
+    ``capsys`` test first set up Prefect, that closed pytest's capture file (conftest binds the
+    handler to the process's stderr)."""
+    from absl import logging as absl_logging
+
+    handler = absl_logging.get_absl_handler().python_handler
+    stream = handler.stream
+    handler.close()  # what logging.config.dictConfig does to it
+    assert not stream.closed
+    print("still here", file=sys.stderr)
+    assert "still here" in capsys.readouterr().err
