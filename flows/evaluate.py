@@ -46,6 +46,11 @@ class EvaluateParams(BaseModel):
     images: str | None = Field(None, description="FNC-layout folder to score instead")
     sweep: bool = Field(True, description="choose threshold/min area on the val split")
     watershed: bool = Field(False, description="split touching cells before matching")
+    tta: Literal["model", "none", "flip2", "flips"] = Field(
+        "model",
+        description="test-time augmentation: average the predictions of flipped inputs "
+        "(flip2: 2x, flips: 4x the prediction time; more accurate); model: the model's own",
+    )
     radius: float = Field(40.0, gt=0, description="centroid matching radius (px), FNC v2")
     promote: bool = Field(False, description="promote if it beats the production model")
     force: bool = Field(False, description="promote even if it does not")
@@ -78,6 +83,8 @@ def evaluate(params: EvaluateParams) -> dict:
     cfg_uri = storage.join(model["uri"], "config.json")
     cfg = storage.read_json(cfg_uri)
     threshold, min_area = float(cfg.get("threshold", 0.5)), int(cfg.get("min_area", 0))
+    tta = None if params.tta == "model" else params.tta
+    mode = tta or cfg.get("tta") or "none"
     chosen = None
     if params.sweep and not params.images:
         try:
@@ -85,20 +92,26 @@ def evaluate(params: EvaluateParams) -> dict:
         except ValueError:
             val = []
         if val and cfg.get("head") == "three_class":
-            chosen = sweep_instances(model["uri"], val)
+            chosen = sweep_instances(model["uri"], val, tta)
             logger.info(
-                "post-processing sweep on %d val image(s): %s (val mean AP %.3f, F1@0.5 %.3f)",
+                "post-processing sweep on %d val image(s), TTA %s: %s (val mean AP %.3f, "
+                "F1@0.5 %.3f)",
                 len(val),
+                mode,
                 chosen["params"],
                 chosen["val_mean_ap"],
                 chosen["val_f1_50"],
             )
             if model["writable"]:
-                cfg.update(postprocess=chosen["params"], postprocess_sweep=chosen)
+                if mode == "none":
+                    cfg.update(postprocess=chosen["params"], postprocess_sweep=chosen)
+                else:  # the plain post-processing stays; this one serves that TTA mode
+                    cfg.setdefault("postprocess_tta", {})[mode] = chosen["params"]
+                    cfg.setdefault("postprocess_tta_sweep", {})[mode] = chosen
                 storage.write_json(cfg_uri, cfg)
                 forget_bundle(model["uri"])
         elif val:
-            chosen = sweep(model["uri"], val, params.radius)
+            chosen = sweep(model["uri"], val, params.radius, tta)
             threshold, min_area = chosen["best_threshold"], chosen["best_min_area"]
             logger.info(
                 "threshold sweep on %d val image(s): threshold %.2f, min area %d "
@@ -108,7 +121,7 @@ def evaluate(params: EvaluateParams) -> dict:
                 min_area,
                 chosen["best_f1"],
             )
-            if model["writable"]:
+            if model["writable"] and mode == "none":  # a TTA threshold serves this run only
                 cfg.update(threshold=threshold, min_area=min_area, threshold_sweep=chosen)
                 storage.write_json(cfg_uri, cfg)
                 forget_bundle(model["uri"])  # later runs in this process see the new threshold
@@ -122,7 +135,7 @@ def evaluate(params: EvaluateParams) -> dict:
     jobs = [
         (
             "model",
-            {"kind": "model", "uri": model["uri"]},
+            {"kind": "model", "uri": model["uri"], "tta": tta},
             threshold,
             min_area,
             params.watershed,
@@ -152,7 +165,7 @@ def evaluate(params: EvaluateParams) -> dict:
         jobs.append(
             (
                 "production",
-                {"kind": "model", "uri": prod_uri},
+                {"kind": "model", "uri": prod_uri, "tta": tta},
                 float(prod_cfg.get("threshold", 0.5)),
                 int(prod_cfg.get("min_area", 0)),
                 params.watershed,

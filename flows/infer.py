@@ -42,6 +42,11 @@ class InferParams(BaseModel):
     plates: list[str] | None = Field(None, description="only these plates (default: all)")
     reprocess: bool = Field(False, description="replace rows written by other model versions")
     precision: Literal["fp32", "bf16"] = Field("fp32", description="bf16 on CPUs that have it")
+    tta: Literal["model", "none", "flip2", "flips"] = Field(
+        "model",
+        description="test-time augmentation: average the predictions of flipped inputs "
+        "(flip2: 2x, flips: 4x the prediction time; more accurate); model: the model's own",
+    )
     channel: int | None = Field(
         None,
         ge=0,
@@ -52,13 +57,13 @@ class InferParams(BaseModel):
 
 
 def _segment_all(
-    model_uri, precision, pending_uri, root, cells, report_uri, run_id, channel=None
+    model_uri, precision, pending_uri, root, cells, report_uri, run_id, channel=None, tta=None
 ) -> list[dict]:
     # the work list is read from storage, not passed as a parameter: Prefect refuses flow-run
     # parameters over 512 kB (about 1,500 uploads), and a night may hold 100,000
     pending = storage.read_json(pending_uri)
     futures = segment_image.map(
-        model_uri, precision, pending, root, cells, report_uri, run_id, channel
+        model_uri, precision, pending, root, cells, report_uri, run_id, channel, tta
     )
     progress = Progress("segment", len(pending), unit="images", emit=get_run_logger().info)
     out = []
@@ -107,6 +112,7 @@ def nightly_inference(params: InferParams) -> dict:
             report_uri,
             run_id,
             params.channel,
+            None if params.tta == "model" else params.tta,
         )
     summary = _summarize(results, found["done"], cells, model, time.perf_counter() - t0)
     if params.report:

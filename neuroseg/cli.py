@@ -83,6 +83,16 @@ def configure_output(*, verbose: bool = False) -> None:
         log.propagate = False  # Prefect's root console handler would print each line twice
 
 
+def tta_argument(parser: argparse.ArgumentParser) -> None:
+    """``--tta none|flip2|flips``: test-time augmentation (default: the model's own)."""
+    parser.add_argument(
+        "--tta",
+        choices=("none", "flip2", "flips"),
+        help="test-time augmentation: average the predictions of 2 or 4 flips of each image "
+        "(2x or 4x the prediction time, more accurate); default: the model's own (none)",
+    )
+
+
 def _size(text: str) -> tuple[int, int]:
     """Parse ``WIDTHxHEIGHT`` into ``(height, width)``."""
     try:
@@ -239,6 +249,7 @@ def cmd_evaluate(args) -> int:
         promote=args.promote,
         force=args.force,
         sweep=not args.no_sweep,
+        tta=args.tta or "model",
     )
     result = evaluate(params)
     _print_json(result["key_figures"])
@@ -257,6 +268,7 @@ def cmd_infer(args) -> int:
         model=args.model,
         reprocess=args.reprocess,
         precision=args.precision,
+        tta=args.tta or "model",
         plates=args.plate or None,
         channel=args.channel,
     )
@@ -283,6 +295,7 @@ def cmd_segment(args) -> int:
         precision=args.precision,
         channel=args.channel,
         labels=args.labels,
+        tta=args.tta,
     )
     n_images = df["image_id"].nunique() if len(df) else 0
     print(f"{len(df)} cells in {n_images} image(s) -> {args.out}")
@@ -318,6 +331,8 @@ def cmd_bench(args) -> int:
         raise ValueError("--dask-address and --workers apply to `bench orchestration` only")
     if args.dask_address is not None and args.workers is not None:
         raise ValueError("give --dask-address (a running cluster) or --workers N, not both")
+    if args.tta is not None and args.what != "inference":
+        raise ValueError("--tta applies to `bench inference` only")
     if args.workers is not None and args.workers < 1:
         raise ValueError(f"--workers must be at least 1, got {args.workers}")
     if args.what == "masks":
@@ -333,7 +348,7 @@ def cmd_bench(args) -> int:
         from neuroseg.benchmarks.inference import bench_inference
 
         models = args.model or ["default", *_shipped_nuclei()]
-        runs = {m: bench_inference(model=m, images=args.images) for m in models}
+        runs = {m: bench_inference(model=m, images=args.images, tta=args.tta) for m in models}
         result = runs[models[0]] if len(models) == 1 else runs
     elif standing:  # orchestration on a standing Dask cluster
         configure_prefect(None)
@@ -500,6 +515,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--promote", action="store_true", help="promote if it beats production")
     sp.add_argument("--force", action="store_true", help="promote even if it does not")
     sp.add_argument("--no-sweep", action="store_true", help="keep the model's threshold")
+    tta_argument(sp)
     sp.set_defaults(func=cmd_evaluate)
 
     sp = sub.add_parser("infer", help="segment new plates under uploads/ into the cell table")
@@ -513,6 +529,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument(
         "--channel", type=int, help="channel (0-based) of multi-channel images to segment"
     )
+    tta_argument(sp)
     sp.set_defaults(func=cmd_infer)
 
     sp = sub.add_parser("segment", help="segment image files into one Parquet file")
@@ -528,6 +545,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument(
         "--channel", type=int, help="channel (0-based) of multi-channel images to segment"
     )
+    tta_argument(sp)
     sp.set_defaults(func=cmd_segment)
 
     sp = sub.add_parser("report", help="write a plate's HTML report (thumbnails, counts, failures)")
@@ -559,6 +577,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="orchestration: start a local standing Dask cluster and time 1..N workers",
     )
+    tta_argument(sp)
     sp.set_defaults(func=cmd_bench)
 
     verbose = "show TensorFlow's start-up messages and debug lines (quiet by default)"

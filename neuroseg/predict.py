@@ -24,7 +24,10 @@ from neuroseg.normalize import input_spec, model_input
 from neuroseg.tiling import BLENDS, UPSCALE_METHODS, crop_tiles, stitch, tile_grid, upscale_tiles
 
 __all__ = [
+    "TTA_MODES",
+    "check_tta",
     "postprocess",
+    "postprocess_params",
     "predict_image",
     "predict_input",
     "predict_probabilities",
@@ -35,6 +38,14 @@ __all__ = [
 ]
 
 PredictTiles = Callable[[np.ndarray], Any]
+
+#: Test-time augmentation: the input's flips whose predictions (flipped back) are averaged.
+#: Each entry is (flip rows, flip columns); ``none`` is the plain prediction.
+TTA_MODES: dict[str, tuple[tuple[bool, bool], ...]] = {
+    "none": ((False, False),),
+    "flip2": ((False, False), (True, True)),
+    "flips": ((False, False), (False, True), (True, False), (True, True)),
+}
 _EIGHT = np.ones((3, 3), dtype=bool)
 
 
@@ -171,6 +182,21 @@ def predict_image(
     )
 
 
+def check_tta(mode: str) -> str:
+    """`mode` if it names a :data:`TTA_MODES` entry, else a ValueError listing them."""
+    if mode not in TTA_MODES:
+        raise ValueError(f"tta must be one of {', '.join(TTA_MODES)}, got {mode!r}")
+    return mode
+
+
+def _flip(a: np.ndarray, rows: bool, cols: bool) -> np.ndarray:
+    if rows:
+        a = a[::-1]
+    if cols:
+        a = a[:, ::-1]
+    return a
+
+
 def predict_input(bundle: Any, x: np.ndarray, *, batch_size: int = 8) -> np.ndarray:
     """Probability map of a prepared model input (:func:`prepare_input`'s result).
 
@@ -180,8 +206,23 @@ def predict_input(bundle: Any, x: np.ndarray, *, batch_size: int = 8) -> np.ndar
     ``max_whole_pixels`` (three-class U-Nets) and the image has at most that many pixels, it is
     predicted in one call of ``bundle.predict_whole`` instead (no tiles, no overlaps computed
     twice).
+
+    ``config["tta"]`` (``"none"`` when absent; see :data:`TTA_MODES`) averages the predictions
+    of the flipped inputs, each flipped back: ``flips`` costs 4 predictions, ``flip2`` 2.
     """
     config: Mapping = getattr(bundle, "config", None) or {}
+    flips = TTA_MODES[check_tta(config.get("tta") or "none")]
+    if len(flips) == 1:
+        return _predict_once(bundle, config, x, batch_size)
+    total = None
+    for rows, cols in flips:
+        out = _flip(_predict_once(bundle, config, _flip(x, rows, cols), batch_size), rows, cols)
+        total = out.copy() if total is None else np.add(total, out, out=total)
+    return total / np.float32(len(flips))
+
+
+def _predict_once(bundle: Any, config: Mapping, x: np.ndarray, batch_size: int) -> np.ndarray:
+    x = np.ascontiguousarray(x)
     whole = int(config.get("max_whole_pixels") or 0)
     if whole and hasattr(bundle, "predict_whole") and x.shape[0] * x.shape[1] <= whole:
         return np.asarray(bundle.predict_whole(_check_image(x)), np.float32)
@@ -363,6 +404,24 @@ def segment_image(
     return postprocess(config, prob, threshold=threshold, min_area=min_area, watershed=watershed)
 
 
+def postprocess_params(config: Mapping) -> dict:
+    """The instance post-processing a three-class model's config asks for.
+
+    ``config["postprocess"]`` over :data:`neuroseg.instances.POSTPROCESS_DEFAULTS`; when the
+    config runs with test-time augmentation (``config["tta"]``) and its evaluation chose
+    parameters under that mode (``config["postprocess_tta"][mode]``), those instead: averaged
+    flips give smoother maps that want their own thresholds.
+    """
+    from neuroseg.instances import POSTPROCESS_DEFAULTS
+
+    params = {**POSTPROCESS_DEFAULTS, **(config.get("postprocess") or {})}
+    mode = config.get("tta") or "none"
+    by_mode = config.get("postprocess_tta") or {}
+    if mode != "none" and by_mode.get(mode):
+        params.update(by_mode[mode])
+    return params
+
+
 def postprocess(
     config: Mapping,
     prob: np.ndarray,
@@ -379,9 +438,9 @@ def postprocess(
     foreground probability ``1 - p_background``.
     """
     if config.get("head") == "three_class":
-        from neuroseg.instances import POSTPROCESS_DEFAULTS, instances_from_classes
+        from neuroseg.instances import instances_from_classes
 
-        params = {**POSTPROCESS_DEFAULTS, **(config.get("postprocess") or {})}
+        params = postprocess_params(config)
         if prob.ndim != 3 or prob.shape[2] not in (3, 4):
             raise ValueError(
                 "a three_class model must predict (H, W, 3) probabilities (H, W, 4 with a "

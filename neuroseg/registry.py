@@ -501,7 +501,9 @@ def _has_batch_norm(model) -> bool:
     return any(isinstance(layer, keras.layers.BatchNormalization) for layer in model.layers)
 
 
-def load_model(uri: str, *, precision: str = "fp32", fold: bool = True) -> ModelBundle:
+def load_model(
+    uri: str, *, precision: str = "fp32", fold: bool = True, tta: str | None = None
+) -> ModelBundle:
     """Load a model folder (local or ``s3://``) with its config.
 
     Parameters
@@ -516,6 +518,9 @@ def load_model(uri: str, *, precision: str = "fp32", fold: bool = True) -> Model
         Serve a U-Net with its BatchNorm folded into the convolutions
         (:func:`neuroseg.models.fold_batch_norm`: the same outputs to float rounding, about a
         quarter faster on a CPU). ``False`` keeps the network as trained.
+    tta : {"none", "flip2", "flips"} or None
+        Test-time augmentation to serve with (``config["tta"]``, see
+        :data:`neuroseg.predict.TTA_MODES`); None keeps the model's own (``none`` if unset).
 
     Returns
     -------
@@ -524,6 +529,10 @@ def load_model(uri: str, *, precision: str = "fp32", fold: bool = True) -> Model
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be 'fp32' or 'bf16', got {precision!r}")
     precision = PRECISIONS[precision]
+    if tta is not None:
+        from neuroseg.predict import check_tta
+
+        check_tta(tta)
     uri = str(uri).rstrip("/")
     try:
         config = storage.read_json(storage.join(uri, "config.json"))
@@ -535,6 +544,8 @@ def load_model(uri: str, *, precision: str = "fp32", fold: bool = True) -> Model
     missing = [k for k in ("architecture", "tile", "output_size") if k not in config]
     if missing:
         raise ValueError(f"{uri}/config.json: missing {', '.join(missing)}")
+    if tta is not None:
+        config["tta"] = tta
     with tempfile.TemporaryDirectory(prefix="neuroseg-load-") as tmp:
         model = _load_keras(data, tmp, uri=uri)
     train = config.get("train") or {}
@@ -559,7 +570,7 @@ def load_model(uri: str, *, precision: str = "fp32", fold: bool = True) -> Model
     )
 
 
-def load_default_model(*, precision: str = "fp32") -> ModelBundle:
+def load_default_model(*, precision: str = "fp32", tta: str | None = None) -> ModelBundle:
     """Load the model shipped in the package.
 
     Raises
@@ -573,7 +584,7 @@ def load_default_model(*, precision: str = "fp32") -> ModelBundle:
             f"no shipped default model at {uri}: train one (neuroseg train) and pass its "
             "registry name or folder instead"
         )
-    return load_model(uri, precision=precision)
+    return load_model(uri, precision=precision, tta=tta)
 
 
 # ----------------------------------------------------------------------------- versions

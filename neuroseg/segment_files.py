@@ -31,7 +31,7 @@ __all__ = ["load_bundle", "segment_files"]
 _PRECISIONS = ("fp32", "bf16")
 
 
-def load_bundle(model: Any = "default", *, precision: str = "fp32"):
+def load_bundle(model: Any = "default", *, precision: str = "fp32", tta: str | None = None):
     """The model bundle ``segment_files`` uses.
 
     Parameters
@@ -45,6 +45,9 @@ def load_bundle(model: Any = "default", *, precision: str = "fp32"):
         :class:`neuroseg.registry.ModelBundle`), returned as is.
     precision : {"fp32", "bf16"}
         Numeric precision of a model loaded here.
+    tta : {"none", "flip2", "flips"} or None
+        Test-time augmentation (:data:`neuroseg.predict.TTA_MODES`); None: the model's own. A
+        loaded bundle given as ``model`` is used as it is.
 
     Returns
     -------
@@ -67,12 +70,12 @@ def load_bundle(model: Any = "default", *, precision: str = "fp32"):
     if not model:
         raise ValueError("model must be 'default' or a model folder URI, got ''")
     if model == "default":
-        return registry.load_default_model(precision=precision)
+        return registry.load_default_model(precision=precision, tta=tta)
     if "/" not in model and os.sep not in model and not os.path.exists(model):
         shipped = registry.shipped_model_uri(model)  # a shipped model's name, e.g. "nuclei"
         if os.path.exists(os.path.join(shipped, "config.json")):
-            return registry.load_model(shipped, precision=precision)
-    return registry.load_model(model, precision=precision)
+            return registry.load_model(shipped, precision=precision, tta=tta)
+    return registry.load_model(model, precision=precision, tta=tta)
 
 
 def _normalise_uri(uri: str) -> str:
@@ -135,6 +138,7 @@ def segment_files(
     precision: str = "fp32",
     channel: int | None = None,
     labels: str | None = None,
+    tta: str | None = None,
 ) -> pd.DataFrame:
     """Segment image files and write all their cells to one Parquet file.
 
@@ -164,6 +168,9 @@ def segment_files(
     labels : str, optional
         Folder (local or ``s3://``) for one label image per input, ``<stem>.png`` (16-bit; a
         32-bit ``<stem>.tif`` above 65,535 cells), pixel value = the table's ``cell_id``.
+    tta : {"none", "flip2", "flips"} or None
+        Test-time augmentation of a model loaded here (:data:`neuroseg.predict.TTA_MODES`:
+        averaged flipped predictions, 2 or 4 times the prediction time); None: the model's own.
 
     Returns
     -------
@@ -193,7 +200,7 @@ def segment_files(
                 f"two input images share the name {twice[0]!r}: their label images would "
                 "overwrite each other; segment them in separate calls"
             )
-    bundle = load_bundle(model, precision=precision)
+    bundle = load_bundle(model, precision=precision, tta=tta)
 
     frames, failed = [], []
     progress = Progress("segment", len(uris), unit="images")

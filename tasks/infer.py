@@ -11,14 +11,16 @@ from neuroseg import inference as lib
 from neuroseg import storage
 from tasks.common import IO_RETRIES
 
-_BUNDLES: dict[tuple[str, str], object] = {}
-_STATS: dict[tuple[str, str], dict[str, int]] = {}
+_BUNDLES: dict[tuple[str, str, str | None], object] = {}
+_STATS: dict[tuple[str, str, str | None], dict[str, int]] = {}
 _LOCK = threading.Lock()
 
 
-def get_bundle(model_uri: str, precision: str = "fp32"):
-    """The model, loaded once per worker process (thread-safe), not once per image."""
-    key = (model_uri, precision)
+def get_bundle(model_uri: str, precision: str = "fp32", tta: str | None = None):
+    """The model, loaded once per worker process (thread-safe), not once per image.
+
+    ``tta`` (None: the model's own) is :func:`neuroseg.registry.load_model`'s."""
+    key = (model_uri, precision, tta)
     with _LOCK:
         stats = _STATS.setdefault(key, {"loads": 0, "hits": 0})
         if key in _BUNDLES:
@@ -26,19 +28,22 @@ def get_bundle(model_uri: str, precision: str = "fp32"):
         else:
             from neuroseg.registry import load_model
 
-            _BUNDLES[key] = load_model(model_uri, precision=precision)
+            _BUNDLES[key] = load_model(model_uri, precision=precision, tta=tta)
             stats["loads"] += 1
         return _BUNDLES[key]
 
 
 def cache_info() -> dict:
-    """This process's model cache: its pid and, per model URI and precision, how often
+    """This process's model cache: its pid and, per model URI, precision and TTA, how often
     :func:`get_bundle` loaded the model and how often it reused it. On a Dask cluster,
     ``client.run(cache_info)`` asks every worker process."""
     with _LOCK:
         return {
             "pid": os.getpid(),
-            "models": [{"uri": u, "precision": p, **n} for (u, p), n in sorted(_STATS.items())],
+            "models": [
+                {"uri": u, "precision": p, "tta": t, **n}
+                for (u, p, t), n in sorted(_STATS.items(), key=lambda kv: str(kv[0]))
+            ],
         }
 
 
@@ -81,9 +86,10 @@ def segment_image(
     report_uri: str,
     flow_run_id: str | None,
     channel: int | None = None,
+    tta: str | None = None,
 ) -> dict:
     """Segment one upload and write its label image and cell records (or quarantine it)."""
-    bundle = get_bundle(model_uri, precision)
+    bundle = get_bundle(model_uri, precision, tta)
     return lib.process_image(
         bundle,
         item,

@@ -256,3 +256,23 @@ def test_three_class_model_through_the_flows(prefect_api, tmp_path):
     cells = read_cells(storage.join(root, "cells"))
     labels = read_labels(labels_file_uri(root, "P9", "w1"))
     assert sorted(np.unique(labels[labels > 0])) == sorted(cells["cell_id"])
+    # test-time augmentation: the evaluation sweeps the post-processing for the averaged flips
+    # and stores it beside the plain one; the nightly run serves that mode when asked
+    from flows.evaluate import EvaluateParams, evaluate
+    from tasks.infer import cache_info
+
+    evaluate(EvaluateParams(root=root, dataset="nuc", model="nuc", split="val", tta="flips"))
+    after = storage.read_json(storage.join(out["model_uri"], "config.json"))
+    assert after["postprocess"] == cfg["postprocess"]  # the plain choice is kept
+    assert set(after["postprocess_tta"]["flips"]) == set(cfg["postprocess"])
+    assert after["postprocess_tta_sweep"]["flips"]["images"] >= 1
+
+    def flips_uses() -> int:
+        return sum(m["loads"] + m["hits"] for m in cache_info()["models"] if m["tta"] == "flips")
+
+    before = flips_uses()
+    storage.write_bytes(storage.join(root, "uploads", "P10", "w1.png"), _png(image))
+    night = nightly_inference(InferParams(root=root, model="nuc", tta="flips", plates=["P10"]))
+    assert night["images"] == 1 and night["failed"] == 0
+    assert flips_uses() == before + 1  # the image was segmented by the bundle serving flips
+    assert len(read_cells(storage.join(root, "cells"))) == len(cells) + night["cells"]

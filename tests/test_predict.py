@@ -247,3 +247,57 @@ def test_segment_image_turns_three_class_maps_into_instances():
     config["head"] = "binary"
     with pytest.raises(ValueError, match="binary model"):
         segment_image(bundle, image)
+
+
+def test_tta_averages_flipped_predictions_flipped_back():
+    """A flip-equivariant model gives its plain prediction under every mode; a model blind to
+    its input (a column ramp) shows the flips are undone before averaging: the ramp and its
+    mirror image average to a constant."""
+    image, _ = disc_image((120, 160), [(60, 50)], 25)
+    seen = []
+
+    def ramp_whole(x):
+        seen.append(x[..., 1].copy())
+        return np.broadcast_to(np.arange(x.shape[1], dtype=np.float32), x.shape[:2]).copy()
+
+    config = {"tile": 64, "max_whole_pixels": 10**6}
+    bundle = SimpleNamespace(config=config, predict_tiles=green_model, predict_whole=ramp_whole)
+    plain = predict_image(bundle, image)
+    np.testing.assert_array_equal(plain[0], np.arange(160))
+    config["tta"] = "flips"
+    seen.clear()
+    np.testing.assert_allclose(predict_image(bundle, image), 79.5)
+    assert len(seen) == 4  # the model saw the image, and it flipped each way
+    np.testing.assert_array_equal(seen[3], image[::-1, ::-1, 1])
+    config["tta"] = "flip2"
+    np.testing.assert_allclose(predict_image(bundle, image), 79.5)
+    # tiles (no whole-image path): an equivariant model predicts the same under TTA
+    tiled = SimpleNamespace(
+        config={"tile": 64, "min_overlap": 16, "blend": "mean"}, predict_tiles=green_model
+    )
+    reference = predict_image(tiled, image)
+    for mode in ("flip2", "flips"):
+        tiled.config["tta"] = mode
+        np.testing.assert_allclose(predict_image(tiled, image), reference, atol=1e-6)
+    tiled.config["tta"] = "rot90"
+    with pytest.raises(ValueError, match="tta must be one of none, flip2, flips"):
+        predict_image(tiled, image)
+
+
+def test_postprocess_params_follow_the_tta_mode():
+    from neuroseg.instances import POSTPROCESS_DEFAULTS
+    from neuroseg.predict import postprocess_params
+
+    config = {
+        "postprocess": {"foreground_threshold": 0.7},
+        "postprocess_tta": {"flips": {"foreground_threshold": 0.6, "min_area": 12}},
+    }
+    assert postprocess_params(config) == {**POSTPROCESS_DEFAULTS, "foreground_threshold": 0.7}
+    config["tta"] = "flips"
+    assert postprocess_params(config) == {
+        **POSTPROCESS_DEFAULTS,
+        "foreground_threshold": 0.6,
+        "min_area": 12,
+    }
+    config["tta"] = "flip2"  # no sweep under flip2: the plain choice
+    assert postprocess_params(config)["foreground_threshold"] == 0.7

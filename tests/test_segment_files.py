@@ -186,3 +186,13 @@ def test_command_line(tmp_path, green_model, capsys):
     )
     assert rc == 0 and "2 cells in 1 image(s)" in capsys.readouterr().out
     assert storage.read_parquet(str(out)).cell_id.tolist() == [1, 2]
+    # --tta flips: four flipped predictions averaged; this model is flip-equivariant, so the
+    # same cells come out (a real Keras model on tiles, each flip stitched and flipped back)
+    out_tta = tmp_path / "cells-tta.parquet"
+    args = ["segment", str(tmp_path / "P1" / "a.png"), "--model", green_model]
+    assert main([*args, "--out", str(out_tta), "--tta", "flips"]) == 0
+    plain, tta = storage.read_parquet(str(out)), storage.read_parquet(str(out_tta))
+    assert tta.cell_id.tolist() == [1, 2] and tta.area_px.tolist() == plain.area_px.tolist()
+    with pytest.raises(SystemExit):
+        main([*args, "--out", str(out_tta), "--tta", "rot90"])
+    assert "invalid choice: 'rot90'" in capsys.readouterr().err

@@ -148,7 +148,9 @@ def bench_model_uri(workdir: str, *, seed: int = 0) -> tuple[str, str]:
     return uri, FALLBACK_MODEL
 
 
-def library_plate(root: str, model_uri: str, *, precision: str = "fp32") -> dict:
+def library_plate(
+    root: str, model_uri: str, *, precision: str = "fp32", tta: str | None = None
+) -> dict:
     """Nightly inference of ``<root>/uploads`` without Prefect: load, find, process in a loop.
 
     The same work as the flow's tasks (model load, :func:`neuroseg.inference.find_pending`,
@@ -167,7 +169,7 @@ def library_plate(root: str, model_uri: str, *, precision: str = "fp32") -> dict
     from neuroseg.registry import load_model
 
     t0 = time.perf_counter()
-    bundle = load_model(model_uri, precision=precision)
+    bundle = load_model(model_uri, precision=precision, tta=tta)
     load = time.perf_counter() - t0
     cells_uri = storage.join(root, "cells")
     pending, _ = inference.find_pending(
@@ -352,6 +354,7 @@ def bench_inference(
     precisions: tuple[str, ...] = ("fp32", "bf16"),
     step_images: int = 3,
     repeat: int = 3,
+    tta: str | None = None,
 ) -> dict:
     """Time every step of inference per image, end to end, and a plate in a library loop.
 
@@ -375,6 +378,9 @@ def bench_inference(
         reported.
     repeat : int
         Repeats of each step but ``predict`` (repeated at most twice); the best is kept.
+    tta : {"none", "flip2", "flips"} or None
+        Test-time augmentation to time (:data:`neuroseg.predict.TTA_MODES`); None: the
+        model's own.
 
     Returns
     -------
@@ -385,7 +391,8 @@ def bench_inference(
         ``first_call_seconds`` (tracing), ``steps`` (seconds per image by step),
         ``sum_of_steps``, ``end_to_end_seconds`` (median; the target is checked on it),
         ``end_to_end_best_seconds`` (the least, less sensitive to other users of the machine),
-        ``images_per_second``, ``cells_per_image``; ``library_plate_seconds`` (fp32 plate
+        ``images_per_second``, ``cells_per_image``; ``tta`` (the mode timed);
+        ``library_plate_seconds`` (fp32 plate
         through ``process_image``, model load included) with ``library_plate`` details;
         ``target`` (end-to-end fp32 under :data:`TARGETS` of the model).
     """
@@ -433,7 +440,7 @@ def bench_inference(
         per_precision: dict[str, dict] = {}
         config: dict = {}
         for precision in precisions:
-            load, bundle = _once(lambda p=precision: load_model(model_uri, precision=p))
+            load, bundle = _once(lambda p=precision: load_model(model_uri, precision=p, tta=tta))
             config = bundle.config
             work = os.path.join(tmp, precision)
             first = _end_to_end(bundle, sample[0], work)  # traces the model function
@@ -454,7 +461,7 @@ def bench_inference(
                 "images_per_second": 1.0 / statistics.median(e2e),
                 "cells_per_image": statistics.mean(cells),
             }
-        plate = library_plate(plate_root, model_uri, precision="fp32")
+        plate = library_plate(plate_root, model_uri, precision="fp32", tta=tta)
     tile = int(config.get("tile", 400))
     fp32 = per_precision.get("fp32", {}).get("end_to_end_seconds")
     target = TARGETS.get(target_key, TARGET_SECONDS)
@@ -463,6 +470,7 @@ def bench_inference(
         "architecture": config.get("architecture"),
         "head": config.get("head", "binary"),
         "input": config.get("input"),
+        "tta": config.get("tta") or "none",
         "image_size": [height, width],
         "images_source": source,
         "tiles_per_image": len(
