@@ -17,6 +17,9 @@ Steps (each one of the flows the deployments run, except the scoring at the end)
 5. score the model per set on the validation and test splits (IoU 0.5 .. 0.95, F1, AP, mean AP,
    count MAE), beside the classical baseline (:func:`neuroseg.baseline.classical_segment`,
    tuned on the same validation images), time the inference on 520x696 images;
+   then the same with test-time augmentation (``--tta flips``: the evaluate flow chooses its
+   own post-processing on the validation split, ``config["postprocess_tta"]``; skip with
+   ``--no-tta``);
 6. copy the model folder to ``neuroseg/assets/models/nuclei/`` (``--out``) with
    ``scores.json`` and ``MODEL_CARD.md``.
 
@@ -135,6 +138,60 @@ def _reproduce_flags(argv: list[str]) -> list[str]:
         elif not arg.startswith(("--work=", "--out=", "--nuclei=")):
             flags.append(arg)
     return flags
+
+
+TTA_MODE = "flips"
+
+
+def tta_scores(bundle, rows: dict, set_of) -> dict:
+    """Scores of a bundle loaded with test-time augmentation: ``{split: {set or "pooled":
+    iou_summary}}`` over ``rows`` (``{split: [(sample, image, labels), ...]}``)."""
+    from neuroseg.metrics import iou_matching, iou_summary
+    from neuroseg.predict import segment_image
+
+    out = {}
+    for split, part in rows.items():
+        found: dict[str, list] = {}
+        for s, image, truth in part:
+            found.setdefault(set_of(s["image_id"]), []).append(
+                iou_matching(truth, segment_image(bundle, image)[0])
+            )
+        if found:
+            out[split] = {name: iou_summary(r) for name, r in sorted(found.items())}
+            out[split]["pooled"] = iou_summary([m for r in found.values() for m in r])
+    return out
+
+
+def tta_card_lines(tta: dict, plain: dict) -> list[str]:
+    """The card's section on test-time augmentation: its scores beside the plain ones."""
+    lines = [
+        f"## With test-time augmentation (`--tta {tta['mode']}`)",
+        "",
+        "Four predictions per image (as it is, flipped left-right, up-down and both), flipped "
+        "back and averaged: 4x the prediction time. Its own post-processing, chosen on the "
+        f"validation split by the evaluate flow: `{json.dumps(tta['postprocess'])}`.",
+        "",
+        "| split | set | F1@0.5 plain | F1@0.5 TTA | mean AP plain | mean AP TTA |",
+        "|---|---|---|---|---|---|",
+    ]
+    for split, by_set in tta["scores"].items():
+        for name, m in by_set.items():
+            p = plain.get(split, {}).get(name) or {}
+            lines.append(
+                f"| {split} | {name} | {_fmt(p.get('f1_50'))} | {_fmt(m['f1_50'])} | "
+                f"{_fmt(p.get('mean_ap'))} | {_fmt(m['mean_ap'])} |"
+            )
+    return [*lines, ""]
+
+
+def _plain_by_set(scores: dict, pooled: dict) -> dict:
+    """``{split: {set or "pooled": {"f1_50", "mean_ap"}}}`` of the plain model."""
+    out: dict = {}
+    for split, by_set in scores.items():
+        out[split] = {name: v["model"] for name, v in by_set.items()}
+    for split, both in pooled.items():
+        out.setdefault(split, {})["pooled"] = both["model"]
+    return out
 
 
 def _card(info: dict) -> str:
@@ -258,6 +315,8 @@ def _card(info: dict) -> str:
                 f"classical baseline at every IoU threshold: "
                 f"{'yes' if v['beats_classical_everywhere'] else 'no'}."
             )
+    if info.get("tta"):
+        lines += ["", *tta_card_lines(info["tta"], _plain_by_set(scores, info.get("pooled") or {}))]
     t = info.get("timing")
     if t:
         lines += [
@@ -322,6 +381,9 @@ def main() -> None:
     ap.add_argument(
         "--from-model",
         help="skip training: choose the post-processing for and score this model folder",
+    )
+    ap.add_argument(
+        "--no-tta", action="store_true", help="skip the scores with test-time augmentation"
     )
     ap.add_argument("--smoke-images", type=int, default=5, help="images per set with --smoke")
     ap.add_argument("--smoke-steps", type=int, default=2, help="steps per phase with --smoke")
@@ -549,6 +611,37 @@ def main() -> None:
             f"{both['model']['mean_ap']:.3f} | classical F1@0.5 {both['classical']['f1_50']:.3f}"
         )
 
+    # 5b. test-time augmentation (--tta flips of segment / infer): the evaluate flow chooses its
+    # own post-processing on the val split (stored in config["postprocess_tta"]), then the
+    # same scores per set
+    tta = None
+    if not args.no_tta:
+        evaluate(
+            EvaluateParams(
+                root=work,
+                dataset=args.dataset,
+                model=f"{args.dataset}@{result['version']}",
+                split="val",
+                sweep=True,
+                tta=TTA_MODE,
+            )
+        )
+        tta_cfg = storage.read_json(storage.join(model_uri, "config.json"))
+        tta = {
+            "mode": TTA_MODE,
+            "postprocess": tta_cfg["postprocess_tta"][TTA_MODE],
+            "scores": tta_scores(
+                registry.load_model(model_uri, tta=TTA_MODE),
+                {"val": val, "test": test},
+                set_of,
+            ),
+        }
+        for split, by_set in tta["scores"].items():
+            print(
+                f"{split} with --tta {TTA_MODE}: "
+                + ", ".join(f"{k} F1@0.5 {v['f1_50']:.3f}" for k, v in by_set.items())
+            )
+
     # inference time per 520x696 image (BBBC039), fp32, the same path as segment/nightly
     timing = None
     bbbc = [image for s, image, _ in val + test if set_of(s["image_id"]) == "bbbc039"][:5]
@@ -589,6 +682,7 @@ def main() -> None:
         "scores": scores,
         "pooled": pooled,
         "timing": timing,
+        "tta": tta,
         "flags": _reproduce_flags(sys.argv[1:]),
     }
     report = {
@@ -608,6 +702,7 @@ def main() -> None:
         "scores": scores,
         "pooled": pooled,
         "timing": timing,
+        "tta": tta,
         "classical_reference": CLASSICAL_REFERENCE,
     }
     (out / "scores.json").write_text(json.dumps(storage.to_jsonable(report), indent=1) + "\n")

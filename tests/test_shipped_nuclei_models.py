@@ -48,8 +48,16 @@ def test_shipped_nuclei_model_loads_and_describes_itself(name):
     image = np.random.default_rng(0).integers(0, 4096, (100, 130), dtype=np.uint16)
     labels, n, prob = segment_image(bundle, image)  # any size: padded to the stride inside
     assert labels.shape == prob.shape == (100, 130) and labels.max() == n
-    # test-time augmentation is a load option; a mode the project lacks is refused up front
-    assert registry.load_model(str(folder), tta="flips").config["tta"] == "flips"
+    # test-time augmentation is a load option with its own post-processing, swept on the
+    # validation split; a mode the project lacks is refused up front
+    from neuroseg.predict import postprocess_params
+
+    flips = registry.load_model(str(folder), tta="flips").config
+    assert flips["tta"] == "flips" and postprocess_params(flips) == {
+        **bundle.config["postprocess"],
+        **bundle.config["postprocess_tta"]["flips"],
+    }
+    assert scores["tta"]["scores"]["test"]["pooled"]["mean_ap"] > pooled["classical"]["mean_ap"]
     with pytest.raises(ValueError, match="tta must be one of"):
         registry.load_model(str(folder), tta="rot90")
 
