@@ -535,15 +535,14 @@ def main() -> None:
     # scores the model beside the baselines on the same images
     from flows.evaluate import EvaluateParams, evaluate
 
-    flow_eval = evaluate(
-        EvaluateParams(
-            root=work,
-            dataset=args.dataset,
-            model=f"{args.dataset}@{result['version']}",
-            split="val",
-            sweep=True,
-        )
-    )
+    def evaluate_on_val(tta: str = "model") -> dict:
+        params = EvaluateParams(
+            root=work, dataset=args.dataset, model=f"{args.dataset}@{result['version']}",
+            split="val", sweep=True, tta=tta,
+        )  # fmt: skip
+        return evaluate(params)
+
+    flow_eval = evaluate_on_val()
     cfg = storage.read_json(storage.join(model_uri, "config.json"))
     if "postprocess_sweep" not in cfg:
         raise SystemExit(f"{model_uri}: the evaluate flow chose no post-processing")
@@ -616,16 +615,7 @@ def main() -> None:
     # same scores per set
     tta = None
     if not args.no_tta:
-        evaluate(
-            EvaluateParams(
-                root=work,
-                dataset=args.dataset,
-                model=f"{args.dataset}@{result['version']}",
-                split="val",
-                sweep=True,
-                tta=TTA_MODE,
-            )
-        )
+        evaluate_on_val(TTA_MODE)
         tta_cfg = storage.read_json(storage.join(model_uri, "config.json"))
         tta = {
             "mode": TTA_MODE,
