@@ -11,7 +11,9 @@ scikit-image; no TensorFlow) holds both ends of that:
   (markers = connected interiors, grown by a watershed over the foreground);
 - :func:`sweep_postprocessing`: the post-processing parameters chosen on validation images by
   the pooled mean AP over IoU 0.5:0.95 (:mod:`neuroseg.metrics`), as the classical baseline's
-  are (:func:`neuroseg.baseline.tune_classical`).
+  are (:func:`neuroseg.baseline.tune_classical`);
+- :func:`sweep_leave_one_out`: the same choice, nested in a leave-one-image-out evaluation on a
+  handful of images (each image scored with parameters chosen on the others), by centroid F1.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from itertools import product
 import numpy as np
 from scipy import ndimage as ndi
 
-from neuroseg.metrics import iou_matching, rank_grid
+from neuroseg.metrics import iou_matching, prf, rank_grid
 from neuroseg.predict import relabel_raster
 
 __all__ = [
@@ -37,6 +39,7 @@ __all__ = [
     "centre_targets",
     "instances_from_classes",
     "separation_targets",
+    "sweep_leave_one_out",
     "sweep_postprocessing",
     "three_class_targets",
 ]
@@ -363,6 +366,21 @@ def sweep_postprocessing(
     if grid is None:
         centre = bool(prob_maps) and all(np.shape(p)[-1] > CENTRE for p in prob_maps)
         grid = {**POSTPROCESS_GRID, **(CENTRE_GRID if centre else {})}
+    points = _grid_points(grid)
+    _check_pairs(prob_maps, true_labels)
+    matches: list[list[dict]] = [[] for _ in points]
+    for probs, truth in zip(prob_maps, true_labels, strict=True):
+        for i, labels in enumerate(_grid_labels(probs, truth, points)):
+            matches[i].append(iou_matching(truth, labels))
+
+    ranked = rank_grid(points, matches)
+    params = _params_of(points[ranked["best"]])
+    return {"params": params, "scores": ranked["scores"], "table": ranked["table"]}
+
+
+def _grid_points(grid: Mapping[str, Sequence]) -> list[dict]:
+    """The product of a grid's value lists (parameters not in it keep
+    :data:`POSTPROCESS_DEFAULTS`), each point checked before any long work."""
     grid = dict(grid)
     unknown = sorted(set(grid) - set(_TUNABLE))
     if unknown:
@@ -370,45 +388,115 @@ def sweep_postprocessing(
     values = {k: list(grid.get(k, [POSTPROCESS_DEFAULTS[k]])) for k in _TUNABLE}
     if any(not v for v in values.values()):
         raise ValueError("every grid parameter needs at least one value")
-    if not prob_maps or len(prob_maps) != len(true_labels):
-        raise ValueError(
-            f"need as many probability maps as label images (>= 1), got {len(prob_maps)} "
-            f"and {len(true_labels)}"
-        )
     points = [dict(zip(_TUNABLE, combo, strict=True)) for combo in product(*values.values())]
-    for p in points:  # validate before the long part
+    for p in points:
         _check_fraction("interior_threshold", p["interior_threshold"])
         _check_fraction("foreground_threshold", p["foreground_threshold"])
         _check_count("min_area", p["min_area"])
         _check_count("min_marker_area", p["min_marker_area"])
         _check_markers(p["markers"])
+    return points
 
-    matches: list[list[dict]] = [[] for _ in points]
-    for probs, truth in zip(prob_maps, true_labels, strict=True):
-        probs = _check_probs(probs)
-        if np.shape(truth) != probs.shape[:2]:
-            raise ValueError(f"label shape {np.shape(truth)} != probability map {probs.shape[:2]}")
-        grown: dict[tuple, np.ndarray] = {}
-        for i, p in enumerate(points):
-            key = (
-                p["interior_threshold"],
-                p["foreground_threshold"],
-                p["min_marker_area"],
-                p["markers"],
-            )
-            if key not in grown:
-                markers = _check_markers(key[3], probs)
-                grown[key] = _grow(probs, float(key[0]), float(key[1]), int(key[2]), markers)
-            labels, _ = relabel_raster(grown[key], min_area=int(p["min_area"]))
-            matches[i].append(iou_matching(truth, labels))
 
-    ranked = rank_grid(points, matches)
-    best, table = ranked["best"], ranked["table"]
-    params = {
-        "interior_threshold": float(points[best]["interior_threshold"]),
-        "foreground_threshold": float(points[best]["foreground_threshold"]),
-        "min_area": int(points[best]["min_area"]),
-        "min_marker_area": int(points[best]["min_marker_area"]),
-        "markers": str(points[best]["markers"]),
+def _check_pairs(prob_maps: list, true_labels: list) -> None:
+    if not prob_maps or len(prob_maps) != len(true_labels):
+        raise ValueError(
+            f"need as many probability maps as label images (>= 1), got {len(prob_maps)} "
+            f"and {len(true_labels)}"
+        )
+
+
+def _grid_labels(probs, truth, points: list[dict]):
+    """Instance labels of one image at every grid point, in order. The watershed runs once per
+    distinct (interior_threshold, foreground_threshold, min_marker_area, markers); ``min_area``
+    only filters."""
+    probs = _check_probs(probs)
+    if np.shape(truth) != probs.shape[:2]:
+        raise ValueError(f"label shape {np.shape(truth)} != probability map {probs.shape[:2]}")
+    grown: dict[tuple, np.ndarray] = {}
+    for p in points:
+        key = (p["interior_threshold"], p["foreground_threshold"], p["min_marker_area"],
+               p["markers"])  # fmt: skip
+        if key not in grown:
+            markers = _check_markers(key[3], probs)
+            grown[key] = _grow(probs, float(key[0]), float(key[1]), int(key[2]), markers)
+        yield relabel_raster(grown[key], min_area=int(p["min_area"]))[0]
+
+
+def _params_of(point: Mapping) -> dict:
+    return {
+        "interior_threshold": float(point["interior_threshold"]),
+        "foreground_threshold": float(point["foreground_threshold"]),
+        "min_area": int(point["min_area"]),
+        "min_marker_area": int(point["min_marker_area"]),
+        "markers": str(point["markers"]),
     }
-    return {"params": params, "scores": ranked["scores"], "table": table}
+
+
+def _group_f1(counts: Sequence[Mapping], groups: Sequence[str], members: Sequence[int]) -> float:
+    """Mean over the groups among ``members`` of each group's pooled centroid F1."""
+    f1s = []
+    for g in sorted({groups[j] for j in members}):
+        tp, fp, fn = (sum(counts[j][k] for j in members if groups[j] == g)
+                      for k in ("tp", "fp", "fn"))  # fmt: skip
+        f1s.append(prf(tp, fp, fn)["f1"])
+    return float(np.mean(f1s))
+
+
+def sweep_leave_one_out(
+    prob_maps: Sequence[np.ndarray],
+    true_labels: Sequence[np.ndarray],
+    groups: Sequence[str],
+    *,
+    grid: Mapping[str, Sequence],
+    radius: float = 40.0,
+) -> dict:
+    """Post-processing chosen for each image on the *other* images (nested leave-one-out).
+
+    For a handful of annotated images whose probability maps each come from a model that did
+    not train on that image (leave-one-image-out folds), the parameters used on image ``i`` are
+    those of the grid point with the best score on all the images but ``i``; image ``i`` is then
+    scored at that point, so no image's score comes from parameters chosen on it. The score is
+    the mean over ``groups`` (e.g. stains) of each group's pooled centroid-matching F1
+    (:func:`neuroseg.metrics.match_objects`, one-to-one within ``radius`` px), so that a group
+    with few cells weighs as much as one with many; ties go to the first point in grid order.
+    ``final`` is the point chosen on all the images (what a model trained on all of them
+    ships).
+
+    Returns
+    -------
+    dict
+        ``points`` (the grid), ``final`` (params), ``final_score``, and ``per_image``: one dict
+        per image with ``params`` (chosen on the others), ``tp, fp, fn, true_count,
+        pred_count`` there.
+    """
+    from neuroseg.metrics import match_objects
+
+    prob_maps, true_labels, groups = list(prob_maps), list(true_labels), list(groups)
+    _check_pairs(prob_maps, true_labels)
+    if len(groups) != len(prob_maps) or len(prob_maps) < 2:
+        raise ValueError(
+            f"need one group per image and >= 2 images, got {len(groups)} groups for "
+            f"{len(prob_maps)} images"
+        )
+    points = _grid_points(grid)
+    counts: list[list[dict]] = [[] for _ in points]  # counts[point][image]
+    for probs, truth in zip(prob_maps, true_labels, strict=True):
+        for i, labels in enumerate(_grid_labels(probs, truth, points)):
+            m = match_objects(truth, labels, radius=radius)
+            counts[i].append({"tp": m["tp"], "fp": m["fp"], "fn": m["fn"],
+                              "true_count": m["n_true"], "pred_count": m["n_pred"]})  # fmt: skip
+
+    def best(members: list[int]) -> tuple[int, float]:
+        scores = [_group_f1(c, groups, members) for c in counts]
+        k = max(range(len(points)), key=lambda i: (scores[i], -i))
+        return k, scores[k]
+
+    everyone = list(range(len(prob_maps)))
+    per_image = []
+    for i in everyone:
+        k, _ = best([j for j in everyone if j != i])
+        per_image.append({"params": _params_of(points[k]), **counts[k][i]})
+    k, score = best(everyone)
+    return {"points": points, "final": _params_of(points[k]), "final_score": score,
+            "per_image": per_image}  # fmt: skip

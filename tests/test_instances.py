@@ -16,6 +16,7 @@ from neuroseg.instances import (
     centre_targets,
     instances_from_classes,
     separation_targets,
+    sweep_leave_one_out,
     sweep_postprocessing,
     three_class_targets,
 )
@@ -118,6 +119,57 @@ def test_sweep_picks_the_parameters_that_split_the_discs():
         sweep_postprocessing([probs], [labels], grid={"sigma": [1]})
     with pytest.raises(ValueError, match="as many"):
         sweep_postprocessing([probs], [])
+
+
+def _cells_and_specks(n_cells: int, n_specks: int, small_true: bool = False):
+    """Probability map with ``n_cells`` 12x12 cells and ``n_specks`` 3x3 predicted specks on a
+    row; the truth has the cells, and the specks too where ``small_true``."""
+    labels = np.zeros((20, 20 * (n_cells + n_specks)), np.int32)
+    for k in range(n_cells):
+        labels[4:16, 20 * k + 4 : 20 * k + 16] = k + 1
+    specks = np.zeros_like(labels)
+    for k in range(n_specks):
+        c = 20 * (n_cells + k) + 9
+        specks[9:12, c : c + 3] = n_cells + k + 1
+    probs = one_hot(three_class_targets(labels + specks))
+    return probs, labels + specks if small_true else labels
+
+
+def test_leave_one_out_sweep_never_scores_an_image_with_parameters_chosen_on_it():
+    # images 0 and 1: specks are false positives (a large min_area wins on them); image 2: its
+    # speck is a real cell, so alone it would choose the small min_area (F1 1.0 against 0.8)
+    maps = [_cells_and_specks(3, 4), _cells_and_specks(2, 5), _cells_and_specks(2, 1, True)]
+    probs, truths = zip(*maps, strict=True)
+    grid = {"min_area": [4, 50]}
+    out = sweep_leave_one_out(probs, truths, ["a", "a", "a"], grid=grid)
+    assert len(out["points"]) == 2 and [p["min_area"] for p in out["points"]] == [4, 50]
+    chosen = [im["params"]["min_area"] for im in out["per_image"]]
+    assert chosen == [50, 50, 50]  # image 2 is scored with what images 0 and 1 chose
+    counts = [(im["tp"], im["fp"], im["fn"]) for im in out["per_image"]]
+    assert counts == [(3, 0, 0), (2, 0, 0), (2, 0, 1)]
+    assert out["per_image"][2]["true_count"] == 3 and out["per_image"][2]["pred_count"] == 2
+    # on all three: min_area 4 gives 8 TP, 9 FP, 0 FN (F1 0.64); 50 gives 7, 0, 1 (F1 14/15)
+    assert out["final"]["min_area"] == 50 and out["final_score"] == pytest.approx(14 / 15)
+    assert set(out["final"]) == set(POSTPROCESS_DEFAULTS)
+    with pytest.raises(ValueError, match="one group per image"):
+        sweep_leave_one_out(probs, truths, ["a"], grid=grid)
+    with pytest.raises(ValueError, match=">= 2 images"):
+        sweep_leave_one_out(probs[:1], truths[:1], ["a"], grid=grid)
+
+
+def test_leave_one_out_sweep_weighs_each_group_the_same():
+    # group a: 20 cells and 8 false specks; group b: 1 cell and 2 real specks. Pooled over all
+    # cells min_area 50 wins (F1 0.955 against 0.852); by the mean of the groups' F1, 4 does
+    # (0.917 against 0.75)
+    maps = [_cells_and_specks(10, 4), _cells_and_specks(10, 4), _cells_and_specks(1, 2, True)]
+    probs, truths = zip(*maps, strict=True)
+    grid = {"min_area": [4, 50]}
+    assert sweep_leave_one_out(probs, truths, ["a", "a", "a"], grid=grid)["final"]["min_area"] == 50
+    grouped = sweep_leave_one_out(probs, truths, ["a", "a", "b"], grid=grid)
+    assert grouped["final"]["min_area"] == 4
+    assert grouped["final_score"] == pytest.approx((40 / 48 + 1.0) / 2)
+    # without image 2 only group a is left, where 50 wins
+    assert [im["params"]["min_area"] for im in grouped["per_image"]] == [4, 4, 50]
 
 
 def test_centre_targets_peak_at_centres_and_dip_at_the_neck():
