@@ -297,8 +297,8 @@ def cmd_segment(args) -> int:
         labels=args.labels,
         tta=args.tta,
     )
-    n_images = df["image_id"].nunique() if len(df) else 0
-    print(f"{len(df)} cells in {n_images} image(s) -> {args.out}")
+    skipped = f", {df.attrs['failed']} skipped" if df.attrs.get("failed") else ""
+    print(f"{len(df)} cells in {df.attrs['images']} image(s){skipped} -> {args.out}")
     if args.labels:
         print(f"label images (pixel value = cell_id) -> {args.labels}")
     return 0

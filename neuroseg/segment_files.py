@@ -176,10 +176,11 @@ def segment_files(
     -------
     pandas.DataFrame
         The rows written: one per cell, columns :data:`neuroseg.measure.CELL_COLUMNS`, images in
-        the order given. ``plate_id`` is the name of the folder holding the image ("" at a
-        filesystem or bucket root), ``image_id`` the file stem, ``image_sha256`` the hash of
-        the file's bytes, ``processed_at`` the UTC time the image was done, ``flow_run_id``
-        null.
+        the order given; ``attrs["images"]`` counts the images processed (with or without
+        cells), ``attrs["failed"]`` those skipped. ``plate_id`` is the name of the folder
+        holding the image ("" at a filesystem or bucket root), ``image_id`` the file stem,
+        ``image_sha256`` the hash of the file's bytes, ``processed_at`` the UTC time the image
+        was done, ``flow_run_id`` null.
 
     Raises
     ------
@@ -244,6 +245,8 @@ def segment_files(
         )
     cells = pd.concat(frames, ignore_index=True)[list(CELL_COLUMNS)]
     _write(cells, out)
+    # an image without cells has no row: the counts of the batch travel beside the table
+    cells.attrs.update(images=len(frames), failed=len(failed))
     return cells
 
 

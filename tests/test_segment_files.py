@@ -138,6 +138,7 @@ def test_file_at_a_root_has_empty_plate_and_cells_table_may_be_empty(tmp_path, g
     out = tmp_path / "none.parquet"
     df = segment_files([f"file://{tmp_path}/dark.png"], out=str(out), model=green_model)
     assert len(df) == 0 and list(df.columns) == list(CELL_COLUMNS)
+    assert df.attrs == {"images": 1, "failed": 0}
     assert pq.read_table(out).schema.equals(CELL_SCHEMA) and pq.read_table(out).num_rows == 0
     from neuroseg.segment_files import _plate_id
 
@@ -185,6 +186,12 @@ def test_command_line(tmp_path, green_model, capsys):
         ["segment", str(tmp_path / "P1" / "a.png"), "--out", str(out), "--model", green_model]
     )
     assert rc == 0 and "2 cells in 1 image(s)" in capsys.readouterr().out
+    # an image without cells still counts as processed; a bad one is reported as skipped
+    write_png(tmp_path / "P1" / "dark.png", np.zeros((*SHAPE, 3), np.uint8))
+    (tmp_path / "P1" / "bad.png").write_bytes(b"not an image")
+    names = [str(tmp_path / "P1" / n) for n in ("a.png", "dark.png", "bad.png")]
+    assert main(["segment", *names, "--out", str(out), "--model", green_model]) == 0
+    assert "2 cells in 2 image(s), 1 skipped" in capsys.readouterr().out
     assert storage.read_parquet(str(out)).cell_id.tolist() == [1, 2]
     # --tta flips: four flipped predictions averaged; this model is flip-equivariant, so the
     # same cells come out (a real Keras model on tiles, each flip stitched and flipped back)
