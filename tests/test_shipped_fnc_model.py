@@ -72,3 +72,29 @@ def test_card_scores_every_real_sample_held_out_once():
         assert pooled["cells"] == sum(f["true_count"] for f in folds)
     card = (FOLDER / "MODEL_CARD.md").read_text()
     assert "CC BY-SA 4.0" in card and "leave-one-image-out" in card
+
+
+def test_shipped_post_processing_is_the_nested_choice_and_its_scores_add_up():
+    scores = json.loads((FOLDER / "scores.json").read_text())
+    nested = scores["cross_validation"].get("nested")
+    if nested is None:
+        pytest.skip("this default model has fixed post-processing (no nested choice)")
+    config = json.loads((FOLDER / "config.json").read_text())
+    for key, value in nested["final"].items():
+        assert config["postprocess"][key] == value
+    grid = nested["grid"]
+    folds = nested["folds"]
+    assert [f["name"] for f in folds] == [f["name"] for f in scores["cross_validation"]["folds"]]
+    for f in folds:  # every image's parameters are a point of the grid
+        for key, values in grid.items():
+            assert f["params"][key] in values
+    for stain in ("yellow", "red"):
+        mine = [f for f in folds if f["colour"] == stain]
+        pooled = nested["model"][stain]
+        assert pooled["tp"] == sum(f["tp"] for f in mine)
+        assert pooled["found"] == sum(f["pred_count"] for f in mine)
+        assert pooled["f1"] == pytest.approx(
+            2 * pooled["tp"] / (2 * pooled["tp"] + pooled["fp"] + pooled["fn"])
+        )
+    card = (FOLDER / "MODEL_CARD.md").read_text()
+    assert "nested leave-one-out" in card
