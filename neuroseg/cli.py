@@ -320,7 +320,7 @@ def _shipped_nuclei() -> list[str]:
 
     return [
         name
-        for name in ("nuclei", "nuclei-fast")
+        for name in ("nuclei",)
         if os.path.exists(os.path.join(registry.shipped_model_uri(name), "config.json"))
     ]
 

@@ -258,14 +258,16 @@ def default_model_uri() -> str:
     return shipped_model_uri("default")
 
 
-#: Other names of shipped models: ``fnc`` is the default model's job (FNC-like plates).
-SHIPPED_ALIASES = {"fnc": "default"}
+#: Other names of shipped models: ``fnc`` is the default model's job (FNC-like plates);
+#: ``nuclei-fast`` was the opt-in space-to-depth nuclei model until ``nuclei`` (the same network
+#: trained twice as long) replaced both on 2026-12-04.
+SHIPPED_ALIASES = {"fnc": "default", "nuclei-fast": "nuclei"}
 
 
 def shipped_model_uri(name: str) -> str:
     """The folder of a model shipped inside the package: ``neuroseg/assets/models/<name>``
-    (``default``, also called ``fnc``: the FNC model; ``nuclei``: the nucleus model). Returned
-    whether or not a model is there."""
+    (``default``, also called ``fnc``: the FNC model; ``nuclei``, also ``nuclei-fast``: the
+    nucleus model). Returned whether or not a model is there."""
     name = SHIPPED_ALIASES.get(name, name)
     return str(Path(__file__).resolve().parent / "assets" / "models" / _check_name(name))
 

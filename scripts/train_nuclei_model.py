@@ -315,6 +315,13 @@ def _card(info: dict) -> str:
                 f"classical baseline at every IoU threshold: "
                 f"{'yes' if v['beats_classical_everywhere'] else 'no'}."
             )
+    both = (info.get("pooled") or {}).get("val", {}).get("model")
+    if both:
+        lines.append(
+            f"- both sets pooled (as the issue's test pools them): F1 at IoU 0.5 "
+            f"{_fmt(both['f1_50'])} (goal >= {GOAL_F1}: "
+            f"{'met' if both['f1_50'] >= GOAL_F1 else 'not met'})."
+        )
     if info.get("tta"):
         lines += ["", *tta_card_lines(info["tta"], _plain_by_set(scores, info.get("pooled") or {}))]
     t = info.get("timing")
