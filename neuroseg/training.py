@@ -228,11 +228,16 @@ def augmented_phases(
     ]
 
 
-#: The instance-aware network of the ``nuclei`` and ``fnc`` presets.
+#: The instance-aware network of the ``nuclei`` and ``fnc`` presets, the shipped models'
+#: since 2026-12-04: a space-to-depth stem runs a width-16 depth-3 U-Net at half resolution
+#: (0.48 M parameters; 0.5-0.7x the prediction time of the width-8 depth-4 network without the
+#: stem that the presets used before, as many parameters, higher validation scores). A run
+#: that fine-tunes a shipped model (``init_model``) needs the same network.
 _THREE_CLASS_UNET: dict[str, Any] = {
     "model": "unet",
-    "width": 8,
-    "depth": 4,
+    "width": 16,
+    "depth": 3,
+    "space_to_depth": True,
     "target": "three_class",
     "loss": "cce_dice",
     "loss_params": {"lam": 0.5},
@@ -242,11 +247,11 @@ _THREE_CLASS_UNET: dict[str, Any] = {
 
 #: Named configurations: ``seed`` (the notebook exactly), ``cpu-small`` (a small U-Net that
 #: trains end to end in a few minutes on two CPU cores), ``tiny`` (seconds; for tests) and
-#: ``nuclei`` (the instance-aware three-class U-Net for grey fluorescence nuclei, width 8 and
-#: depth 4: as many parameters as width 16 depth 3, half its compute at full resolution, so
-#: inference takes about half the time: 2,750 steps of 16 random 128x128 crops of 256x256
-#: tiles, 44,000 crops; at the ~20 crops/s measured in fp32 on two shared CPU cores, about
-#: 40 min); ``fnc`` (the shipped FNC model's network: the same three-class U-Net on grey
+#: ``nuclei`` (the instance-aware three-class U-Net for grey fluorescence nuclei, the shipped
+#: model's network: 2,750 steps of 16 random 128x128 crops of 256x256 tiles, 44,000 crops,
+#: about 12 min on two cores of a fast CPU, 25 min on a slow one; the shipped model trained
+#: for 3.5x these epochs, ``scripts/train_nuclei_model.py --epochs 14,38,24``); ``fnc`` (the
+#: shipped FNC model's network: the same three-class U-Net on grey
 #: percentile-normalised input, so that yellow and red stains look alike, with 192 px crops of
 #: 400 px tiles for the larger neurons; 400 steps of 8, about 9 min on two CPU cores; the shipped
 #: model is this pretrained on synthetic plates and fine-tuned on real ones with ``init_model``,

@@ -4,9 +4,9 @@ leave-one-image-out cross-validation on the real FNC samples.
     .venv/bin/python scripts/train_fnc_model.py --work /tmp/neuroseg-fnc
     .venv/bin/python scripts/train_fnc_model.py --work /tmp/fnc-smoke --smoke   # minutes
 
-The network is the shipped one by default (``SHIPPED_NETWORK``: the ``fnc`` preset's recipe
-with a space-to-depth stem, width 16, depth 3); ``--width``, ``--depth`` and
-``--no-space-to-depth`` change it.
+The network is the ``fnc`` preset's, the shipped one (a space-to-depth stem, width 16, depth
+3); ``--width``, ``--depth`` and ``--no-space-to-depth`` change it (``--no-space-to-depth
+--width 8 --depth 4``: the model shipped until 2026-12-03).
 
 Steps (each one of the flows the deployments run, except the pooling of the scores):
 
@@ -52,9 +52,6 @@ SUFFIXES = (".png", ".tif", ".tiff")
 # Fine-tuning on the real images: short, at lower learning rates than the pretraining.
 FINETUNE = (("ft1", 3, 1e-3, "cells"), ("ft2", 5, 3e-4, "all"))
 FINETUNE_STEPS = 40
-# The network of the shipped model: a space-to-depth stem, so the U-Net runs at half resolution
-# (0.69x the prediction time of the preset's width 8 depth 4 network, as many parameters).
-SHIPPED_NETWORK = {"space_to_depth": True, "width": 16, "depth": 3}
 # The post-processing grid of the nested leave-one-out choice (three-class models): the FNC
 # cells are large (median about 1,000 px), so the sizes reach far beyond the nuclei grid's.
 NESTED_GRID = {
@@ -348,9 +345,6 @@ def main() -> None:
     )
     ap.add_argument("--smoke", action="store_true", help="small images, a few steps, 2 folds")
     add_network_arguments(ap)
-    # the shipped network (since 2026-12-04): the fnc preset's U-Net is width 8, depth 4
-    # without the stem; --no-space-to-depth --width 8 --depth 4 trains that one
-    ap.set_defaults(**SHIPPED_NETWORK)
     args = ap.parse_args()
     work = Path(args.work).resolve()
     out = Path(args.out or (work / "model" if args.smoke else ASSET))

@@ -272,7 +272,7 @@ def test_fine_tune_starts_from_a_registered_model(trained):
         assert not all(np.allclose(a, b, atol=1e-3) for a, b in fresh)
         lineage = storage.read_json(storage.join(tuned["model_uri"], "lineage.json"))
         assert lineage["init_model"]["model"] == f"tiny@{res['version']}"
-        with pytest.raises(ValueError, match=r"init_model 'nuclei' .* width 8"):
+        with pytest.raises(ValueError, match=r"init_model 'nuclei' .* width 16"):
             run(model_name="wrong", init_model="nuclei")
     finally:
         storage.write_json(latest, before)

@@ -123,4 +123,4 @@ def test_three_class_configs_are_validated():
     steps = sum(p.epochs * p.steps_per_epoch for p in nuclei.phases)
     assert steps * nuclei.phases[0].batch_size == 44_000  # crops seen; see the preset's comment
     assert nuclei.crop == 128 and nuclei.class_weighting == "none"
-    assert (nuclei.width, nuclei.depth) == (8, 4)
+    assert (nuclei.width, nuclei.depth, nuclei.space_to_depth) == (16, 3, True)

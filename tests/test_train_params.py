@@ -102,14 +102,14 @@ def test_fine_tuning_refuses_a_model_without_the_centre_head(tmp_path):
 
 
 def test_architecture_overrides_and_the_stem_divisibility():
-    cfg = build_config(TrainParams(preset="nuclei", width=16, depth=3, space_to_depth=True))
-    assert (cfg.width, cfg.depth, cfg.space_to_depth) == (16, 3, True)
+    cfg = build_config(TrainParams(preset="nuclei", width=8, depth=4, space_to_depth=False))
+    assert (cfg.width, cfg.depth, cfg.space_to_depth) == (8, 4, False)
     assert cfg.loss_params == PRESETS["nuclei"].loss_params  # the rest is the preset's
-    assert PRESETS["nuclei"].space_to_depth is False
+    assert PRESETS["nuclei"].space_to_depth is True
     # crop 48 is divisible by 2**depth = 16 but not by 32, the stem's stride at depth 4
-    assert build_config(TrainParams(preset="nuclei", crop=48)).crop == 48
+    assert build_config(TrainParams(preset="nuclei", crop=48, depth=4, space_to_depth=False))
     with pytest.raises(ValueError, match="divisible by 32"):
-        build_config(TrainParams(preset="nuclei", crop=48, space_to_depth=True))
+        build_config(TrainParams(preset="nuclei", crop=48, depth=4))
     with pytest.raises(ValueError, match="space_to_depth needs"):
         build_config(TrainParams(preset="seed", space_to_depth=True))
     with pytest.raises(ValidationError):
@@ -122,6 +122,28 @@ def test_fine_tuning_refuses_a_model_with_another_stem(tmp_path):
     from flows.train import _init_model
     from neuroseg.training import get_preset
 
-    cfg = json.loads(get_preset("nuclei", space_to_depth=True).model_dump_json())
-    with pytest.raises(ValueError, match="has space_to_depth False, the run wants True"):
+    cfg = json.loads(get_preset("nuclei", space_to_depth=False).model_dump_json())
+    with pytest.raises(ValueError, match="has space_to_depth True, the run wants False"):
         _init_model(str(tmp_path), "nuclei", cfg, {"uri": str(tmp_path / "prepared")})
+
+
+@pytest.mark.parametrize("name", ["fnc", "nuclei"])
+def test_a_shipped_model_fine_tunes_with_its_own_preset(tmp_path, name):
+    """`neuroseg train --preset fnc --init-model fnc` (and nuclei): the preset is the shipped
+    model's network, so a lab's retraining from the UI starts from the shipped weights."""
+    import json
+
+    from flows.train import _init_model
+    from neuroseg import registry, storage
+    from neuroseg.training import get_preset
+
+    folder = registry.shipped_model_uri(name)
+    if not storage.exists(storage.join(folder, "config.json")):
+        pytest.skip(f"no shipped {name} model in this checkout")
+    model_input = storage.read_json(storage.join(folder, "config.json"))["input"]
+    prepared = tmp_path / "prepared"
+    storage.write_json(str(prepared / "summary.json"), {"params": {"input": model_input}})
+    cfg = json.loads(get_preset(name).model_dump_json())
+    init = _init_model(str(tmp_path), name, cfg, {"uri": str(prepared)})
+    assert init["uri"].rstrip("/") == folder.rstrip("/")
+    assert init["checkpoint_uri"].endswith("model.keras")
