@@ -44,6 +44,7 @@ __all__ = [
     "pixel_scores",
     "prf",
     "rank_grid",
+    "reweighted_iou_scores",
     "threshold_sweep",
 ]
 
@@ -860,6 +861,47 @@ def rank_grid(points: Sequence[Mapping], matches: Sequence[Sequence[Mapping]]) -
         raise ValueError("rank_grid needs at least one grid point")
     best = max(range(len(points)), key=lambda i: (table[i]["mean_ap"], table[i]["f1_50"], -i))
     return {"best": best, "scores": all_scores[best], "table": table}
+
+
+def reweighted_iou_scores(
+    tables: Mapping[str, Sequence[Mapping]], scale: Mapping[str, float]
+) -> dict:
+    """Pooled scores of several sets with each set's counts scaled first.
+
+    An estimate of what a test of another composition would score: e.g. a test split of 22
+    BBBC039 and 68 DSB images re-weighted to 50 + 50 with ``scale = {"bbbc039": 50 / 22,
+    "dsb2018": 50 / 68}``. Each set's TP, FP and FN at every IoU threshold are multiplied by its
+    scale, summed over the sets and turned into F1 and AP = TP / (TP + FP + FN).
+
+    Parameters
+    ----------
+    tables : mapping of set name -> sequence of rows
+        Per set, the rows of :func:`iou_scores`' ``table`` (``threshold, tp, fp, fn``), the
+        same thresholds in the same order for every set.
+    scale : mapping of set name -> float
+        The factor of each set's counts (>= 0; every set of ``tables`` needs one).
+
+    Returns
+    -------
+    dict
+        ``f1_50`` and ``ap_50`` (the first threshold's), ``mean_ap`` (over all thresholds).
+    """
+    if not tables or set(tables) != set(scale) or any(not v >= 0 for v in scale.values()):
+        raise ValueError(f"need one scale >= 0 per set: sets {sorted(tables)}, scale {scale}")
+    rows = list(zip(*tables.values(), strict=True))
+    for same in rows:
+        if len({float(r["threshold"]) for r in same}) != 1:
+            raise ValueError("the sets' tables must list the same IoU thresholds in order")
+    aps, f1 = [], None
+    for k, same in enumerate(rows):
+        tp, fp, fn = (
+            sum(scale[name] * r[key] for name, r in zip(tables, same, strict=True))
+            for key in ("tp", "fp", "fn")
+        )
+        if k == 0:
+            f1 = 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 1.0
+        aps.append(tp / (tp + fp + fn) if tp + fp + fn else 1.0)
+    return {"f1_50": f1, "ap_50": aps[0], "mean_ap": float(np.mean(aps))}
 
 
 def iou_summary(results: Iterable[Mapping]) -> dict | None:

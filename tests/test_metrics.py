@@ -477,3 +477,29 @@ def test_iou_summary_is_iou_scores_in_short():
         assert short[k] == full[k]
     assert [r["ap"] for r in short["table"]] == full["ap"]
     assert iou_summary([]) is None
+
+
+def test_reweighted_iou_scores_scale_each_sets_counts_before_pooling():
+    from neuroseg.metrics import reweighted_iou_scores
+
+    a = [
+        {"threshold": 0.5, "tp": 8, "fp": 2, "fn": 0},
+        {"threshold": 0.9, "tp": 4, "fp": 6, "fn": 4},
+    ]
+    b = [
+        {"threshold": 0.5, "tp": 1, "fp": 0, "fn": 3},
+        {"threshold": 0.9, "tp": 0, "fp": 1, "fn": 4},
+    ]
+    same = reweighted_iou_scores({"a": a, "b": b}, {"a": 1, "b": 1})
+    assert same["f1_50"] == pytest.approx(18 / 23) and same["ap_50"] == pytest.approx(9 / 14)
+    assert same["mean_ap"] == pytest.approx((9 / 14 + 4 / 19) / 2)
+    # b's images three times as many: its counts weigh 3x
+    more_b = reweighted_iou_scores({"a": a, "b": b}, {"a": 1, "b": 3})
+    assert more_b["ap_50"] == pytest.approx(11 / 22)
+    assert reweighted_iou_scores({"a": a, "b": b}, {"a": 1, "b": 0}) == reweighted_iou_scores(
+        {"a": a}, {"a": 2}
+    )
+    with pytest.raises(ValueError, match="one scale"):
+        reweighted_iou_scores({"a": a, "b": b}, {"a": 1})
+    with pytest.raises(ValueError, match="same IoU thresholds"):
+        reweighted_iou_scores({"a": a, "b": b[::-1]}, {"a": 1, "b": 1})
