@@ -892,16 +892,13 @@ def reweighted_iou_scores(
     for same in rows:
         if len({float(r["threshold"]) for r in same}) != 1:
             raise ValueError("the sets' tables must list the same IoU thresholds in order")
-    aps, f1 = [], None
-    for k, same in enumerate(rows):
-        tp, fp, fn = (
-            sum(scale[name] * r[key] for name, r in zip(tables, same, strict=True))
-            for key in ("tp", "fp", "fn")
-        )
-        if k == 0:
-            f1 = 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 1.0
-        aps.append(tp / (tp + fp + fn) if tp + fp + fn else 1.0)
-    return {"f1_50": f1, "ap_50": aps[0], "mean_ap": float(np.mean(aps))}
+    counts = [
+        [sum(scale[name] * r[key] for name, r in zip(tables, same, strict=True))
+         for key in ("tp", "fp", "fn")]
+        for same in rows
+    ]  # fmt: skip
+    aps = [_ratio(tp, tp + fp + fn, 1.0) for tp, fp, fn in counts]
+    return {"f1_50": prf(*counts[0])["f1"], "ap_50": aps[0], "mean_ap": float(np.mean(aps))}
 
 
 def iou_summary(results: Iterable[Mapping]) -> dict | None:
