@@ -186,7 +186,8 @@ def _network_flags(train: dict) -> str:
     from neuroseg.training import PRESETS
 
     preset = PRESETS["fnc"]
-    flags = " --space-to-depth" if train.get("space_to_depth") else ""
+    stem = bool(train.get("space_to_depth"))
+    flags = "" if stem == preset.space_to_depth else f" --{'' if stem else 'no-'}space-to-depth"
     for key in ("width", "depth"):
         if key in train and train[key] != getattr(preset, key):
             flags += f" --{key} {train[key]}"
