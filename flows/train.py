@@ -124,6 +124,13 @@ class TrainParams(BaseModel):
         "between close objects (the contact lines and narrow gaps where merges happen; "
         "the pixel counts 1 + this); empty = the preset's (nuclei 10, the others 0)",
     )
+    small_object_area: int | None = Field(
+        None,
+        ge=0,
+        description="with separation_weight: objects under this many pixels (micronuclei) and "
+        "a 1-pixel ring around them weigh like the pixels between close objects; 0 = none; "
+        "empty = the preset's",
+    )
     width: int | None = Field(
         None,
         ge=1,
@@ -191,7 +198,7 @@ def build_config(p: TrainParams) -> TrainConfig:
         over["loss"] = p.loss
     if p.precision != FROM_PRESET:
         over["mixed_precision"] = p.precision == "bf16"
-    for key in ("crop", "seed", "centre", "width", "depth", "space_to_depth"):
+    for key in ("crop", "seed", "centre", "width", "depth", "space_to_depth", "small_object_area"):
         if getattr(p, key) is not None:
             over[key] = getattr(p, key)
     for key in ("centre_weight", "separation_weight"):

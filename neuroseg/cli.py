@@ -218,6 +218,7 @@ def cmd_train(args) -> int:
         precision="bf16" if args.bf16 else "preset",
         centre=args.centre,
         separation_weight=args.separation_weight,
+        small_object_area=args.small_object_area,
         **network_arguments(args),
         model_name=args.name,
         run_id=args.run_id,
@@ -500,6 +501,13 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         help="three-class losses: extra weight on the pixels between close objects "
         "(default: the preset's; nuclei 10)",
+    )
+    sp.add_argument(
+        "--small-object-area",
+        type=int,
+        metavar="PX",
+        help="with a separation weight: objects under PX pixels (micronuclei) weigh as much "
+        "as the pixels between close objects; 0 = none (default: the preset's)",
     )
     add_network_arguments(sp)
     sp.add_argument("--no-evaluate", action="store_true", help="skip evaluation after training")

@@ -199,7 +199,7 @@ def centre_targets(labels: np.ndarray) -> np.ndarray:
     return out
 
 
-def separation_targets(labels: np.ndarray, *, radius: int = 2) -> np.ndarray:
+def separation_targets(labels: np.ndarray, *, radius: int = 2, small_area: int = 0) -> np.ndarray:
     """Pixels between close objects: where two touching or nearly touching nuclei must part.
 
     A pixel (object or background) is a *separation* pixel when the square window of side
@@ -209,12 +209,19 @@ def separation_targets(labels: np.ndarray, *, radius: int = 2) -> np.ndarray:
     ``1 + separation_weight`` times (the idea of the U-Net paper's separation-border weights,
     Ronneberger et al. 2015, as a flat band instead of a Gaussian of the distances).
 
+    With ``small_area``, the pixels of every object under that many pixels and the ring one
+    pixel wide around it are marked too: micronuclei and other small objects (BBBC039 annotates
+    them; 5 % of its nuclei are under 40 px) are few pixels of a tile, which an unweighted loss
+    lets the model miss.
+
     Parameters
     ----------
     labels : (H, W) integer array
         0 background, any positive id per object.
     radius : int
         Half the window's side (>= 1): gaps up to ``2 * radius - 1`` pixels are marked.
+    small_area : int
+        Objects under this many pixels are marked whole, with a 1-pixel ring (0: none).
 
     Returns
     -------
@@ -227,13 +234,18 @@ def separation_targets(labels: np.ndarray, *, radius: int = 2) -> np.ndarray:
         )
     if isinstance(radius, bool) or int(radius) != radius or radius < 1:
         raise ValueError(f"radius must be an integer >= 1, got {radius!r}")
+    small_area = _check_count("small_area", small_area)
     ids = labels.astype(np.int64, copy=False)
     size = 2 * int(radius) + 1
     top = ndi.maximum_filter(ids, size=size, mode="constant", cval=0)
     # background and the outside count as larger than any id for the minimum
     none = int(ids.max(initial=0)) + 1
     low = ndi.minimum_filter(np.where(ids > 0, ids, none), size=size, mode="constant", cval=none)
-    return (top > 0) & (low < top)
+    out = (top > 0) & (low < top)
+    if small_area and none > 1:
+        small = (np.bincount(ids.ravel())[ids] < small_area) & (ids > 0)
+        out |= ndi.binary_dilation(small, structure=np.ones((3, 3), bool))
+    return out
 
 
 def _check_fraction(name: str, value) -> float:

@@ -126,13 +126,16 @@ class TileSet:
 
         return self._per_tile("centre", lambda lab: np.round(centre_targets(lab) * 255.0))
 
-    def separations(self, radius: int = 2) -> np.ndarray:
-        """Separation maps ``(n, T, T) uint8`` (1 between close objects:
+    def separations(self, radius: int = 2, small_area: int = 0) -> np.ndarray:
+        """Separation maps ``(n, T, T) uint8`` (1 between close objects and, with
+        ``small_area``, on and around objects under that many pixels:
         :func:`neuroseg.instances.separation_targets` of the instance labels), computed once."""
         from neuroseg.instances import separation_targets
 
-        key = ("separation", int(radius))
-        return self._per_tile(key, lambda lab: separation_targets(lab, radius=key[1]))
+        key = ("separation", int(radius), int(small_area))
+        return self._per_tile(
+            key, lambda lab: separation_targets(lab, radius=key[1], small_area=key[2])
+        )
 
     def _per_tile(self, key, make) -> np.ndarray:
         """``make(labels) -> (T, T)`` of every tile's instance labels as uint8, cached under
@@ -382,6 +385,7 @@ def make_dataset(
     fill: tuple[tuple[int, int, int], tuple[int, int, int]] | None = None,
     centre: bool = False,
     separation: bool = False,
+    small_area: int = 0,
 ) -> tf.data.Dataset:
     """A ``tf.data`` pipeline of (augmented) training batches.
 
@@ -437,6 +441,9 @@ def make_dataset(
         ``three_class`` only: a last target channel, 1 on the pixels between close objects
         (:meth:`TileSet.separations`), warped with the classes; the three-class losses weigh
         those pixels' cross-entropy more (``separation_weight``).
+    small_area : int
+        With ``separation``: objects under this many pixels, and a 1-pixel ring around them,
+        are marked in the separation map too (0: none).
 
     Returns
     -------
@@ -464,12 +471,14 @@ def make_dataset(
     three = target == "three_class"
     if (centre or separation) and not three:
         raise ValueError("centre and separation targets need target='three_class'")
+    if small_area and not separation:
+        raise ValueError("small_area marks objects in the separation map: it needs separation")
     images = tf.constant(tiles.images)
     stacked = centre or separation
     if stacked:
         planes = [tiles.classes(boundary_width)]
         planes += [tiles.centres()] if centre else []
-        planes += [tiles.separations()] if separation else []
+        planes += [tiles.separations(small_area=small_area)] if separation else []
         masks = tf.constant(np.stack(planes, axis=-1))
     elif three:
         masks = tf.constant(tiles.classes(boundary_width))

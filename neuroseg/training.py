@@ -137,6 +137,10 @@ class TrainConfig(BaseModel):
     class_weighting : {"sqrt", "inverse", "none"}
         Class weights of the three-class losses from the training tiles' class frequencies
         (:func:`neuroseg.pipeline.multiclass_weights_for`).
+    small_object_area : int
+        With ``separation_weight``: objects under this many pixels (micronuclei), with a
+        1-pixel ring around them, weigh like the pixels between close objects
+        (:func:`neuroseg.instances.separation_targets`); 0: not at all.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -160,6 +164,7 @@ class TrainConfig(BaseModel):
     class_weighting: Literal["sqrt", "inverse", "none"] = "none"
     centre: bool = False
     space_to_depth: bool = False
+    small_object_area: int = Field(default=0, ge=0)
 
     @field_validator("loss")
     @classmethod
@@ -183,6 +188,10 @@ class TrainConfig(BaseModel):
             raise ValueError("centre needs the 'unet' model and target 'three_class'")
         if self.space_to_depth and self.model != "unet":
             raise ValueError("space_to_depth needs the 'unet' model")
+        if self.small_object_area and not self.loss_params.get("separation_weight", 0.0) > 0:
+            raise ValueError(
+                "small_object_area weighs small objects with separation_weight: set it above 0"
+            )
         get_loss(self.loss, **self.loss_params)  # unknown parameters raise here
         if loss_head(self.loss) != self.target:
             raise ValueError(
@@ -532,6 +541,7 @@ def run_phase(
         "centre": config.centre,
         # the loss weighs the pixels between close objects: the targets carry their map
         "separation": float(config.loss_params.get("separation_weight", 0.0)) > 0,
+        "small_area": config.small_object_area,
     }
     fill = GREY_FILL if prepared_input(prepared_uri).get("channels") == "grey" else None
     train_ds = make_dataset(

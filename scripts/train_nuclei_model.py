@@ -402,6 +402,12 @@ def main() -> None:
         type=float,
         help="extra loss weight on the pixels between close nuclei (default: the preset's, 10)",
     )
+    ap.add_argument(
+        "--small-object-area",
+        type=int,
+        metavar="PX",
+        help="nuclei under PX pixels (micronuclei) weigh like those pixels (default: the preset's)",
+    )
     add_network_arguments(ap)
     ap.add_argument(
         "--epochs",
@@ -551,6 +557,7 @@ def main() -> None:
                 centre=args.centre,
                 centre_weight=args.centre_weight,
                 separation_weight=args.separation_weight,
+                small_object_area=args.small_object_area,
                 **network_arguments(args),
                 model_name=args.dataset,
                 init_model=str(Path(args.init_model).resolve()) if args.init_model else None,

@@ -145,15 +145,22 @@ def test_train_network_flags_become_train_params():
     parser = build_parser()
     args = parser.parse_args(
         ["train", "--preset", "nuclei", "--width", "16", "--depth", "3", "--space-to-depth",
-         "--separation-weight", "4"]
+         "--separation-weight", "4", "--small-object-area", "50"]
     )  # fmt: skip
     cfg = build_config(
         TrainParams(
-            preset="nuclei", separation_weight=args.separation_weight, **network_arguments(args)
+            preset="nuclei",
+            separation_weight=args.separation_weight,
+            small_object_area=args.small_object_area,
+            **network_arguments(args),
         )
     )
     assert (cfg.width, cfg.depth, cfg.space_to_depth) == (16, 3, True)
     assert cfg.loss_params["separation_weight"] == 4.0
+    assert cfg.small_object_area == 50
+    # small objects are weighed with the separation weight: without one it is an error
+    with pytest.raises(ValueError, match="separation_weight"):
+        build_config(TrainParams(preset="nuclei", separation_weight=0, small_object_area=50))
     plain = parser.parse_args(["train", "--preset", "nuclei"])
     assert network_arguments(plain) == {"width": None, "depth": None, "space_to_depth": None}
     assert parser.parse_args(["train", "--no-space-to-depth"]).space_to_depth is False

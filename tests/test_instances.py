@@ -233,6 +233,27 @@ def test_separation_targets_mark_contacts_and_narrow_gaps_only():
         separation_targets(labels.astype(np.float32))
 
 
+def test_separation_targets_mark_small_objects_with_a_ring():
+    """``small_area``: an object under that many pixels is marked whole with the ring of one
+    pixel around it (where its outline is learnt); larger objects and lone ones stay unmarked."""
+    labels = np.zeros((30, 30), np.int32)
+    labels[3:6, 3:7] = 7  # 12 px, a micronucleus
+    labels[15:25, 15:25] = 2  # 100 px
+    assert not separation_targets(labels).any()
+    sep = separation_targets(labels, small_area=13)
+    np.testing.assert_array_equal(sep, ndi.binary_dilation(labels == 7, np.ones((3, 3), bool)))
+    assert sep.sum() == 5 * 6
+    # the threshold is strict: 12 px is not under 12
+    assert not separation_targets(labels, small_area=12).any()
+    assert separation_targets(labels, small_area=101)[14:26, 14:26].all()
+    # still the contact lines of close objects, whatever their size
+    both = separation_targets(touching_discs(), small_area=13)
+    np.testing.assert_array_equal(both, separation_targets(touching_discs()))
+    assert not separation_targets(np.zeros((4, 4), np.int32), small_area=50).any()
+    with pytest.raises(ValueError, match="small_area"):
+        separation_targets(labels, small_area=-1)
+
+
 def _joined_interiors_with_centre() -> tuple[np.ndarray, np.ndarray]:
     """Two touching discs whose predicted interior joins them (no boundary line between them)
     but whose centre map dips at the contact: only centre markers split them."""

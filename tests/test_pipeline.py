@@ -325,6 +325,19 @@ def test_separation_maps_ride_along_as_the_last_channel(tmp_path):
             np.testing.assert_allclose(y[..., 3], source.centres() / 255.0, atol=1e-6)
     with pytest.raises(ValueError, match="separation"):
         make_dataset(root, batch_size=2, separation=True)
+    # small objects ride in the same channel
+    small = source.separations(small_area=10_000)
+    np.testing.assert_array_equal(
+        small, [separation_targets(lab, small_area=10_000) for lab in source.labels]
+    )
+    assert small.sum() > seps.sum()
+    ds = make_dataset(
+        root, batch_size=8, tile_filter="all", shuffle=False, target="three_class",
+        separation=True, small_area=10_000,
+    )  # fmt: skip
+    np.testing.assert_array_equal(next(iter(ds))[1].numpy()[..., -1], small)
+    with pytest.raises(ValueError, match="needs separation"):
+        make_dataset(root, batch_size=2, target="three_class", small_area=10)
 
 
 def test_multiclass_weights(tmp_path):
