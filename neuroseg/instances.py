@@ -84,7 +84,9 @@ def _diamond(radius: int) -> np.ndarray:
     return (r[:, None] + r[None, :]) <= radius
 
 
-def three_class_targets(labels: np.ndarray, *, boundary_width: int = 1) -> np.ndarray:
+def three_class_targets(
+    labels: np.ndarray, *, boundary_width: int = 1, small_area: int = 0
+) -> np.ndarray:
     """Background / interior / boundary classes of an instance label image.
 
     A pixel of an object is *boundary* when a pixel within ``boundary_width`` steps (city-block
@@ -94,12 +96,18 @@ def three_class_targets(labels: np.ndarray, *, boundary_width: int = 1) -> np.nd
     draws a line two pixels wide (one from each side). Pixels outside the image do not count as
     another value, so an object cut by the image (or tile) edge has no boundary along the cut.
 
+    With ``small_area``, objects under that many pixels get a boundary one pixel wide whatever
+    ``boundary_width`` is: a micronucleus 5 px across is all boundary at width 2, so nothing of
+    it could seed a marker of its own, and the watershed gives it to the nucleus beside it.
+
     Parameters
     ----------
     labels : (H, W) integer array
         0 background, any positive id per object (ids need not be consecutive).
     boundary_width : int
         Thickness of the boundary ring inside each object, in pixels (>= 1).
+    small_area : int
+        Objects under this many pixels have a 1-pixel boundary (0: none).
 
     Returns
     -------
@@ -116,16 +124,27 @@ def three_class_targets(labels: np.ndarray, *, boundary_width: int = 1) -> np.nd
         raise ValueError(f"boundary_width must be an integer >= 1, got {boundary_width!r}")
     if boundary_width < 1:
         raise ValueError(f"boundary_width must be an integer >= 1, got {boundary_width!r}")
+    small_area = _check_count("small_area", small_area)
     foreground = labels > 0
     out = foreground.astype(np.uint8)  # interior until shown otherwise
     if not foreground.any():
         return out
-    footprint = _diamond(int(boundary_width))
     lab = labels.astype(np.int64, copy=False)
+    edge = _edges(lab, int(boundary_width))
+    if small_area and boundary_width > 1:
+        small = np.bincount(lab.ravel())[lab] < small_area
+        if small.any():
+            edge = np.where(small, _edges(lab, 1), edge)
+    out[foreground & edge] = BOUNDARY
+    return out
+
+
+def _edges(lab: np.ndarray, width: int) -> np.ndarray:
+    """Pixels with another value within ``width`` city-block steps (the image edge is not one)."""
+    footprint = _diamond(width)
     high = ndi.maximum_filter(lab, footprint=footprint, mode="nearest")
     low = ndi.minimum_filter(lab, footprint=footprint, mode="nearest")
-    out[foreground & ((high != lab) | (low != lab))] = BOUNDARY
-    return out
+    return (high != lab) | (low != lab)
 
 
 def _check_probs(probs) -> np.ndarray:

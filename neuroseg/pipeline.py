@@ -111,13 +111,16 @@ class TileSet:
             return self.labels
         return _components(self.masks)
 
-    def classes(self, boundary_width: int = 1) -> np.ndarray:
+    def classes(self, boundary_width: int = 1, small_area: int = 0) -> np.ndarray:
         """Three-class maps ``(n, T, T) uint8`` (0 background, 1 interior, 2 boundary) of the
-        instance labels (:func:`neuroseg.instances.three_class_targets`), computed once."""
+        instance labels (:func:`neuroseg.instances.three_class_targets`; objects under
+        ``small_area`` pixels with a 1-pixel boundary), computed once."""
         from neuroseg.instances import three_class_targets
 
-        key = int(boundary_width)
-        return self._per_tile(key, lambda lab: three_class_targets(lab, boundary_width=key))
+        key = (int(boundary_width), int(small_area))
+        return self._per_tile(
+            key, lambda lab: three_class_targets(lab, boundary_width=key[0], small_area=key[1])
+        )
 
     def centres(self) -> np.ndarray:
         """Centre maps ``(n, T, T) uint8`` (0..255: :func:`neuroseg.instances.centre_targets`
@@ -303,6 +306,7 @@ def multiclass_weights_for(
     tile_filter: str = "cells",
     boundary_width: int = 1,
     weighting: str = "sqrt",
+    small_area: int = 0,
 ) -> tuple[float, float, float]:
     """Weights of background, interior and boundary for the three-class losses.
 
@@ -319,7 +323,8 @@ def multiclass_weights_for(
     if weighting not in CLASS_WEIGHTINGS:
         raise ValueError(f"weighting must be one of {CLASS_WEIGHTINGS}, got {weighting!r}")
     tiles = _as_tiles(source, split, tile_filter)
-    counts = np.bincount(tiles.classes(boundary_width).ravel(), minlength=3)[:3].astype(float)
+    classes = tiles.classes(boundary_width, small_area)
+    counts = np.bincount(classes.ravel(), minlength=3)[:3].astype(float)
     if weighting != "none" and (counts == 0).any():
         raise ValueError(
             f"{tiles.uri}: split {split!r} (filter {tile_filter!r}) has {counts.astype(int)} "
@@ -443,7 +448,8 @@ def make_dataset(
         those pixels' cross-entropy more (``separation_weight``).
     small_area : int
         With ``separation``: objects under this many pixels, and a 1-pixel ring around them,
-        are marked in the separation map too (0: none).
+        are marked in the separation map too, and their boundary is one pixel wide
+        (:func:`neuroseg.instances.three_class_targets`; 0: none).
 
     Returns
     -------
@@ -476,12 +482,12 @@ def make_dataset(
     images = tf.constant(tiles.images)
     stacked = centre or separation
     if stacked:
-        planes = [tiles.classes(boundary_width)]
+        planes = [tiles.classes(boundary_width, small_area)]
         planes += [tiles.centres()] if centre else []
         planes += [tiles.separations(small_area=small_area)] if separation else []
         masks = tf.constant(np.stack(planes, axis=-1))
     elif three:
-        masks = tf.constant(tiles.classes(boundary_width))
+        masks = tf.constant(tiles.classes(boundary_width, small_area))
     else:
         masks = tf.constant(tiles.masks)
     base_seed = None if seed is None else int(seed)

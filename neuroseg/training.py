@@ -140,7 +140,9 @@ class TrainConfig(BaseModel):
     small_object_area : int
         With ``separation_weight``: objects under this many pixels (micronuclei), with a
         1-pixel ring around them, weigh like the pixels between close objects
-        (:func:`neuroseg.instances.separation_targets`); 0: not at all.
+        (:func:`neuroseg.instances.separation_targets`), and their boundary is one pixel wide,
+        so that they keep an interior to seed a marker of their own
+        (:func:`neuroseg.instances.three_class_targets`); 0: neither.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -492,6 +494,7 @@ def run_phase(
             tile_filter="cells",
             boundary_width=config.boundary_width,
             weighting=config.class_weighting,
+            small_area=config.small_object_area,
         )
     else:
         class_weights = class_weights_for(train_all, split="train", tile_filter="cells")

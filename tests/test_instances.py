@@ -54,6 +54,30 @@ def test_targets_draw_a_boundary_line_between_touching_discs():
     assert ((classes == BOUNDARY) <= (thick == BOUNDARY)).all()
 
 
+def test_small_objects_keep_a_thin_boundary_and_a_marker_of_their_own():
+    """``small_area``: a micronucleus beside a nucleus is all boundary at width 2, so the
+    watershed hands it to its neighbour; with a 1-px boundary its interior seeds its own."""
+    rr, cc = np.indices((12, 24))
+    labels = np.zeros((12, 24), np.int32)
+    labels[(rr - 5) ** 2 + (cc - 5) ** 2 <= 5] = 3  # 21 px
+    labels[(rr - 5) ** 2 + (cc - 13) ** 2 <= 30] = 4  # touches it
+    thick = three_class_targets(labels, boundary_width=2)
+    assert (thick[labels == 3] == INTERIOR).sum() == 1
+    kept = three_class_targets(labels, boundary_width=2, small_area=40)
+    small = labels == 3
+    np.testing.assert_array_equal(kept[small], three_class_targets(labels)[small])
+    np.testing.assert_array_equal(kept[~small], thick[~small])  # the large one keeps width 2
+    assert (kept[small] == INTERIOR).sum() == 9
+    assert not (three_class_targets(labels, boundary_width=2, small_area=21) != thick).any()
+    # its interior seeds a marker of its own: the perfect prediction gives both back
+    pred, n = instances_from_classes(one_hot(kept), min_marker_area=4, min_area=0)
+    assert n == 2 and iou_matching(labels, pred, thresholds=[0.8])["tp"] == [2]
+    pred, n = instances_from_classes(one_hot(thick), min_marker_area=4, min_area=0)
+    assert n == 1
+    with pytest.raises(ValueError, match="small_area"):
+        three_class_targets(labels, small_area=-2)
+
+
 def test_targets_edge_cut_and_empty():
     labels = np.zeros((10, 10), np.int32)
     labels[:4, :4] = 7  # cut by the top-left corner

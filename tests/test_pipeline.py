@@ -335,7 +335,12 @@ def test_separation_maps_ride_along_as_the_last_channel(tmp_path):
         root, batch_size=8, tile_filter="all", shuffle=False, target="three_class",
         separation=True, small_area=10_000,
     )  # fmt: skip
-    np.testing.assert_array_equal(next(iter(ds))[1].numpy()[..., -1], small)
+    _, y = (a.numpy() for a in next(iter(ds)))
+    np.testing.assert_array_equal(y[..., -1], small)
+    np.testing.assert_array_equal(
+        y[..., :3].argmax(-1),
+        [three_class_targets(lab, small_area=10_000) for lab in source.labels],
+    )
     with pytest.raises(ValueError, match="needs separation"):
         make_dataset(root, batch_size=2, target="three_class", small_area=10)
 
