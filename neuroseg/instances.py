@@ -60,9 +60,12 @@ POSTPROCESS_DEFAULTS = {
     "min_area": 15,
     "min_marker_area": 0,
     "markers": "interior",
+    "small_peak": 1.0,
 }
-#: The default grid of :func:`sweep_postprocessing` (8 x 5 x 3 x 2 = 240 points; 80 watersheds
-#: per image, the rest is cheap filtering and matching: about 3 s per 520x696 image). The
+#: The default grid of :func:`sweep_postprocessing` (8 x 5 x 3 x 2 x 3 = 720 points; 80
+#: watersheds per image, the rest is cheap filtering and matching: about 3 s per 520x696
+#: image for the first 240 points). ``small_peak`` below 1 keeps the confident objects under
+#: ``min_area``: the micronuclei a model trained with ``small_object_area`` finds. The
 #: foreground threshold of a model trained with Dice on the object classes is often above 0.5;
 #: the interior thresholds reach 0.95 because a confident model's interiors stay joined across
 #: the neck between touching nuclei up to about 0.9 (the shipped ``nuclei`` model: BBBC039
@@ -72,6 +75,7 @@ POSTPROCESS_GRID = {
     "foreground_threshold": (0.4, 0.5, 0.6, 0.7, 0.8),
     "min_area": (10, 25, 40),
     "min_marker_area": (0, 4),
+    "small_peak": (1.0, 0.9, 0.8),
 }
 #: Added to the grid for probability maps with a centre channel (both marker kinds compete).
 CENTRE_GRID = {"markers": MARKERS}
@@ -315,6 +319,7 @@ def instances_from_classes(
     min_area: int = POSTPROCESS_DEFAULTS["min_area"],
     min_marker_area: int = POSTPROCESS_DEFAULTS["min_marker_area"],
     markers: str = POSTPROCESS_DEFAULTS["markers"],
+    small_peak: float = POSTPROCESS_DEFAULTS["small_peak"],
 ) -> tuple[np.ndarray, int]:
     """Instance labels from background / interior / boundary probabilities.
 
@@ -327,8 +332,10 @@ def instances_from_classes(
        to a marker, so objects keep their boundary ring and touching nuclei split along the
        predicted boundary; foreground that no marker reaches (an object predicted all
        boundary) is an object of its own;
-    4. objects under ``min_area`` pixels are dropped and the rest numbered ``1..n`` in raster
-       order of their first pixel (:func:`neuroseg.predict.relabel_raster`).
+    4. objects under ``min_area`` pixels are dropped, unless their peak interior probability
+       is above ``small_peak`` (a confident micronucleus; 1: none is kept), and the rest
+       numbered ``1..n`` in raster order of their first pixel
+       (:func:`neuroseg.predict.relabel_raster`).
 
     Parameters
     ----------
@@ -341,6 +348,9 @@ def instances_from_classes(
         Smallest object and smallest marker, in pixels (0: keep all).
     markers : {"interior", "centre"}
         The map that seeds the watershed; ``"centre"`` needs the 4th channel.
+    small_peak : float
+        In ``[0, 1]``: objects under ``min_area`` whose interior probability peaks above it
+        are kept (1: none).
 
     Returns
     -------
@@ -355,7 +365,29 @@ def instances_from_classes(
         _check_count("min_marker_area", min_marker_area),
         _check_markers(markers, probs),
     )
-    return relabel_raster(labels, min_area=_check_count("min_area", min_area))
+    return _keep(labels, probs, _check_count("min_area", min_area), _check_peak(small_peak))
+
+
+def _check_peak(value) -> float:
+    value = float(value)
+    if not 0.0 <= value <= 1.0:
+        raise ValueError(f"small_peak must be in [0, 1], got {value!r}")
+    return value
+
+
+def _keep(labels: np.ndarray, probs: np.ndarray, min_area: int, small_peak: float):
+    """Drop the objects under ``min_area`` but the confident ones; renumber in raster order."""
+    if small_peak >= 1.0 or min_area == 0 or not labels.any():
+        return relabel_raster(labels, min_area=min_area)
+    area = np.bincount(labels.ravel())
+    index = np.flatnonzero((area > 0) & (area < min_area))
+    if index.size:
+        peak = np.zeros(area.size)
+        peak[index] = ndi.maximum(probs[..., INTERIOR], labels, index=index)
+        drop = np.zeros(area.size, bool)
+        drop[index] = peak[index] <= small_peak
+        labels = np.where(drop[labels], 0, labels)
+    return relabel_raster(labels)
 
 
 def sweep_postprocessing(
@@ -381,7 +413,7 @@ def sweep_postprocessing(
         Their instance label images (same order and shapes).
     grid : mapping, optional
         ``{parameter: values}`` over ``interior_threshold, foreground_threshold, min_area,
-        min_marker_area, markers``; default :data:`POSTPROCESS_GRID`, with
+        min_marker_area, markers, small_peak``; default :data:`POSTPROCESS_GRID`, with
         :data:`CENTRE_GRID` (interior and centre markers compete) when the maps have a centre
         channel.
 
@@ -401,8 +433,11 @@ def sweep_postprocessing(
     _check_pairs(prob_maps, true_labels)
     matches: list[list[dict]] = [[] for _ in points]
     for probs, truth in zip(prob_maps, true_labels, strict=True):
-        for i, labels in enumerate(_grid_labels(probs, truth, points)):
-            matches[i].append(iou_matching(truth, labels))
+        done: dict[tuple, dict] = {}
+        for i, (same, labels) in enumerate(_grid_labels(probs, truth, points)):
+            if same not in done:
+                done[same] = iou_matching(truth, labels)
+            matches[i].append(done[same])
 
     ranked = rank_grid(points, matches)
     params = _params_of(points[ranked["best"]])
@@ -426,6 +461,7 @@ def _grid_points(grid: Mapping[str, Sequence]) -> list[dict]:
         _check_count("min_area", p["min_area"])
         _check_count("min_marker_area", p["min_marker_area"])
         _check_markers(p["markers"])
+        _check_peak(p["small_peak"])
     return points
 
 
@@ -438,9 +474,11 @@ def _check_pairs(prob_maps: list, true_labels: list) -> None:
 
 
 def _grid_labels(probs, truth, points: list[dict]):
-    """Instance labels of one image at every grid point, in order. The watershed runs once per
-    distinct (interior_threshold, foreground_threshold, min_marker_area, markers); ``min_area``
-    only filters."""
+    """``(same, labels)``: instance labels of one image at every grid point, in order. The
+    watershed runs once per distinct (interior_threshold, foreground_threshold,
+    min_marker_area, markers); ``min_area`` and ``small_peak`` only filter. Points with the same
+    ``same`` have the same labels (for a watershed and ``min_area``, the objects ``small_peak``
+    keeps only grow as it falls, so equal counts are equal sets): score them once."""
     probs = _check_probs(probs)
     if np.shape(truth) != probs.shape[:2]:
         raise ValueError(f"label shape {np.shape(truth)} != probability map {probs.shape[:2]}")
@@ -451,7 +489,8 @@ def _grid_labels(probs, truth, points: list[dict]):
         if key not in grown:
             markers = _check_markers(key[3], probs)
             grown[key] = _grow(probs, float(key[0]), float(key[1]), int(key[2]), markers)
-        yield relabel_raster(grown[key], min_area=int(p["min_area"]))[0]
+        labels, n = _keep(grown[key], probs, int(p["min_area"]), float(p["small_peak"]))
+        yield (key, int(p["min_area"]), n), labels
 
 
 def _params_of(point: Mapping) -> dict:
@@ -461,6 +500,7 @@ def _params_of(point: Mapping) -> dict:
         "min_area": int(point["min_area"]),
         "min_marker_area": int(point["min_marker_area"]),
         "markers": str(point["markers"]),
+        "small_peak": float(point["small_peak"]),
     }
 
 
@@ -513,10 +553,13 @@ def sweep_leave_one_out(
     points = _grid_points(grid)
     counts: list[list[dict]] = [[] for _ in points]  # counts[point][image]
     for probs, truth in zip(prob_maps, true_labels, strict=True):
-        for i, labels in enumerate(_grid_labels(probs, truth, points)):
-            m = match_objects(truth, labels, radius=radius)
-            counts[i].append({"tp": m["tp"], "fp": m["fp"], "fn": m["fn"],
-                              "true_count": m["n_true"], "pred_count": m["n_pred"]})  # fmt: skip
+        done: dict[tuple, dict] = {}
+        for i, (same, labels) in enumerate(_grid_labels(probs, truth, points)):
+            if same not in done:
+                m = match_objects(truth, labels, radius=radius)
+                done[same] = {"tp": m["tp"], "fp": m["fp"], "fn": m["fn"],
+                              "true_count": m["n_true"], "pred_count": m["n_pred"]}  # fmt: skip
+            counts[i].append(done[same])
 
     def best(members: list[int]) -> tuple[int, float]:
         scores = [_group_f1(c, groups, members) for c in counts]

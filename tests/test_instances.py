@@ -78,6 +78,35 @@ def test_small_objects_keep_a_thin_boundary_and_a_marker_of_their_own():
         three_class_targets(labels, small_area=-2)
 
 
+def test_small_peak_keeps_confident_small_objects_only():
+    """``small_peak``: an object under ``min_area`` stays when its interior probability peaks
+    above it; a faint speck of the same size goes, large objects are never touched."""
+    labels = np.zeros((30, 40), np.int32)
+    labels[3:8, 3:8] = 1  # 25 px, confident
+    labels[3:8, 20:25] = 2  # 25 px, faint
+    labels[15:27, 15:27] = 3  # 144 px, faint too
+    probs = one_hot(three_class_targets(labels))
+    faint = (labels >= 2) & (probs[..., INTERIOR] > 0)
+    probs[faint] = [0.2, 0.45, 0.35]
+    kw = {"interior_threshold": 0.3, "min_area": 30}
+    _, n = instances_from_classes(probs, **kw)
+    assert n == 1  # the default (1.0) drops both small ones
+    pred, n = instances_from_classes(probs, **kw, small_peak=0.9)
+    assert n == 2 and pred[5, 5] and not pred[5, 22] and pred[20, 20]
+    assert list(np.unique(pred)) == [0, 1, 2]  # renumbered without gaps
+    _, n = instances_from_classes(probs, **kw, small_peak=0.4)
+    assert n == 3
+    # the sweep can choose it, and stores it with the other parameters
+    best = sweep_postprocessing(
+        [probs],
+        [labels],
+        grid={"interior_threshold": [0.3], "min_area": [30], "small_peak": [1.0, 0.4]},
+    )
+    assert best["params"]["small_peak"] == 0.4 and best["scores"]["f1_50"] == 1.0
+    with pytest.raises(ValueError, match="small_peak"):
+        instances_from_classes(probs, small_peak=1.5)
+
+
 def test_targets_edge_cut_and_empty():
     labels = np.zeros((10, 10), np.int32)
     labels[:4, :4] = 7  # cut by the top-left corner
