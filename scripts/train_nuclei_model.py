@@ -127,17 +127,27 @@ def _init_row(init: dict | None, lineage: dict) -> list[str]:
     ]
 
 
-def _reproduce_flags(argv: list[str]) -> list[str]:
-    """The script's arguments that shape the model (not where it works or writes)."""
+_PLACES = ("--work", "--out", "--nuclei", "--from-model")
+
+
+def _reproduce_flags(argv: list[str], source: str | None = None) -> list[str] | None:
+    """The script's arguments that shape the model (not where it works or writes, nor
+    ``--no-tta``, which only skips a section of the card). A model scored again
+    (``--from-model``) was shaped by the run that trained it: its ``scores.json`` keeps that
+    run's flags (``reproduce_flags``); None when it does not."""
     flags, skip = [], False
     for arg in argv:
         if skip:
             skip = False
-        elif arg in ("--work", "--out", "--nuclei"):
+        elif arg in _PLACES:
             skip = True
-        elif not arg.startswith(("--work=", "--out=", "--nuclei=")):
+        elif arg != "--no-tta" and not arg.startswith(tuple(f"{a}=" for a in _PLACES)):
             flags.append(arg)
-    return flags
+    if source is None:
+        return flags
+    scores = Path(source) / "scores.json"
+    before = json.loads(scores.read_text()).get("reproduce_flags") if scores.exists() else None
+    return None if before is None else [*before, *flags]
 
 
 TTA_MODE = "flips"
@@ -371,8 +381,10 @@ def _card(info: dict) -> str:
         "images of issue 11 may differ.",
         "",
         "Reproduce: `.venv/bin/python scripts/train_nuclei_model.py --work <scratch folder>"
-        + "".join(f" {a}" for a in info.get("flags", []))
-        + "`.",
+        + "".join(f" {a}" for a in info["flags"])
+        + "`."
+        if info.get("flags") is not None
+        else "Reproduce: unknown (scored again from a folder that does not record its flags).",
         "",
     ]
     return "\n".join(lines)
@@ -712,13 +724,14 @@ def main() -> None:
         "pooled": pooled,
         "timing": timing,
         "tta": tta,
-        "flags": _reproduce_flags(sys.argv[1:]),
+        "flags": _reproduce_flags(sys.argv[1:], args.from_model),
     }
     report = {
         "model": f"{cfg.get('name')}@{cfg.get('version')}",
         "smoke": args.smoke,
         "train_wall_s": None if train_wall is None else round(train_wall, 1),
         "rescored_from": args.from_model,
+        "reproduce_flags": info["flags"],
         "device": result["device"],
         "postprocess": cfg["postprocess"],
         "postprocess_sweep": cfg["postprocess_sweep"],
