@@ -254,7 +254,13 @@ def _card(info: dict) -> str:
         f"else {cfg.get('tile')} px tiles |",
         f"| training | preset `nuclei` ({info['schedule']}), loss `{train.get('loss')}` "
         f"`{json.dumps(train.get('loss_params') or {})}`"
-        f"{', centre map' if train.get('centre') else ''}, "
+        f"{', centre map' if train.get('centre') else ''}"
+        + (
+            f", nuclei under {train['small_object_area']} px weighted with a 1-px boundary"
+            if train.get("small_object_area")
+            else ""
+        )
+        + ", "
         f"{'bf16' if train.get('mixed_precision') else 'fp32'}, "
         f"{_fmt(lineage.get('seconds', 0) / 60, 1)} min on {lineage.get('device')} "
         f"({info['host']}) |",
