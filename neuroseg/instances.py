@@ -136,11 +136,16 @@ def three_class_targets(
     lab = labels.astype(np.int64, copy=False)
     edge = _edges(lab, int(boundary_width))
     if small_area and boundary_width > 1:
-        small = np.bincount(lab.ravel())[lab] < small_area
+        small = _small_objects(lab, small_area)
         if small.any():
             edge = np.where(small, _edges(lab, 1), edge)
     out[foreground & edge] = BOUNDARY
     return out
+
+
+def _small_objects(ids: np.ndarray, small_area: int) -> np.ndarray:
+    """The pixels of the objects (ids > 0) under ``small_area`` pixels."""
+    return (np.bincount(ids.ravel())[ids] < small_area) & (ids > 0)
 
 
 def _edges(lab: np.ndarray, width: int) -> np.ndarray:
@@ -266,8 +271,7 @@ def separation_targets(labels: np.ndarray, *, radius: int = 2, small_area: int =
     low = ndi.minimum_filter(np.where(ids > 0, ids, none), size=size, mode="constant", cval=none)
     out = (top > 0) & (low < top)
     if small_area and none > 1:
-        small = (np.bincount(ids.ravel())[ids] < small_area) & (ids > 0)
-        out |= ndi.binary_dilation(small, structure=np.ones((3, 3), bool))
+        out |= ndi.binary_dilation(_small_objects(ids, small_area), structure=np.ones((3, 3), bool))
     return out
 
 
@@ -382,10 +386,8 @@ def _keep(labels: np.ndarray, probs: np.ndarray, min_area: int, small_peak: floa
     area = np.bincount(labels.ravel())
     index = np.flatnonzero((area > 0) & (area < min_area))
     if index.size:
-        peak = np.zeros(area.size)
-        peak[index] = ndi.maximum(probs[..., INTERIOR], labels, index=index)
         drop = np.zeros(area.size, bool)
-        drop[index] = peak[index] <= small_peak
+        drop[index] = ndi.maximum(probs[..., INTERIOR], labels, index=index) <= small_peak
         labels = np.where(drop[labels], 0, labels)
     return relabel_raster(labels)
 
@@ -433,11 +435,8 @@ def sweep_postprocessing(
     _check_pairs(prob_maps, true_labels)
     matches: list[list[dict]] = [[] for _ in points]
     for probs, truth in zip(prob_maps, true_labels, strict=True):
-        done: dict[tuple, dict] = {}
-        for i, (same, labels) in enumerate(_grid_labels(probs, truth, points)):
-            if same not in done:
-                done[same] = iou_matching(truth, labels)
-            matches[i].append(done[same])
+        for i, m in enumerate(_grid_scores(probs, truth, points, iou_matching)):
+            matches[i].append(m)
 
     ranked = rank_grid(points, matches)
     params = _params_of(points[ranked["best"]])
@@ -491,6 +490,18 @@ def _grid_labels(probs, truth, points: list[dict]):
             grown[key] = _grow(probs, float(key[0]), float(key[1]), int(key[2]), markers)
         labels, n = _keep(grown[key], probs, int(p["min_area"]), float(p["small_peak"]))
         yield (key, int(p["min_area"]), n), labels
+
+
+def _grid_scores(probs, truth, points: list[dict], score) -> list:
+    """``score(truth, labels)`` of one image at every grid point, in order; points whose
+    labels are the same (:func:`_grid_labels`) are scored once and share the result."""
+    done: dict[tuple, object] = {}
+    out = []
+    for same, labels in _grid_labels(probs, truth, points):
+        if same not in done:
+            done[same] = score(truth, labels)
+        out.append(done[same])
+    return out
 
 
 def _params_of(point: Mapping) -> dict:
@@ -552,14 +563,15 @@ def sweep_leave_one_out(
         )
     points = _grid_points(grid)
     counts: list[list[dict]] = [[] for _ in points]  # counts[point][image]
+
+    def centroid_counts(truth, labels) -> dict:
+        m = match_objects(truth, labels, radius=radius)
+        return {"tp": m["tp"], "fp": m["fp"], "fn": m["fn"],
+                "true_count": m["n_true"], "pred_count": m["n_pred"]}  # fmt: skip
+
     for probs, truth in zip(prob_maps, true_labels, strict=True):
-        done: dict[tuple, dict] = {}
-        for i, (same, labels) in enumerate(_grid_labels(probs, truth, points)):
-            if same not in done:
-                m = match_objects(truth, labels, radius=radius)
-                done[same] = {"tp": m["tp"], "fp": m["fp"], "fn": m["fn"],
-                              "true_count": m["n_true"], "pred_count": m["n_pred"]}  # fmt: skip
-            counts[i].append(done[same])
+        for i, c in enumerate(_grid_scores(probs, truth, points, centroid_counts)):
+            counts[i].append(c)
 
     def best(members: list[int]) -> tuple[int, float]:
         scores = [_group_f1(c, groups, members) for c in counts]
