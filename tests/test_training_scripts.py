@@ -58,7 +58,7 @@ def test_reproduce_flags_of_a_model_scored_again_are_its_training_runs(nuclei_sc
     ]  # fmt: skip
 
 
-def test_shipped_nuclei_card_names_the_flags_its_scores_record(nuclei_script):
+def test_shipped_nuclei_card_names_the_flags_its_scores_record():
     folder = Path(registry.shipped_model_uri("nuclei"))
     if not (folder / "scores.json").exists():
         pytest.skip("no shipped nuclei model in this checkout")
