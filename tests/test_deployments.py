@@ -19,7 +19,7 @@ from tests.conftest import REPO, _free_port, check_train_form_schema
 
 pytestmark = pytest.mark.slow
 BIN = Path(sys.executable).parent
-#: Debounce window and start delay of runs triggered by uploads (deploy.sh's default: PT1M).
+#: Debounce window and start delay of runs triggered by uploads (prefect.yaml's default: PT1M).
 UPLOAD_DEBOUNCE = "PT5S"
 
 
@@ -38,28 +38,29 @@ def _wait_healthy(url: str, proc: subprocess.Popen, log: Path, timeout: float = 
     raise RuntimeError(f"prefect server did not answer in {timeout} s:\n{log.read_text()[-3000:]}")
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    """A real `prefect server start` on a free loopback port, with pools, deployments, workers."""
-    base = tmp_path_factory.mktemp("prefect-server")
-    port = _free_port()
-    api = f"http://127.0.0.1:{port}/api"
+def _server_env(base: Path, port: int, **extra: str) -> dict:
+    """This process's environment without any PREFECT_* or NEUROSEG_* setting, pointed at a
+    server on `port` with its home under `base`; `extra` added."""
     env = {
-        k: v for k, v in os.environ.items() if not k.startswith("PREFECT_") or k == "PREFECT_HOME"
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("PREFECT_", "NEUROSEG_")) or k == "PREFECT_HOME"
     }
     env.update(
         PREFECT_HOME=str(base / "home"),
-        PREFECT_API_URL=api,
+        PREFECT_API_URL=f"http://127.0.0.1:{port}/api",
         PREFECT_SERVER_ANALYTICS_ENABLED="false",
         PREFECT_SERVER_UI_ENABLED="false",
         PREFECT_UI_ENABLED="false",
-        NEUROSEG_ROOT=str(base / "root"),
-        NEUROSEG_PROJECT_DIR=str(REPO),
-        NEUROSEG_UPLOAD_DEBOUNCE=UPLOAD_DEBOUNCE,
         PATH=f"{BIN}:{os.environ.get('PATH', '')}",
         PYTHONUNBUFFERED="1",
+        **extra,
     )
-    procs = []
+    return env
+
+
+def _start_server(base: Path, env: dict, port: int) -> subprocess.Popen:
+    """`prefect server start` on 127.0.0.1:`port`, healthy (or raises with its log)."""
     log = base / "server.log"
     srv = subprocess.Popen(
         [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
@@ -68,9 +69,53 @@ def server(tmp_path_factory):
         stderr=subprocess.STDOUT,
         cwd=base,
     )
-    procs.append(srv)
     try:
-        _wait_healthy(api, srv, log)
+        _wait_healthy(env["PREFECT_API_URL"], srv, log)
+    except BaseException:
+        _stop([srv])
+        raise
+    return srv
+
+
+def _stop(procs: list[subprocess.Popen]) -> None:
+    for p in reversed(procs):
+        p.terminate()
+    for p in procs:
+        try:
+            p.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            p.kill()
+
+
+def _prefect(env: dict, cwd: Path, *args: str, timeout: int = 300) -> str:
+    """Run the `prefect` command line; its output, or fail with it."""
+    out = subprocess.run(
+        [str(BIN / "prefect"), *args],
+        env=env,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    tail = out.stdout[-3000:] + out.stderr[-3000:]
+    assert out.returncode == 0, f"prefect {' '.join(args)} failed:\n{tail}"
+    return out.stdout + out.stderr
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """A real `prefect server start` on a free loopback port, with pools, deployments, workers."""
+    base = tmp_path_factory.mktemp("prefect-server")
+    port = _free_port()
+    env = _server_env(
+        base,
+        port,
+        NEUROSEG_ROOT=str(base / "root"),
+        NEUROSEG_PROJECT_DIR=str(REPO),
+        NEUROSEG_UPLOAD_DEBOUNCE=UPLOAD_DEBOUNCE,
+    )
+    procs = [_start_server(base, env, port)]
+    try:
         for script in ("pools.sh", "deploy.sh"):
             out = subprocess.run(
                 ["bash", str(REPO / "deployments" / script)],
@@ -95,13 +140,7 @@ def server(tmp_path_factory):
             )
         yield {"env": env, "base": base, "root": str(base / "root")}
     finally:
-        for p in reversed(procs):
-            p.terminate()
-        for p in procs:
-            try:
-                p.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        _stop(procs)
 
 
 def run_deployment(server, name: str, params: dict, timeout: int = 600) -> str:
@@ -227,6 +266,7 @@ def test_ingested_upload_triggers_inference_of_its_plate(server):
     import uuid
 
     import pandas as pd
+    import pydantic
 
     from neuroseg import synth
 
@@ -244,6 +284,9 @@ def test_ingested_upload_triggers_inference_of_its_plate(server):
     trigger = automation["trigger"]
     assert trigger["expect"] == ["neuroseg.plate.ingested"] and trigger["posture"] == "Reactive"
     assert sorted(trigger["for_each"]) == ["neuroseg.plate_id", "neuroseg.root"]
+    # deploy.sh's NEUROSEG_UPLOAD_DEBOUNCE overrides prefect.yaml's default of one minute
+    seconds = pydantic.TypeAdapter(dt.timedelta).validate_python(trigger["within"])
+    assert seconds.total_seconds() == 5, trigger["within"]
 
     asked = time.time()
     run_deployment(server, "ingest/ingest", {"source": f"{source}/uploads", "root": root})
@@ -320,3 +363,113 @@ def test_ingested_upload_triggers_inference_of_its_plate(server):
             }
         )
     )
+
+
+#: What `prefect deploy --all` reads of a checkout: the project file and the flows it names.
+_DEPLOYED_FILES = ("prefect.yaml", "flows")
+
+_RUN_PULL_STEPS = """
+import asyncio, json, os, sys
+from prefect.deployments.steps.core import run_steps
+steps = json.loads(sys.argv[1])
+found = {}
+for override in (None, sys.argv[2]):
+    os.chdir(sys.argv[3])
+    os.environ.pop("NEUROSEG_PROJECT_DIR", None)
+    if override:
+        os.environ["NEUROSEG_PROJECT_DIR"] = override
+    asyncio.run(run_steps(steps))
+    found["override" if override else "default"] = os.getcwd()
+print(json.dumps(found))
+"""
+
+
+def test_plain_prefect_deploy_all_on_a_fresh_clone_and_a_fresh_server(tmp_path):
+    """Prefect's standard command, `prefect --no-prompt deploy --all`, in a copy of the project
+    with no NEUROSEG_* variable, against a fresh server with only its work pools: every
+    deployment and the upload trigger are registered with the defaults of prefect.yaml (root
+    <clone>/neuroseg-data, debounce 1 minute), and the stored pull steps take a worker into the
+    clone, or into its own NEUROSEG_PROJECT_DIR."""
+    import shutil
+
+    from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    clone = (tmp_path / "clone").resolve()
+    clone.mkdir()
+    for name in _DEPLOYED_FILES:
+        src = REPO / name
+        if src.is_dir():
+            shutil.copytree(src, clone / name, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy(src, clone / name)
+    port = _free_port()
+    env = _server_env(tmp_path, port)
+    assert not any(k.startswith("NEUROSEG_") for k in env)
+    srv = _start_server(tmp_path, env, port)
+    try:
+        for pool in ("cpu", "gpu"):
+            _prefect(env, tmp_path, "work-pool", "create", pool, "--type", "process")
+        out = _prefect(env, clone, "--no-prompt", "deploy", "--all")
+        with temporary_settings({PREFECT_API_URL: env["PREFECT_API_URL"]}):
+            with get_client(sync_client=True) as client:
+                deployments = {d.name: d for d in client.read_deployments()}
+                automations = client.read_automations()
+                flows = {f.id: f.name for f in client.read_flows()}
+    finally:
+        _stop([srv])
+
+    assert sorted(deployments) == ["evaluate", "ingest", "nightly", "prepare", "train"], out
+    assert {flows[d.flow_id] for d in deployments.values()} == {
+        "ingest",
+        "prepare",
+        "train",
+        "evaluate",
+        "nightly-inference",
+    }
+    root = str(clone / "neuroseg-data")
+    for d in deployments.values():
+        assert d.parameters["params"]["root"] == root, (d.name, d.parameters)
+        assert "{{" not in json.dumps(d.parameters), (d.name, d.parameters)
+    assert deployments["ingest"].parameters["params"]["source"] == root + "/incoming"
+    assert deployments["train"].work_pool_name == "gpu"
+    assert deployments["nightly"].work_pool_name == "cpu"
+    nightly = deployments["nightly"]
+    assert [s.schedule.cron for s in nightly.schedules] == ["0 2 * * *"]
+
+    (automation,) = [
+        a for a in automations if any(x.deployment_id == nightly.id for x in a.actions)
+    ]
+    trigger = automation.trigger
+    assert automation.name == "nightly-on-upload" and automation.enabled
+    assert trigger.within.total_seconds() == 60
+    assert trigger.expect == {"neuroseg.plate.ingested"}
+    assert sorted(trigger.for_each) == ["neuroseg.plate_id", "neuroseg.root"]
+    (action,) = automation.actions
+    params = action.parameters["params"]
+    # the event's values, rendered by the server when the trigger fires
+    assert params["root"] == "{{ event.resource['neuroseg.root'] }}"
+    assert params["plates"] == ["{{ event.resource['neuroseg.plate_id'] }}"]
+    assert params["model"] == "neuroseg"
+
+    # The pull steps as stored, run as a worker runs them: from elsewhere, with no variable
+    # they enter the clone; with the worker's own NEUROSEG_PROJECT_DIR they enter that.
+    elsewhere = (tmp_path / "other-checkout").resolve()
+    elsewhere.mkdir()
+    ran = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            _RUN_PULL_STEPS,
+            json.dumps(nightly.pull_steps),
+            str(elsewhere),
+            str(tmp_path),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert ran.returncode == 0, ran.stderr[-3000:]
+    found = json.loads(ran.stdout.strip().splitlines()[-1])
+    assert found == {"default": str(clone), "override": str(elsewhere)}
