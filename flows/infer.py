@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import datetime as dt
 import time
-from typing import Literal
+from typing import Annotated, Literal
 
-from prefect import flow, get_run_logger
+from prefect import flow, get_run_logger, unmapped
 from prefect.artifacts import (
     create_link_artifact,
     create_markdown_artifact,
@@ -52,18 +52,45 @@ class InferParams(BaseModel):
         ge=0,
         description="channel (0-based) of multi-channel images; default: the model's input",
     )
+    pixel_size_um: (
+        Annotated[float, Field(gt=0)] | dict[str, Annotated[float, Field(gt=0)]] | None
+    ) = Field(
+        None,
+        description="pixel size in µm for images whose files do not say (PNG) or say wrong: "
+        "one number for every plate of the run, or {plate_id: µm}; it wins over the file's "
+        "metadata. Default: each file's OME / ImageJ / TIFF resolution metadata, else the µm "
+        "columns stay null",
+    )
     report: bool = Field(True, description="write an HTML report per plate under reports/plates/")
     executor: ExecutorConfig = Field(default_factory=ExecutorConfig)
 
 
 def _segment_all(
-    model_uri, precision, pending_uri, root, cells, report_uri, run_id, channel=None, tta=None
+    model_uri,
+    precision,
+    pending_uri,
+    root,
+    cells,
+    report_uri,
+    run_id,
+    channel=None,
+    tta=None,
+    pixel_size_um=None,
 ) -> list[dict]:
     # the work list is read from storage, not passed as a parameter: Prefect refuses flow-run
     # parameters over 512 kB (about 1,500 uploads), and a night may hold 100,000
     pending = storage.read_json(pending_uri)
     futures = segment_image.map(
-        model_uri, precision, pending, root, cells, report_uri, run_id, channel, tta
+        model_uri,
+        precision,
+        pending,
+        root,
+        cells,
+        report_uri,
+        run_id,
+        channel,
+        tta,
+        unmapped(pixel_size_um),
     )
     progress = Progress("segment", len(pending), unit="images", emit=get_run_logger().info)
     out = []
@@ -113,6 +140,7 @@ def nightly_inference(params: InferParams) -> dict:
             run_id,
             params.channel,
             None if params.tta == "model" else params.tta,
+            params.pixel_size_um,
         )
     summary = _summarize(results, found["done"], cells, model, time.perf_counter() - t0)
     if params.report:

@@ -83,6 +83,17 @@ def configure_output(*, verbose: bool = False) -> None:
         log.propagate = False  # Prefect's root console handler would print each line twice
 
 
+def pixel_size_argument(sp) -> None:
+    sp.add_argument(
+        "--pixel-size-um",
+        type=float,
+        metavar="UM",
+        help="pixel size in µm, for images whose metadata lacks it (PNG); wins over the "
+        "files' own (OME, ImageJ, TIFF resolution). Default: the files' metadata, else the "
+        "µm columns stay null",
+    )
+
+
 def tta_argument(parser: argparse.ArgumentParser) -> None:
     """``--tta none|flip2|flips``: test-time augmentation (default: the model's own)."""
     parser.add_argument(
@@ -272,6 +283,7 @@ def cmd_infer(args) -> int:
         tta=args.tta or "model",
         plates=args.plate or None,
         channel=args.channel,
+        pixel_size_um=args.pixel_size_um,
     )
     summary = nightly_inference(params)
     print(
@@ -297,6 +309,7 @@ def cmd_segment(args) -> int:
         channel=args.channel,
         labels=args.labels,
         tta=args.tta,
+        pixel_size_um=args.pixel_size_um,
     )
     skipped = f", {df.attrs['failed']} skipped" if df.attrs.get("failed") else ""
     print(f"{len(df)} cells in {df.attrs['images']} image(s){skipped} -> {args.out}")
@@ -537,6 +550,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument(
         "--channel", type=int, help="channel (0-based) of multi-channel images to segment"
     )
+    pixel_size_argument(sp)
     tta_argument(sp)
     sp.set_defaults(func=cmd_infer)
 
@@ -553,6 +567,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument(
         "--channel", type=int, help="channel (0-based) of multi-channel images to segment"
     )
+    pixel_size_argument(sp)
     tta_argument(sp)
     sp.set_defaults(func=cmd_segment)
 

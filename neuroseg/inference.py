@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from neuroseg import storage
+from neuroseg.imagemeta import image_meta
 from neuroseg.images import decode_native, encode_labels, encode_png
 from neuroseg.ingest import Candidate, discover_uploads, quarantine
 from neuroseg.measure import cell_records, to_arrow
@@ -103,6 +104,17 @@ def find_pending(
     return pending, done
 
 
+def plate_pixel_size(pixel_size_um: float | dict[str, float] | None, plate_id: str):
+    """The pixel size a user gave for `plate_id`: one size for every plate, or a mapping
+    ``{plate_id: size}`` (None for plates it does not name); validated (positive, finite)."""
+    size = pixel_size_um.get(plate_id) if isinstance(pixel_size_um, dict) else pixel_size_um
+    if size is None:
+        return None
+    if isinstance(size, bool) or not isinstance(size, int | float) or not (0 < size < np.inf):
+        raise ValueError(f"pixel_size_um must be a positive number of µm, got {size!r}")
+    return float(size)
+
+
 def fingerprint(uri: str) -> str:
     """Size plus ETag (S3) or modification time (local): changes when a file is replaced."""
     fs, path = storage.filesystem(uri)
@@ -130,13 +142,17 @@ def process_image(
     flow_run_id: str | None,
     processed_at: dt.datetime | None = None,
     channel: int | None = None,
+    pixel_size_um: float | dict[str, float] | None = None,
 ) -> dict:
     """Segment one uploaded image and write its per-cell records; quarantine it if invalid.
 
     Writes, in this order, the label image (``labels/plate_id=<id>/<image>.png``), the
     image's Parquet file and last its processed record, so a crash at any point leaves the
     image pending and the next run rewrites all three consistently. ``channel`` picks one
-    channel of multi-channel images (default: the model's declared input).
+    channel of multi-channel images (default: the model's declared input). Every channel is
+    measured; the pixel size and channel names come from the file's metadata
+    (:func:`neuroseg.imagemeta.image_meta`) unless ``pixel_size_um`` gives the size (one for
+    every plate, or ``{plate_id: size}``: the plates named), which then wins over the file's.
 
     Returns a small summary dict (``status`` "done" | "quarantined", counts, timings).
     """
@@ -184,6 +200,11 @@ def process_image(
             },
         )
         return {**item, "status": "quarantined", "reason": str(exc), "quarantine": where}
+    meta = image_meta(data)
+    size, size_source = meta.pixel_size_um, meta.source
+    given = plate_pixel_size(pixel_size_um, item["plate_id"])
+    if given is not None:
+        size, size_source = given, "parameter"
     t["decode"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     labels, n, prob = segment_image(bundle, image, channel=channel)
@@ -202,6 +223,8 @@ def process_image(
         model_version=bundle.version,
         processed_at=processed_at,
         flow_run_id=flow_run_id,
+        pixel_size_um=size,
+        channel_names=meta.channel_names,
     )
     t["measure"] = time.perf_counter() - t0
     t0 = time.perf_counter()
@@ -222,6 +245,8 @@ def process_image(
         "cells_uri": out,
         "labels_uri": labels_uri,
         "cells": int(n),
+        "pixel_size_um": size,
+        "pixel_size_source": size_source,
         "model_name": bundle.name,
         "model_version": bundle.version,
         "processed_at": processed_at.isoformat(),
@@ -255,10 +280,28 @@ def write_cells(df: pd.DataFrame, uri: str) -> None:
 
 
 def read_cells(cells_uri: str, **kw) -> pd.DataFrame:
-    """Read the cell table (all plates, or ``filters=[("plate_id", "==", "P001")]``)."""
-    return pd.read_parquet(
-        cells_uri, storage_options=storage.storage_options(cells_uri) or None, **kw
-    )
+    """Read the cell table (all plates, or ``filters=[("plate_id", "==", "P001")]``).
+
+    Its files may hold different columns (each image has the channel columns of its own
+    channels; files written before schema version 3 lack the µm and channel columns), so the
+    table is read with one schema made from every file's footer
+    (:func:`neuroseg.measure.table_schema`): a column a file lacks reads as null. ``plate_id``
+    is categorical, as pandas reads a hive partition. Other keywords go to
+    :func:`pandas.read_parquet`.
+    """
+    import pyarrow.dataset as ds
+
+    from neuroseg.measure import table_schema
+
+    fs, path = storage.filesystem(cells_uri)
+    if not storage.is_local(cells_uri):
+        fs.invalidate_cache(path)
+    files = ds.dataset(path, filesystem=fs, format="parquet", partitioning="hive")
+    schema = table_schema([f.physical_schema for f in files.get_fragments()])
+    df = storage.read_parquet(cells_uri, schema=schema, **kw)
+    if "plate_id" in df.columns:
+        df["plate_id"] = df["plate_id"].astype("category")
+    return df
 
 
 def overlay_png(image: np.ndarray, labels: np.ndarray, *, max_side: int = 800) -> bytes:

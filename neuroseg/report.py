@@ -65,6 +65,8 @@ _COLUMNS = [
     "bbox_width",
     "bbox_height",
     "area_px",
+    "area_um2",
+    "pixel_size_um",
     "model_name",
     "model_version",
     "processed_at",
@@ -104,11 +106,12 @@ class _Image:
 
 
 def _read_table(cells_uri: str, plate_id: str) -> pd.DataFrame:
-    """The plate's rows (only the columns the page needs); empty when there are none."""
+    """The plate's rows (only the columns the page needs); empty when there are none. Read
+    with the table's unified schema, so files before schema version 3 give null µm."""
+    from neuroseg.inference import read_cells
+
     try:
-        df = storage.read_parquet(
-            cells_uri, columns=_COLUMNS, filters=[("plate_id", "==", plate_id)]
-        )
+        df = read_cells(cells_uri, columns=_COLUMNS, filters=[("plate_id", "==", plate_id)])
     except (FileNotFoundError, OSError) as exc:
         if storage.exists(cells_uri):  # a table that exists but cannot be read is an error
             raise ValueError(f"{cells_uri}: cannot read the cell table ({exc})") from exc
@@ -320,6 +323,8 @@ def _card(img: _Image, root: str, plate_id: str, thumb_width: int) -> tuple[str,
 
 def _figure(img: _Image, n: int, cells: pd.DataFrame, body: str, info: dict) -> str:
     median = float(np.median(cells["area_px"])) if n else None
+    um2 = _median_um2(cells)
+    size = pd.to_numeric(cells["pixel_size_um"], errors="coerce").dropna() if n else ()
     note = f'<span class="note">{_e(info["problem"])}</span>' if info.get("problem") else ""
     outlines = {"label image": "outlines", "bounding boxes": "boxes"}.get(info["outlines"], "")
     return (
@@ -327,9 +332,19 @@ def _figure(img: _Image, n: int, cells: pd.DataFrame, body: str, info: dict) -> 
         f'data-cells="{n}">{body}<figcaption><b>{_e(img.image_id)}</b> · '
         f'<span class="count">{n}</span> cells'
         + (f" · median {_num(median)} px" if median is not None else "")
+        + (f' (<span class="um2">{_num(um2, 1)}</span> µm²)' if um2 is not None else "")
+        + (f' · <span class="px-um">{size.iloc[0]:g}</span> µm/px' if len(size) else "")
         + (f' · <span class="src">{outlines}</span>' if outlines else "")
         + f"{note}</figcaption></figure>"
     )
+
+
+def _median_um2(cells: pd.DataFrame) -> float | None:
+    """Median cell area in µm² over the cells whose pixel size is known; None if none is."""
+    if cells is None or not len(cells) or "area_um2" not in cells:
+        return None
+    known = pd.to_numeric(cells["area_um2"], errors="coerce").dropna()
+    return float(known.median()) if len(known) else None
 
 
 def _histogram(areas: np.ndarray) -> str:
@@ -483,7 +498,7 @@ def build_plate_report(
     out.append('<div class="cols"><div><h2>Cells per image</h2><div class="counts"><table>')
     out.append(
         '<tr><th>image</th><th class="n">cells</th><th class="n">median area (px)</th>'
-        '<th class="n">mean area (px)</th></tr>'
+        '<th class="n">mean area (px)</th><th class="n">median area (µm²)</th></tr>'
     )
     for img in images:
         a = img.cells["area_px"] if img.cells is not None else pd.Series([], dtype=float)
@@ -491,12 +506,14 @@ def build_plate_report(
             f'<tr class="count-row" data-image-id="{_e(img.image_id)}">'
             f'<td><a href="#img-{_e(img.image_id)}">{_e(img.image_id)}</a></td>'
             f'<td class="n">{len(a)}</td><td class="n">{_num(a.median() if len(a) else None)}'
-            f'</td><td class="n">{_num(a.mean() if len(a) else None)}</td></tr>'
+            f'</td><td class="n">{_num(a.mean() if len(a) else None)}</td>'
+            f'<td class="n">{_num(_median_um2(img.cells), 1)}</td></tr>'
         )
     out.append(
         f'<tr><th>total</th><th class="n">{total}</th><th class="n">'
         f'{_num(table["area_px"].median() if total else None)}</th><th class="n">'
-        f"{_num(table['area_px'].mean() if total else None)}</th></tr></table></div></div>"
+        f"{_num(table['area_px'].mean() if total else None)}</th>"
+        f'<th class="n">{_num(_median_um2(table), 1)}</th></tr></table></div></div>'
     )
     out.append("<div><h2>Cell sizes</h2>")
     out.append(_histogram(table["area_px"].to_numpy(dtype=float)))

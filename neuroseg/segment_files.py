@@ -21,6 +21,7 @@ from typing import Any
 import pandas as pd
 
 from neuroseg import storage
+from neuroseg.imagemeta import image_meta
 from neuroseg.images import decode_native, encode_labels
 from neuroseg.measure import CELL_COLUMNS, cell_records, to_arrow
 from neuroseg.predict import segment_image
@@ -139,6 +140,7 @@ def segment_files(
     channel: int | None = None,
     labels: str | None = None,
     tta: str | None = None,
+    pixel_size_um: float | None = None,
 ) -> pd.DataFrame:
     """Segment image files and write all their cells to one Parquet file.
 
@@ -171,16 +173,20 @@ def segment_files(
     tta : {"none", "flip2", "flips"} or None
         Test-time augmentation of a model loaded here (:data:`neuroseg.predict.TTA_MODES`:
         averaged flipped predictions, 2 or 4 times the prediction time); None: the model's own.
+    pixel_size_um : float, optional
+        Pixel size in µm of every image, winning over the files' own metadata; default: each
+        file's (:func:`neuroseg.imagemeta.image_meta`), else the µm columns are null.
 
     Returns
     -------
     pandas.DataFrame
-        The rows written: one per cell, columns :data:`neuroseg.measure.CELL_COLUMNS`, images in
-        the order given; ``attrs["images"]`` counts the images processed (with or without
-        cells), ``attrs["failed"]`` those skipped. ``plate_id`` is the name of the folder
-        holding the image ("" at a filesystem or bucket root), ``image_id`` the file stem,
-        ``image_sha256`` the hash of the file's bytes, ``processed_at`` the UTC time the image
-        was done, ``flow_run_id`` null.
+        The rows written: one per cell, columns :data:`neuroseg.measure.CELL_COLUMNS` then
+        the channel columns of every image (``mean_intensity_<ch>`` ...; null for an image
+        without that channel), images in the order given; ``attrs["images"]`` counts the
+        images processed (with or without cells), ``attrs["failed"]`` those skipped.
+        ``plate_id`` is the name of the folder holding the image ("" at a filesystem or
+        bucket root), ``image_id`` the file stem, ``image_sha256`` the hash of the file's
+        bytes, ``processed_at`` the UTC time the image was done, ``flow_run_id`` null.
 
     Raises
     ------
@@ -191,6 +197,12 @@ def segment_files(
         The model folder (or the shipped model) does not exist.
     """
     uris = _check_args(images, out, threshold, watershed)
+    if pixel_size_um is not None and (
+        isinstance(pixel_size_um, bool)
+        or not isinstance(pixel_size_um, int | float)
+        or not 0 < pixel_size_um < float("inf")
+    ):
+        raise ValueError(f"pixel_size_um must be a positive number of µm, got {pixel_size_um!r}")
     stems = [_stem(u) for u in uris]
     if labels is not None:
         if not isinstance(labels, str) or not labels:
@@ -222,6 +234,7 @@ def segment_files(
             data_out, suffix = encode_labels(label_image)
             storage.write_bytes(storage.join(labels, stem + suffix), data_out)
         plate = _plate_id(uri)
+        meta = image_meta(data)
         df = cell_records(
             label_image,
             image,
@@ -234,6 +247,8 @@ def segment_files(
             model_version=str(bundle.version),
             processed_at=dt.datetime.now(dt.UTC),
             flow_run_id=None,
+            pixel_size_um=pixel_size_um if pixel_size_um is not None else meta.pixel_size_um,
+            channel_names=meta.channel_names,
         )
         if not plate:
             df["plate_id"] = pd.Series([""] * len(df), dtype="str")
@@ -243,7 +258,8 @@ def segment_files(
             f"none of the {len(uris)} image(s) could be processed (see the errors above); "
             f"nothing written to {out}"
         )
-    cells = pd.concat(frames, ignore_index=True)[list(CELL_COLUMNS)]
+    cells = pd.concat(frames, ignore_index=True)
+    cells = cells[[*CELL_COLUMNS, *(c for c in cells.columns if c not in CELL_COLUMNS)]]
     _write(cells, out)
     # an image without cells has no row: the counts of the batch travel beside the table
     cells.attrs.update(images=len(frames), failed=len(failed))

@@ -87,6 +87,7 @@ def segment_image(
     flow_run_id: str | None,
     channel: int | None = None,
     tta: str | None = None,
+    pixel_size_um: float | dict[str, float] | None = None,
 ) -> dict:
     """Segment one upload and write its label image and cell records (or quarantine it)."""
     bundle = get_bundle(model_uri, precision, tta)
@@ -98,4 +99,5 @@ def segment_image(
         report_uri=report_uri,
         flow_run_id=flow_run_id,
         channel=channel,
+        pixel_size_um=pixel_size_um,
     )

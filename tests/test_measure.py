@@ -11,7 +11,18 @@ import pyarrow.parquet as pq
 import pytest
 from skimage.measure import regionprops
 
-from neuroseg.measure import CELL_COLUMNS, CELL_SCHEMA, SCHEMA_VERSION, cell_records, to_arrow
+from neuroseg.measure import (
+    CELL_COLUMNS,
+    CELL_SCHEMA,
+    SCHEMA_VERSION,
+    UM_COLUMNS,
+    cell_records,
+    cell_schema,
+    channel_columns,
+    channel_labels,
+    table_schema,
+    to_arrow,
+)
 from neuroseg.predict import relabel_raster
 
 WHEN = dt.datetime(2025, 3, 4, 5, 6, 7, 123456, tzinfo=dt.UTC)
@@ -46,8 +57,10 @@ def scene():
 def test_known_shapes(scene):
     labels, image, prob = scene
     df = cell_records(labels, image, prob, **LINEAGE)
-    assert list(df.columns) == list(CELL_COLUMNS)
+    rgb = [c for label in ("c0", "c1", "c2") for c in channel_columns(label)]
+    assert list(df.columns) == [*CELL_COLUMNS, *rgb]
     assert df["cell_id"].tolist() == [1, 2, 3]
+    assert df[list(UM_COLUMNS)].isna().all().all()  # no pixel size given: null, not guessed
     rect = df.iloc[0]
     assert rect["area_px"] == 200
     assert (rect["bbox_x"], rect["bbox_y"], rect["bbox_width"], rect["bbox_height"]) == (
@@ -85,13 +98,17 @@ def test_dtypes_follow_schema_and_empty_image(scene):
     df = cell_records(labels, image, prob, **LINEAGE)
     empty = cell_records(np.zeros_like(labels), image, prob, **LINEAGE)
     assert len(empty) == 0
-    assert list(empty.columns) == list(CELL_COLUMNS)
+    assert list(empty.columns) == list(df.columns)
     assert empty.dtypes.to_dict() == df.dtypes.to_dict()
     assert str(df["processed_at"].dtype) == "datetime64[us, UTC]"
     assert df["cell_id"].dtype == np.int32 and df["area_px"].dtype == np.int64
     for table in (to_arrow(df), to_arrow(empty)):
-        assert table.schema.equals(CELL_SCHEMA, check_metadata=True)
-    assert CELL_SCHEMA.metadata[b"neuroseg.schema_version"] == str(SCHEMA_VERSION).encode()
+        assert table.schema.equals(cell_schema(["c0", "c1", "c2"]), check_metadata=True)
+    assert to_arrow(df[list(CELL_COLUMNS)]).schema.equals(CELL_SCHEMA, check_metadata=True)
+    assert CELL_SCHEMA.metadata[b"neuroseg.schema_version"] == b"3" == str(SCHEMA_VERSION).encode()
+    um = [f for f in CELL_SCHEMA if f.name in UM_COLUMNS]
+    assert [f.name for f in um] == list(UM_COLUMNS)
+    assert all(f.type == pa.float64() and f.nullable for f in um)
 
 
 def test_parquet_round_trip(scene, tmp_path):
@@ -99,7 +116,8 @@ def test_parquet_round_trip(scene, tmp_path):
     df = cell_records(labels, image, prob, **{**LINEAGE, "flow_run_id": None})
     path = tmp_path / "cells.parquet"
     pq.write_table(to_arrow(df), path)
-    assert pq.read_schema(path).equals(CELL_SCHEMA, check_metadata=True)
+    assert pq.read_schema(path).equals(cell_schema(["c0", "c1", "c2"]), check_metadata=True)
+    assert pq.read_table(path).column("area_um2").null_count == len(df)
     back = pd.read_parquet(path)
     pd.testing.assert_frame_equal(back, df)
     assert back["flow_run_id"].isna().all()
@@ -184,3 +202,64 @@ def test_means_are_those_of_each_cells_own_pixels(dtype):
         own = labels == row.cell_id
         assert row.mean_intensity == pytest.approx(image[own].astype(np.float64).mean(), rel=1e-12)
         assert row.mean_probability == pytest.approx(prob[own].astype(np.float64).mean(), rel=1e-12)
+        for c in range(3):
+            values = image[..., c][own].astype(np.float64)
+            got = df.loc[row.Index]
+            assert got[f"mean_intensity_c{c}"] == pytest.approx(values.mean(), rel=1e-12)
+            assert got[f"integrated_intensity_c{c}"] == pytest.approx(values.sum(), rel=1e-12)
+            assert got[f"max_intensity_c{c}"] == values.max()
+
+
+def test_known_physical_units_and_channels(scene):
+    """0.65 µm pixels: the µm columns are the pixel columns scaled (areas by 0.4225), and each
+    channel's mean, sum and maximum are those of the cell's own pixels."""
+    labels, image, prob = scene
+    df = cell_records(
+        labels, image, prob, **LINEAGE, pixel_size_um=0.65, channel_names=["DAPI", "NeuN", "c-Fos"]
+    )
+    rect, disc = df.iloc[0], df.iloc[1]
+    assert (df["pixel_size_um"] == 0.65).all()
+    assert rect["area_um2"] == pytest.approx(200 * 0.65**2) == pytest.approx(84.5)
+    assert rect["centroid_x_um"] == pytest.approx(39.5 * 0.65)
+    assert rect["centroid_y_um"] == pytest.approx(14.5 * 0.65)
+    for col in ("perimeter", "major_axis_length", "minor_axis_length"):
+        np.testing.assert_allclose(df[f"{col}_um"], df[col] * 0.65)
+    assert (rect["mean_intensity_dapi"], rect["mean_intensity_neun"]) == (30.0, 60.0)
+    assert rect["mean_intensity_c_fos"] == 90.0
+    assert rect["integrated_intensity_neun"] == 60.0 * 200
+    assert rect["max_intensity_c_fos"] == 90.0
+    assert disc["mean_intensity_dapi"] == 200.0 and disc["max_intensity_c_fos"] == 0.0
+    assert disc["integrated_intensity_dapi"] == 200.0 * disc["area_px"]
+    assert to_arrow(df).schema.equals(cell_schema(["dapi", "neun", "c_fos"]))
+
+
+@pytest.mark.parametrize("bad", [0, -0.5, float("nan"), float("inf"), True, "0.65"])
+def test_pixel_size_must_be_positive(scene, bad):
+    labels, image, prob = scene
+    with pytest.raises(ValueError, match="pixel_size_um"):
+        cell_records(labels, image, prob, **LINEAGE, pixel_size_um=bad)
+
+
+def test_channel_labels():
+    assert channel_labels(["DAPI", "NeuN 488", "c-Fos"], 3) == ["dapi", "neun_488", "c_fos"]
+    assert channel_labels(None, 2) == ["c0", "c1"]
+    assert channel_labels(["DAPI"], 2) == ["c0", "c1"]  # not one name per channel
+    assert channel_labels(["GFP", "gfp"], 2) == ["c0", "c1"]  # not distinct once lower-cased
+    assert channel_labels(["GFP", "---"], 2) == ["c0", "c1"]  # nothing left of a name
+    with pytest.raises(ValueError, match="channel label"):
+        channel_columns("NeuN")
+
+
+def test_table_schema_unifies_channels_and_old_files(scene):
+    """Files of different channels and a version-2 file read as one table: core columns
+    first, each channel column once, plate_id last; columns a file lacks read as null."""
+    labels, image, prob = scene
+    named = to_arrow(cell_records(labels, image, prob, **LINEAGE, channel_names=["a", "b", "c"]))
+    grey = to_arrow(cell_records(labels, image[..., :1], prob, **LINEAGE))
+    v2 = pa.schema([f for f in grey.schema if f.name in CELL_COLUMNS and f.name not in UM_COLUMNS])
+    schema = table_schema([v2, grey.schema, named.schema])
+    extra = [*channel_columns("c0"), *channel_columns("a"), *channel_columns("b")]
+    extra += channel_columns("c")
+    core = [c for c in CELL_COLUMNS if c != "plate_id"]
+    assert schema.names == [*core, *extra, "plate_id"]
+    assert schema.metadata[b"neuroseg.schema_version"] == b"3"

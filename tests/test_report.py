@@ -39,7 +39,7 @@ def _labels(height: int, width: int, boxes: list[tuple[int, int, int, int]]) -> 
     return labels
 
 
-def _add_image(root, image_id, image, labels, *, label_image=True):
+def _add_image(root, image_id, image, labels, *, label_image=True, pixel_size_um=None):
     """Upload, table rows, label image (nightly convention) and processed record of one image."""
     uri = storage.join(root, "uploads", PLATE, f"{image_id}.png")
     storage.write_bytes(uri, _png(image[..., 0] if image.shape[2] == 1 else image))
@@ -54,6 +54,7 @@ def _add_image(root, image_id, image, labels, *, label_image=True):
         model_name="m",
         model_version="v1",
         processed_at=WHEN,
+        pixel_size_um=pixel_size_um,
     )
     write_cells(df, cells_file_uri(storage.join(root, "cells"), PLATE, image_id))
     if label_image:
@@ -72,7 +73,7 @@ def plate(tmp_path_factory):
     rgb[..., :2] = 40
     a = _labels(90, 120, [(10, 10, 12, 15), (40, 60, 20, 20), (70, 100, 15, 20)])
     rgb[a > 0] = (220, 200, 30)
-    _add_image(root, "a_rgb", rgb, a)
+    _add_image(root, "a_rgb", rgb, a, pixel_size_um=0.5)  # cells of 180, 400, 300 px
     # 12-bit values in a 16-bit grey file: shown stretched, not black
     grey = rng.integers(100, 300, (90, 120), dtype=np.uint16)
     g = _labels(90, 120, [(20, 30, 25, 25)])
@@ -132,6 +133,14 @@ def test_page_shows_every_image_its_cells_and_the_failures(plate):
         row = re.search(rf'class="count-row" data-image-id="{image_id}">.*?</tr>', page).group(0)
         assert re.findall(r'<td class="n">([^<]*)</td>', row)[0] == str(n)
     assert out["per_image"] == {k: counts.get(k, 0) for k in ids}
+    # µm where the pixel size is known (a_rgb: 0.5 µm, so 45, 100, 75 µm²), a dash elsewhere
+    row = re.search(r'class="count-row" data-image-id="a_rgb">.*?</tr>', page).group(0)
+    assert re.findall(r'<td class="n">([^<]*)</td>', row)[-1] == "75.0"
+    assert '<span class="um2">75.0</span> µm²' in cards["a_rgb"]
+    assert '<span class="px-um">0.5</span> µm/px' in cards["a_rgb"]
+    row = re.search(r'class="count-row" data-image-id="b_grey16">.*?</tr>', page).group(0)
+    assert re.findall(r'<td class="n">([^<]*)</td>', row)[-1] == "–"
+    assert "µm" not in cards["b_grey16"]
     assert out["cells"] == len(table) == 9 and out["images"] == 5
     # the 16-bit grey image is stretched for display (a // 257 view would be black)
     data = re.search(r'<image [^>]*href="data:image/\w+;base64,([^"]+)"', cards["b_grey16"])

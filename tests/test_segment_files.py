@@ -16,7 +16,7 @@ import pytest
 
 from neuroseg import registry, storage
 from neuroseg.images import encode_png
-from neuroseg.measure import CELL_COLUMNS, CELL_SCHEMA
+from neuroseg.measure import CELL_COLUMNS, UM_COLUMNS, cell_schema, channel_columns
 from neuroseg.segment_files import segment_files
 
 SHAPE = (100, 150)
@@ -81,7 +81,10 @@ def test_cells_of_good_files_and_one_line_errors_for_bad_ones(tmp_path, green_mo
     assert len(err) == 3
     for name, line in zip(("broken.png", "missing.png", "notes.png"), err, strict=True):
         assert str(plate / name) in line and line.startswith("neuroseg segment: skipped ")
-    assert list(df.columns) == list(CELL_COLUMNS)
+    rgb = [c for label in ("c0", "c1", "c2") for c in channel_columns(label)]
+    assert list(df.columns) == [*CELL_COLUMNS, *rgb]
+    assert df[list(UM_COLUMNS)].isna().all().all()  # PNG: no pixel size
+    assert (df.mean_intensity_c1 == 255).all() and (df.max_intensity_c0 == 200).all()
     assert df.groupby("image_id").size().to_dict() == {"well_a": 2, "well_b": 3}
     well_b = df[df.image_id == "well_b"]
     # raster order of first pixel; centroids exact for symmetric discs
@@ -103,7 +106,7 @@ def test_cells_of_good_files_and_one_line_errors_for_bad_ones(tmp_path, green_mo
     assert (pd.Timestamp.now(tz="UTC") - df.processed_at).max() < pd.Timedelta(minutes=5)
 
     table = pq.read_table(out)
-    assert table.schema.equals(CELL_SCHEMA, check_metadata=True)
+    assert table.schema.equals(cell_schema(["c0", "c1", "c2"]), check_metadata=True)
     back = table.to_pandas()
     pd.testing.assert_frame_equal(back, df, check_dtype=False)
     assert [p.name for p in out.parent.iterdir()] == ["cells.parquet"]  # no temp files left
@@ -137,9 +140,10 @@ def test_file_at_a_root_has_empty_plate_and_cells_table_may_be_empty(tmp_path, g
     write_png(tmp_path / "dark.png", np.zeros((*SHAPE, 3), np.uint8))
     out = tmp_path / "none.parquet"
     df = segment_files([f"file://{tmp_path}/dark.png"], out=str(out), model=green_model)
-    assert len(df) == 0 and list(df.columns) == list(CELL_COLUMNS)
+    assert len(df) == 0 and list(df.columns)[: len(CELL_COLUMNS)] == list(CELL_COLUMNS)
     assert df.attrs == {"images": 1, "failed": 0}
-    assert pq.read_table(out).schema.equals(CELL_SCHEMA) and pq.read_table(out).num_rows == 0
+    schema = cell_schema(["c0", "c1", "c2"])
+    assert pq.read_table(out).schema.equals(schema) and pq.read_table(out).num_rows == 0
     from neuroseg.segment_files import _plate_id
 
     assert _plate_id("s3://bucket/a.png") == "" and _plate_id("s3://bucket/P1/a.png") == "P1"
@@ -203,3 +207,54 @@ def test_command_line(tmp_path, green_model, capsys):
     with pytest.raises(SystemExit):
         main([*args, "--out", str(out_tta), "--tta", "rot90"])
     assert "invalid choice: 'rot90'" in capsys.readouterr().err
+
+
+def _ome_tiff(path, image_yxc: np.ndarray, names, size_um: float) -> None:
+    import tifffile
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tifffile.imwrite(
+        path,
+        np.moveaxis(image_yxc, -1, 0),
+        ome=True,
+        photometric="minisblack",
+        metadata={
+            "axes": "CYX",
+            "PhysicalSizeX": size_um,
+            "PhysicalSizeY": size_um,
+            "Channel": {"Name": list(names)},
+        },
+    )
+
+
+def test_ome_tiff_and_png_in_one_batch_physical_units_and_named_channels(tmp_path, green_model):
+    """An OME-TIFF (0.65 µm, named channels) and a PNG in one call: the TIFF's cells get µm
+    and their channels' names, the PNG's nulls and c0..c2; each image's columns, null in the
+    other's rows. --pixel-size-um gives the PNG a size (and wins over the TIFF's)."""
+    from neuroseg.cli import main
+
+    _ome_tiff(tmp_path / "P1" / "ome.tif", discs([(20, 30), (70, 120)]), NAMES3, 0.65)
+    write_png(tmp_path / "P1" / "plain.png", discs([(50, 75)]))
+    files = [str(tmp_path / "P1" / "ome.tif"), str(tmp_path / "P1" / "plain.png")]
+    df = segment_files(files, out=str(tmp_path / "c.parquet"), model=green_model)
+    ome, png = df[df.image_id == "ome"], df[df.image_id == "plain"]
+    assert len(ome) == 2 and len(png) == 1
+    assert (ome.pixel_size_um == 0.65).all()
+    np.testing.assert_allclose(ome.area_um2, 113 * 0.65**2)  # r = 6 discs of 113 px
+    np.testing.assert_allclose(ome.centroid_x_um, np.array([30, 120]) * 0.65)
+    assert (ome.mean_intensity_dapi == 200).all() and (ome.mean_intensity_neun == 255).all()
+    assert (ome.integrated_intensity_c_fos == 90 * 113).all()
+    assert ome.mean_intensity_c0.isna().all() and png.mean_intensity_dapi.isna().all()
+    assert png[list(UM_COLUMNS)].isna().all().all() and (png.mean_intensity_c1 == 255).all()
+    back = pq.read_table(tmp_path / "c.parquet").to_pandas()
+    assert back["area_um2"].isna().sum() == 1 and back["mean_intensity_neun"].notna().sum() == 2
+
+    out = tmp_path / "given.parquet"
+    assert main(["segment", *files, "--out", str(out), "--model", green_model,
+                 "--pixel-size-um", "0.5"]) == 0  # fmt: skip
+    given = storage.read_parquet(str(out))
+    assert (given.pixel_size_um == 0.5).all()
+    np.testing.assert_allclose(given.area_um2, 113 * 0.25)
+
+
+NAMES3 = ("DAPI", "NeuN", "c-Fos")
