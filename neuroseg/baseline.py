@@ -32,9 +32,10 @@ import numpy as np
 from scipy import ndimage as ndi
 from scipy.special import expit
 
+from neuroseg.masks import relabel_raster
 from neuroseg.metrics import iou_matching, rank_grid
 from neuroseg.normalize import channel_max, percentile_normalize, select_channels
-from neuroseg.predict import relabel_raster, segment
+from neuroseg.predict import segment
 
 __all__ = [
     "CLASSICAL_DEFAULTS",

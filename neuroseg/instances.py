@@ -24,8 +24,8 @@ from itertools import product
 import numpy as np
 from scipy import ndimage as ndi
 
+from neuroseg.masks import relabel_raster
 from neuroseg.metrics import iou_matching, prf, rank_grid
-from neuroseg.predict import relabel_raster
 
 __all__ = [
     "BACKGROUND",
@@ -339,7 +339,7 @@ def instances_from_classes(
     4. objects under ``min_area`` pixels are dropped, unless their peak interior probability
        is above ``small_peak`` (a confident micronucleus; 1: none is kept), and the rest
        numbered ``1..n`` in raster order of their first pixel
-       (:func:`neuroseg.predict.relabel_raster`).
+       (:func:`neuroseg.masks.relabel_raster`).
 
     Parameters
     ----------

@@ -32,6 +32,7 @@ __all__ = [
     "analyze_mask",
     "class_weights",
     "label_mask",
+    "relabel_raster",
     "summarize_cells",
 ]
 
@@ -102,6 +103,34 @@ def label_mask(mask, *, threshold=127, connectivity=4) -> tuple[np.ndarray, int]
     # scipy numbers components by their first pixel in raster order (tests check this).
     n = ndimage.label(foreground, structure=structure, output=labels)
     return labels, int(n)
+
+
+def relabel_raster(labels: np.ndarray, *, min_area: int = 0) -> tuple[np.ndarray, int]:
+    """Renumber a label image ``1..n`` in raster order of each object's first pixel.
+
+    Objects of fewer than ``min_area`` pixels are dropped first (0 keeps all). The work is on
+    the objects' pixels only (one scan of the image finds them), so a plate that is mostly
+    background costs little beyond that scan.
+
+    Returns
+    -------
+    labels : (H, W) int32 array
+    n : int
+    """
+    labels = np.asarray(labels)
+    flat = labels.ravel()
+    inside = np.flatnonzero(flat)
+    out = np.zeros(labels.shape, np.int32)
+    if not inside.size:
+        return out, 0
+    values = flat[inside]
+    ids, first, area = np.unique(values, return_index=True, return_counts=True)
+    lut = np.zeros(int(ids[-1]) + 1, dtype=np.int32)
+    keep = area >= min_area
+    kept = ids[keep][np.argsort(first[keep], kind="stable")]
+    lut[kept] = np.arange(1, kept.size + 1, dtype=np.int32)
+    out.ravel()[inside] = lut[values]
+    return out, int(kept.size)
 
 
 def analyze_labels(labels, n=None) -> dict[str, np.ndarray]:

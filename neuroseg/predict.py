@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 from scipy import ndimage as ndi
 
-from neuroseg.masks import label_mask
+from neuroseg.masks import label_mask, relabel_raster
 from neuroseg.normalize import input_spec, model_input
 from neuroseg.tiling import BLENDS, UPSCALE_METHODS, crop_tiles, stitch, tile_grid, upscale_tiles
 
@@ -236,34 +236,6 @@ def _predict_once(bundle: Any, config: Mapping, x: np.ndarray, batch_size: int) 
         upscale=config.get("upscale", "bilinear"),
         batch_size=batch_size,
     )
-
-
-def relabel_raster(labels: np.ndarray, *, min_area: int = 0) -> tuple[np.ndarray, int]:
-    """Renumber a label image ``1..n`` in raster order of each object's first pixel.
-
-    Objects of fewer than ``min_area`` pixels are dropped first (0 keeps all). The work is on
-    the objects' pixels only (one scan of the image finds them), so a plate that is mostly
-    background costs little beyond that scan.
-
-    Returns
-    -------
-    labels : (H, W) int32 array
-    n : int
-    """
-    labels = np.asarray(labels)
-    flat = labels.ravel()
-    inside = np.flatnonzero(flat)
-    out = np.zeros(labels.shape, np.int32)
-    if not inside.size:
-        return out, 0
-    values = flat[inside]
-    ids, first, area = np.unique(values, return_index=True, return_counts=True)
-    lut = np.zeros(int(ids[-1]) + 1, dtype=np.int32)
-    keep = area >= min_area
-    kept = ids[keep][np.argsort(first[keep], kind="stable")]
-    lut[kept] = np.arange(1, kept.size + 1, dtype=np.int32)
-    out.ravel()[inside] = lut[values]
-    return out, int(kept.size)
 
 
 def _split_one(object_mask: np.ndarray, min_distance: int, h: float) -> tuple[np.ndarray, int]:
