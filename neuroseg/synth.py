@@ -32,6 +32,7 @@ from scipy import ndimage as ndi
 from scipy.special import expit
 
 __all__ = [
+    "STAINS",
     "SynthImage",
     "compare_with_real",
     "comparison_table",
@@ -52,6 +53,9 @@ BRIGHT_YELLOW = (247, 237, 15)
 #: The seed notebook's background fill colours (a range; real FNC backgrounds are darker).
 BACKGROUND_1 = (20, 8, 0)
 BACKGROUND_2 = (49, 25, 1)
+
+#: Stain styles of :func:`synth_plate`: the FNC yellow and red collections.
+STAINS = ("yellow", "red")
 
 _MIN_SIDE = 16
 _MAX_PIXELS = 100_000_000  # as neuroseg.images.MAX_PIXELS, so that the files decode
@@ -145,8 +149,10 @@ def _sample_radius(rng: np.random.Generator) -> float:
     return float(np.clip(rng.lognormal(math.log(16.5), 0.35), 6.0, 45.0))
 
 
-def _sample_cell(rng: np.random.Generator, row: float, col: float, bg: float) -> _Cell:
-    radius = _sample_radius(rng)
+def _sample_cell(
+    rng: np.random.Generator, row: float, col: float, bg: float, *, size: float = 1.0
+) -> _Cell:
+    radius = _sample_radius(rng) * size
     aspect = float(np.clip(rng.lognormal(math.log(1.7), 0.28), 1.0, 3.5))
     # Orientation with a mild preference for the horizontal, as in the FNC set where the
     # bounding boxes are wider than tall (p95 width 103 vs height 83).
@@ -298,8 +304,11 @@ def _blob(
     _paste(emission, patch.astype(np.float32), r0, c0, op="add")
 
 
-def _place_cells(rng: np.random.Generator, n: int, h: int, w: int, bg: float) -> list[_Cell]:
-    """Cell centres: partly clustered, mostly non-overlapping, with some touching pairs."""
+def _place_cells(
+    rng: np.random.Generator, n: int, h: int, w: int, bg: float, *, size: float = 1.0
+) -> list[_Cell]:
+    """Cell centres: partly clustered, mostly non-overlapping, with some touching pairs
+    (``size`` scales every cell's radius: one magnification per image)."""
     n_clusters = int(rng.integers(1, 4))
     centres = np.column_stack([rng.uniform(0, h, n_clusters), rng.uniform(0, w, n_clusters)])
     spread = rng.uniform(120, 350, n_clusters)
@@ -312,7 +321,7 @@ def _place_cells(rng: np.random.Generator, n: int, h: int, w: int, bg: float) ->
         if cells and rng.random() < touch_p:
             # A partner touching an existing cell.
             other = cells[int(rng.integers(len(cells)))]
-            cell = _sample_cell(rng, 0.0, 0.0, bg)
+            cell = _sample_cell(rng, 0.0, 0.0, bg, size=size)
             phi = rng.uniform(0, 2 * np.pi)
             dist = (other.radius + cell.radius) * rng.uniform(0.85, 1.05)
             row, col = other.row + dist * math.sin(phi), other.col + dist * math.cos(phi)
@@ -327,7 +336,7 @@ def _place_cells(rng: np.random.Generator, n: int, h: int, w: int, bg: float) ->
             row, col = rng.uniform(0, h), rng.uniform(0, w)
         if not (0 <= row < h and 0 <= col < w):
             continue
-        cell = _sample_cell(rng, float(row), float(col), bg)
+        cell = _sample_cell(rng, float(row), float(col), bg, size=size)
         if any(
             math.hypot(c.row - row, c.col - col) < 1.7 * (c.radius + cell.radius) + 4 for c in cells
         ):
@@ -341,8 +350,59 @@ def _place_cells(rng: np.random.Generator, n: int, h: int, w: int, bg: float) ->
 # --------------------------------------------------------------------------------------------
 
 
+def _dendrites(rng: np.random.Generator, emission: np.ndarray, cell: _Cell) -> None:
+    """Thick primary dendrites of a red-stained neuron: 1-4 bright, tapering processes that
+    leave the soma's outline (added to ``emission``; not part of the mask)."""
+    a = cell.radius * math.sqrt(cell.aspect)
+    for _ in range(int(rng.integers(1, 5))):
+        ang = cell.angle + rng.choice([0.0, np.pi]) + rng.normal(0, 0.9)
+        start = (cell.row + 0.7 * a * math.sin(ang), cell.col + 0.7 * a * math.cos(ang))
+        strength = cell.peak * rng.uniform(0.25, 0.8)
+        # a few parallel strokes make a process 2-5 px wide near the soma
+        for off in rng.uniform(-1.5, 1.5, size=int(rng.integers(2, 5))):
+            s0 = (start[0] + off * math.cos(ang), start[1] - off * math.sin(ang))
+            _draw_curve(rng, emission, s0, ang, rng.uniform(40, 300), strength / 1.5)
+
+
+def _neurite_web(rng: np.random.Generator, h: int, w: int, cells: list[_Cell]) -> np.ndarray:
+    """The red stain's web of neurites: many wandering, crossing fibres of varied width and
+    brightness, denser in a band of tissue around the cells (where the real images' neurites
+    cross, a bright knot looks like a small soma: the false positives to learn away)."""
+    thin = np.zeros((h, w), np.float32)
+    thick = np.zeros((h, w), np.float32)
+    scale = (h * w) / (1200 * 1600)
+    peak = float(np.median([c.peak for c in cells])) if cells else 1.5
+    density = rng.uniform(40, 260) * scale
+    for _ in range(int(rng.poisson(density))):
+        if cells and rng.random() < 0.6:  # near a cell: the tissue band
+            c = cells[int(rng.integers(len(cells)))]
+            start = (c.row + rng.normal(0, 120), c.col + rng.normal(0, 120))
+        else:
+            start = (rng.uniform(0, h), rng.uniform(0, w))
+        layer = thick if rng.random() < 0.4 else thin
+        _draw_curve(rng, layer, start, rng.uniform(0, 2 * np.pi), rng.uniform(80, 600),
+                    peak * rng.uniform(0.15, 0.9))  # fmt: skip
+    # thick fibres: blurred wider, brightness kept
+    web = thin + 2.5 * ndi.gaussian_filter(thick, sigma=1.6, truncate=2.5)
+    # varicosities: small bright beads along the fibres
+    for _ in range(int(rng.poisson(rng.uniform(20, 120) * scale))):
+        s = rng.uniform(1.0, 3.0)
+        if cells:
+            c = cells[int(rng.integers(len(cells)))]
+            row, col = c.row + rng.normal(0, 150), c.col + rng.normal(0, 150)
+        else:
+            row, col = rng.uniform(0, h), rng.uniform(0, w)
+        _blob(web, row, col, s, s * rng.uniform(0.6, 1.6), peak * rng.uniform(0.3, 1.0))
+    return web
+
+
 def synth_plate(
-    *, seed: int, height: int = 1200, width: int = 1600, n_cells: int | None = None
+    *,
+    seed: int,
+    height: int = 1200,
+    width: int = 1600,
+    n_cells: int | None = None,
+    stain: str = "yellow",
 ) -> SynthImage:
     """Generate one synthetic FNC-like image with its mask and instance labels.
 
@@ -357,6 +417,12 @@ def synth_plate(
         the image area (mean about 8 per 1600x1200 image, as in the FNC yellow set, with some
         images holding very few cells). Dense requests may place fewer cells when the image runs
         out of room.
+    stain : {"yellow", "red"}
+        ``"yellow"``: the FNC yellow collection (above). ``"red"``: the red collection, whose
+        stain fills the whole neuron: red somata (more of them, a per-image cell size, often
+        packed in a band of tissue) with thick dendrites leaving them, inside a dense web of
+        bright, crossing neurites that is *not* part of the mask (:func:`_neurite_web`); the
+        cells to count are the somata.
 
     Returns
     -------
@@ -372,6 +438,9 @@ def synth_plate(
     """
     seed = _check_int("seed", seed, minimum=0)
     h, w = _check_size(height, width)
+    if stain not in STAINS:
+        raise ValueError(f"stain must be one of {', '.join(STAINS)}, got {stain!r}")
+    red = stain == "red"
     scale = (h * w) / (1200 * 1600)
     if n_cells is not None:
         n_cells = _check_int("n_cells", n_cells, minimum=0, maximum=max(10, int(400 * scale)))
@@ -390,11 +459,23 @@ def synth_plate(
     mottle = 1.0 + rng.uniform(0.05, 0.18) * _smooth_field(rng, (h, w), rng.uniform(25, 60))
     background = bg * np.clip(mottle, 0.2, None)
 
+    if red:
+        # the red collection: a dark, neutral background and a red stain (grey input sees
+        # the maximum over channels, so the hue matters less than the structure)
+        bg = float(np.exp(rng.uniform(math.log(0.01), math.log(0.08))))
+        bg_weights = np.array([1.0, rng.uniform(0.05, 0.3), rng.uniform(0.05, 0.3)], np.float32)
+        cell_weights = np.array(
+            [1.0, rng.uniform(0.02, 0.12), rng.uniform(0.02, 0.12)], dtype=np.float32
+        )
+        background = bg * np.clip(mottle, 0.2, None)
+
     # Cells.
     if n_cells is None:
-        lam = rng.gamma(1.3, 8.0 / 1.3) * scale
+        mean = 35.0 if red else 8.0
+        lam = rng.gamma(1.3, mean / 1.3) * scale
         n_cells = int(min(rng.poisson(lam), max(10, int(400 * scale))))
-    cells = _place_cells(rng, n_cells, h, w, bg)
+    size = float(np.exp(rng.uniform(math.log(0.7), math.log(1.4)))) if red else 1.0
+    cells = _place_cells(rng, n_cells, h, w, bg, size=size)
     emission = np.zeros((h, w), dtype=np.float32)
     best = np.zeros((h, w), dtype=np.float32)  # owner's profile, to split touching cells
     owner = np.zeros((h, w), dtype=np.int32)
@@ -412,6 +493,8 @@ def synth_plate(
         take = inside & (prof > best[rs:re, cs:ce])
         best[rs:re, cs:ce][take] = prof[take]
         owner[rs:re, cs:ce][take] = idx
+        if red:
+            _dendrites(rng, emission, cell)
         # Long faint neurites leave the soma along its processes (not part of the mask).
         for st_angle, st_len, _ in stubs:
             if rng.random() < 0.7:
@@ -462,6 +545,8 @@ def synth_plate(
         )
     if rng.random() < 0.1:
         emission += _tissue_edge(rng, h, w)
+    if red:
+        emission += _neurite_web(rng, h, w, cells)
 
     # Camera: slight defocus of all structure, illumination, saturating response, noise.
     image = _camera(rng, emission, background, illum, bg_weights, cell_weights)
@@ -619,6 +704,7 @@ def write_dataset(
     seed: int = 0,
     height: int = 1200,
     width: int = 1600,
+    stains: Sequence[str] = ("yellow",),
 ) -> str:
     """Write an annotated synthetic dataset in the FNC layout.
 
@@ -638,6 +724,8 @@ def write_dataset(
         Run seed.
     height, width : int
         Image size in pixels.
+    stains : sequence of {"yellow", "red"}
+        Image ``i`` has stain ``stains[i % len(stains)]`` (:func:`synth_plate`).
 
     Returns
     -------
@@ -650,9 +738,18 @@ def write_dataset(
     seed = _check_int("seed", seed, minimum=0)
     images = _check_int("images", images, minimum=1, maximum=9999)
     _check_size(height, width)
+    stains = list(stains)
+    bad = [x for x in stains if x not in STAINS]
+    if not stains or bad:
+        raise ValueError(f"stains must be a non-empty list of {', '.join(STAINS)}, got {stains}")
     dataset = storage.join(root_uri, "datasets", name)
     for i in range(images):
-        plate = synth_plate(seed=_derive_seed(seed, i), height=height, width=width)
+        plate = synth_plate(
+            seed=_derive_seed(seed, i),
+            height=height,
+            width=width,
+            stain=stains[i % len(stains)],
+        )
         key = f"syn_{i + 1:04d}.png"
         storage.write_bytes(storage.join(dataset, "images", key), encode_png(plate.image))
         storage.write_bytes(storage.join(dataset, "masks", key), encode_png(plate.mask))

@@ -247,3 +247,43 @@ def test_compare_with_real_measures_the_real_samples(fnc_root):
 def test_import_is_light():
     code = "import sys, neuroseg.synth, neuroseg.datasets; assert 'tensorflow' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_red_stain_draws_a_neurite_web_outside_the_mask():
+    red = synth_plate(seed=3, height=600, width=800, stain="red")
+    _check_ground_truth(red)
+    np.testing.assert_array_equal(red.image, synth_plate(seed=3, height=600, width=800,
+                                                         stain="red").image)  # fmt: skip
+    yellow = synth_plate(seed=3, height=600, width=800)
+    assert not np.array_equal(red.image, yellow.image)
+    # red: the red channel carries the stain
+    fg = red.mask > 0
+    means = red.image[fg].mean(axis=0)
+    assert means[0] > 2 * max(means[1], means[2])
+
+    # thin bright structure (a pixel well above its 9x9 median) outside the cells: the web,
+    # none of it in the mask
+    def ridges_outside(s):
+        grey = s.image.max(axis=-1).astype(float)
+        near = ndi.binary_dilation(s.mask > 0, iterations=3)
+        return float(((grey - ndi.median_filter(grey, 9) > 8) & ~near).mean())
+
+    for seed in (0, 1, 3):
+        r = ridges_outside(synth_plate(seed=seed, height=600, width=800, stain="red"))
+        y = ridges_outside(synth_plate(seed=seed, height=600, width=800))
+        assert r > 5 * y and r > 0.02
+
+
+def test_write_dataset_alternates_stains(tmp_path):
+    root = str(tmp_path / "root")
+    uri = write_dataset(root, name="mix", images=2, height=200, width=240,
+                        stains=("yellow", "red"))  # fmt: skip
+    first = read_image(storage.join(uri, "images", "syn_0001.png"))
+    second = read_image(storage.join(uri, "images", "syn_0002.png"))
+    # yellow: green channel well above blue; red: green and blue both faint
+    assert first[..., 1].mean() > 2 * first[..., 2].mean()
+    assert second[..., 0].mean() > 2 * second[..., 1].mean()
+    with pytest.raises(ValueError, match="stains"):
+        write_dataset(root, name="bad", images=1, height=64, width=64, stains=("blue",))
+    with pytest.raises(ValueError, match="stain must be"):
+        synth_plate(seed=1, height=64, width=64, stain="green")
