@@ -186,6 +186,29 @@ def _summarize(results, done, cells, model, seconds) -> dict:
     }
 
 
+def _flagged(results: list[dict]) -> dict[str, int]:
+    """Images per plate that tonight's quality rules flag (out of focus among tonight's images
+    of the plate, saturated, empty; :func:`neuroseg.quality.plate_flags`)."""
+    import pandas as pd
+
+    from neuroseg.quality import plate_flags
+
+    done = [r for r in results if r["status"] == "done" and "focus_score" in r]
+    if not done:
+        return {}
+    table = plate_flags(
+        pd.DataFrame(
+            {
+                "plate_id": [r["plate_id"] for r in done],
+                "focus_score": [r["focus_score"] for r in done],
+                "saturated_fraction": [r["saturated_fraction"] for r in done],
+                "empty": [r["cells"] == 0 for r in done],
+            }
+        )
+    )
+    return table[table["quality_flags"] != ""].groupby("plate_id").size().to_dict()
+
+
 def _publish(summary: dict, results: list[dict], report_uri: str) -> None:
     plates: dict[str, dict] = {}
     for r in results:
@@ -198,12 +221,14 @@ def _publish(summary: dict, results: list[dict], report_uri: str) -> None:
             p["seconds"] += sum(r.get("seconds", {}).values())
         else:
             p["failed"] += 1
+    flagged = _flagged(results)
     rows = [
         {
             "plate": k,
             "images": v["images"],
             "cells": v["cells"],
             "cells per image": round(v["cells"] / v["images"], 1) if v["images"] else 0,
+            "flagged images": flagged.get(k, 0),
             "failures": v["failed"],
             "seconds": round(v["seconds"], 1),
         }

@@ -26,6 +26,7 @@ from neuroseg.ingest import Candidate, discover_uploads, quarantine
 from neuroseg.measure import cell_records, to_arrow
 from neuroseg.normalize import select_channels, to_uint8
 from neuroseg.predict import segment_image
+from neuroseg.quality import image_record, write_image_record
 
 
 def processed_record_uri(root: str, plate_id: str, image_id: str) -> str:
@@ -34,6 +35,11 @@ def processed_record_uri(root: str, plate_id: str, image_id: str) -> str:
 
 def cells_file_uri(cells_uri: str, plate_id: str, image_id: str) -> str:
     return storage.join(cells_uri, f"plate_id={plate_id}", f"{image_id}.parquet")
+
+
+def images_file_uri(root: str, plate_id: str, image_id: str) -> str:
+    """Where the nightly run writes an image's row of the per-image (quality) table."""
+    return storage.join(root, "images", f"plate_id={plate_id}", f"{image_id}.parquet")
 
 
 def labels_file_uri(root: str, plate_id: str, image_id: str, suffix: str = ".png") -> str:
@@ -147,7 +153,8 @@ def process_image(
     """Segment one uploaded image and write its per-cell records; quarantine it if invalid.
 
     Writes, in this order, the label image (``labels/plate_id=<id>/<image>.png``), the
-    image's Parquet file and last its processed record, so a crash at any point leaves the
+    image's Parquet file, its row of the per-image table (``images/plate_id=<id>/<image>.parquet``:
+    :mod:`neuroseg.quality`) and last its processed record, so a crash at any point leaves the
     image pending and the next run rewrites all three consistently. ``channel`` picks one
     channel of multi-channel images (default: the model's declared input). Every channel is
     measured; the pixel size and channel names come from the file's metadata
@@ -226,11 +233,25 @@ def process_image(
         pixel_size_um=size,
         channel_names=meta.channel_names,
     )
+    quality = image_record(
+        image,
+        cells=int(n),
+        plate_id=item["plate_id"],
+        image_id=item["image_id"],
+        image_uri=item["image_uri"],
+        image_sha256=sha,
+        pixel_size_um=size,
+        model_name=bundle.name,
+        model_version=bundle.version,
+        processed_at=processed_at,
+        flow_run_id=flow_run_id,
+    )
     t["measure"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     labels_uri = write_label_image(root, item["plate_id"], item["image_id"], labels)
     out = cells_file_uri(cells_uri, item["plate_id"], item["image_id"])
     write_cells(df, out)
+    write_image_record(quality, images_file_uri(root, item["plate_id"], item["image_id"]))
     if report_uri:
         storage.write_bytes(
             storage.join(report_uri, item["plate_id"], f"{item['image_id']}.png"),
@@ -247,6 +268,8 @@ def process_image(
         "cells": int(n),
         "pixel_size_um": size,
         "pixel_size_source": size_source,
+        "focus_score": quality["focus_score"],
+        "saturated_fraction": quality["saturated_fraction"],
         "model_name": bundle.name,
         "model_version": bundle.version,
         "processed_at": processed_at.isoformat(),

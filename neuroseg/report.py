@@ -103,6 +103,7 @@ class _Image:
     image_uri: str | None = None
     cells: pd.DataFrame | None = None
     record: dict = field(default_factory=dict)
+    flags: str = ""  # the per-image table's quality flags ("out_of_focus;saturated"...)
 
 
 def _read_table(cells_uri: str, plate_id: str) -> pd.DataFrame:
@@ -118,6 +119,19 @@ def _read_table(cells_uri: str, plate_id: str) -> pd.DataFrame:
         df = pd.DataFrame(columns=_COLUMNS)
     df["image_id"] = df["image_id"].astype(str)
     return df.sort_values(["image_id", "cell_id"], kind="stable").reset_index(drop=True)
+
+
+def _quality_flags(root: str, plate_id: str) -> dict[str, str]:
+    """``{image_id: flags}`` of the plate from the per-image table (``<root>/images``)."""
+    from neuroseg.quality import read_image_table
+
+    try:
+        table = read_image_table(
+            storage.join(root, "images"), filters=[("plate_id", "==", plate_id)]
+        )
+    except (OSError, ValueError):  # no or unreadable quality rows: the page shows no flags
+        return {}
+    return dict(zip(table["image_id"].astype(str), table["quality_flags"], strict=True))
 
 
 def _records(root: str, plate_id: str) -> list[dict]:
@@ -326,6 +340,8 @@ def _figure(img: _Image, n: int, cells: pd.DataFrame, body: str, info: dict) -> 
     um2 = _median_um2(cells)
     size = pd.to_numeric(cells["pixel_size_um"], errors="coerce").dropna() if n else ()
     note = f'<span class="note">{_e(info["problem"])}</span>' if info.get("problem") else ""
+    if img.flags:
+        note += f'<span class="flag">{_e(img.flags.replace(";", ", ").replace("_", " "))}</span>'
     outlines = {"label image": "outlines", "bounding boxes": "boxes"}.get(info["outlines"], "")
     return (
         f'<figure class="card" id="img-{_e(img.image_id)}" data-image-id="{_e(img.image_id)}" '
@@ -381,6 +397,7 @@ td.n,th.n{text-align:right;font-variant-numeric:tabular-nums}
 .card svg{display:block;width:100%;height:auto;background:#000}
 .card figcaption{padding:4px 2px 0;font-size:13px}
 .card .note{display:block;color:#c62828}
+.card .flag{display:block;color:#e65100;font-weight:bold}
 .ids text{font:bold 11px system-ui,sans-serif;fill:#ffeb3b;stroke:#000;stroke-width:2.5px;
 paint-order:stroke;text-anchor:middle}
 .boxes rect{fill:none;stroke:#ff40ff;stroke-width:1}
@@ -430,6 +447,10 @@ def build_plate_report(
         raise ValueError(f"thumb_width must be 16..2048 pixels, got {thumb_width!r}")
     cells_uri = cells_uri or storage.join(root, "cells")
     table, images, fails = _collect(root, plate_id, cells_uri, list(failures))
+    flags = _quality_flags(root, plate_id)
+    for img in images:
+        img.flags = flags.get(img.image_id, "")
+    flagged = {i.image_id: i.flags for i in images if i.flags}
     if not images and not fails:
         raise ValueError(f"plate {plate_id!r} has no processed image under {root}")
     cards, infos = [], []
@@ -467,6 +488,8 @@ def build_plate_report(
         "failures": len(fails),
         "per_image": per_image,
         "problems": {i["image_id"]: i["problem"] for i in infos if i["problem"]},
+        "flagged": flagged,
+        "cells_unflagged": sum(n for k, n in per_image.items() if k not in flagged),
         "models": models,
     }
     mean = total / n_images if n_images else float("nan")
@@ -476,6 +499,12 @@ def build_plate_report(
             f'<b style="color:#ff8a80">{len(fails)} failed</b>'
             if fails
             else '<span style="color:#a5d6a7">no failures</span>'
+        )
+        + (
+            f' · <b class="flagged" style="color:#ffcc80">{len(flagged)} flagged</b> '
+            f"({summary['cells_unflagged']:,} cells in unflagged images)"
+            if flagged
+            else ""
         )
         + f" · model {_e(', '.join(models) or '–')} · processed {_e(when)}"
     )
@@ -498,7 +527,8 @@ def build_plate_report(
     out.append('<div class="cols"><div><h2>Cells per image</h2><div class="counts"><table>')
     out.append(
         '<tr><th>image</th><th class="n">cells</th><th class="n">median area (px)</th>'
-        '<th class="n">mean area (px)</th><th class="n">median area (µm²)</th></tr>'
+        '<th class="n">mean area (px)</th><th class="n">median area (µm²)</th>'
+        "<th>quality</th></tr>"
     )
     for img in images:
         a = img.cells["area_px"] if img.cells is not None else pd.Series([], dtype=float)
@@ -507,13 +537,15 @@ def build_plate_report(
             f'<td><a href="#img-{_e(img.image_id)}">{_e(img.image_id)}</a></td>'
             f'<td class="n">{len(a)}</td><td class="n">{_num(a.median() if len(a) else None)}'
             f'</td><td class="n">{_num(a.mean() if len(a) else None)}</td>'
-            f'<td class="n">{_num(_median_um2(img.cells), 1)}</td></tr>'
+            f'<td class="n">{_num(_median_um2(img.cells), 1)}</td>'
+            f'<td class="qc">{_e(img.flags.replace(";", ", ") or "ok")}</td></tr>'
         )
     out.append(
         f'<tr><th>total</th><th class="n">{total}</th><th class="n">'
         f'{_num(table["area_px"].median() if total else None)}</th><th class="n">'
         f"{_num(table['area_px'].mean() if total else None)}</th>"
-        f'<th class="n">{_num(_median_um2(table), 1)}</th></tr></table></div></div>'
+        f'<th class="n">{_num(_median_um2(table), 1)}</th><th>{len(flagged)} flagged</th>'
+        "</tr></table></div></div>"
     )
     out.append("<div><h2>Cell sizes</h2>")
     out.append(_histogram(table["area_px"].to_numpy(dtype=float)))

@@ -59,11 +59,12 @@ def test_nightly_run_writes_um_and_channels_and_reads_old_partitions(
     _ome_tiff(uploads / "P1" / "ome.tif", discs([(20, 30), (70, 120)]), NAMES3, 0.65)
     write_png(uploads / "P2" / "plain.png", discs([(50, 75)]))
     write_png(uploads / "P3" / "unknown.png", discs([(40, 40)]))
+    write_png(uploads / "P3" / "dark.png", np.zeros((100, 150, 3), np.uint8))
 
     summary = nightly_inference(
         InferParams(root=root, model=green_model, pixel_size_um={"P2": 0.5}, report=True)
     )
-    assert summary["images"] == 3 and summary["failed"] == 0
+    assert summary["images"] == 4 and summary["failed"] == 0
 
     cells = read_cells(storage.join(root, "cells"))
     by = {str(p): rows for p, rows in cells.groupby("plate_id", observed=True)}
@@ -91,3 +92,18 @@ def test_nightly_run_writes_um_and_channels_and_reads_old_partitions(
     assert (rec["pixel_size_um"], rec["pixel_size_source"]) == (None, None)
     page = storage.read_bytes(summary["reports"]["P1"]).decode()
     assert '<span class="um2">47.7</span> µm²' in page  # 113 * 0.4225 = 47.74
+
+    # the per-image table: one row per image, with its quality; the discs' green is at 8-bit
+    # full scale (113 px of 15,000 per disc: 0.75 % > 0.5 %), the dark image has no cell
+    from neuroseg.quality import read_image_table
+
+    images = read_image_table(storage.join(root, "images")).set_index("image_id")
+    assert sorted(images.index) == ["dark", "ome", "plain", "unknown"]
+    assert images.loc["ome", "cells"] == 2 and images.loc["ome", "pixel_size_um"] == 0.65
+    assert images.loc["ome", "channels"] == 3 and images.loc["ome", "dtype"] == "uint8"
+    assert images.loc["plain", "saturated_fraction"] == pytest.approx(113 / 15000)
+    assert images.loc["plain", "quality_flags"] == "saturated"
+    assert images.loc["dark", "quality_flags"] == "empty"
+    assert np.isnan(images.loc["unknown", "pixel_size_um"])
+    page = storage.read_bytes(summary["reports"]["P3"]).decode()
+    assert '<span class="flag">empty</span>' in page and "2 flagged" in page
