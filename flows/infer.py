@@ -23,9 +23,10 @@ from pydantic import BaseModel, Field
 
 from neuroseg import storage
 from neuroseg.progress import Progress
+from neuroseg.summary import WELL_PATTERN
 from tasks.common import ExecutorConfig, artifact_key, make_task_runner
 from tasks.infer import find_pending, resolve_model, segment_image
-from tasks.report import plate_report
+from tasks.report import plate_report, plate_summary
 
 
 class InferParams(BaseModel):
@@ -60,6 +61,17 @@ class InferParams(BaseModel):
         "one number for every plate of the run, or {plate_id: µm}; it wins over the file's "
         "metadata. Default: each file's OME / ImageJ / TIFF resolution metadata, else the µm "
         "columns stay null",
+    )
+    well_pattern: str = Field(
+        WELL_PATTERN,
+        description="regular expression with a group 'well' that finds the well in an image "
+        "id (default: a row letter A-P and column 1-48 between separators, e.g. x_A06_s1)",
+    )
+    markers: dict[str, float | Literal["otsu"]] = Field(
+        default_factory=dict,
+        description="positive/negative call per marker for the plate summary: {channel label: "
+        "threshold on the cell's mean_intensity_<label>, in the image's units, or 'otsu' "
+        "(Otsu's threshold of the plate's cells)}, e.g. {'neun': 800, 'c_fos': 'otsu'}",
     )
     report: bool = Field(True, description="write an HTML report per plate under reports/plates/")
     executor: ExecutorConfig = Field(default_factory=ExecutorConfig)
@@ -143,10 +155,34 @@ def nightly_inference(params: InferParams) -> dict:
             params.pixel_size_um,
         )
     summary = _summarize(results, found["done"], cells, model, time.perf_counter() - t0)
+    summary["summaries"] = _plate_summaries(params, cells, results)
     if params.report:
         summary["reports"] = _plate_reports(params.root, cells, results)
     _publish(summary, results, report_uri)
     return summary
+
+
+def _plate_summaries(params: InferParams, cells: str, results: list[dict]) -> dict[str, str]:
+    """One summary table per plate with images done tonight (per well and the whole plate),
+    as Parquet under summaries/ and as a table artifact with a stable key."""
+    from neuroseg.summary import summary_uri
+
+    logger = get_run_logger()
+    out = {}
+    for plate in sorted({r["plate_id"] for r in results if r["status"] == "done"}):
+        try:
+            rows = plate_summary(params.root, plate, cells, params.well_pattern, params.markers)
+        except Exception as exc:  # the rows are written: a missing summary must not fail it
+            logger.error("plate %s: no summary (%s)", plate, exc)
+            continue
+        out[plate] = summary_uri(params.root, plate)
+        create_table_artifact(
+            key=artifact_key("plate-summary", plate),
+            table=[{k: v for k, v in r.items() if k != "plate_id"} for r in rows],
+            description=f"Plate {plate} per well and in all ('all'): cells, cells per mm², "
+            f"median area, flagged images, markers; Parquet: {out[plate]}",
+        )
+    return out
 
 
 def _plate_reports(root: str, cells: str, results: list[dict]) -> dict[str, str]:

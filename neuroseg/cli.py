@@ -284,6 +284,8 @@ def cmd_infer(args) -> int:
         plates=args.plate or None,
         channel=args.channel,
         pixel_size_um=args.pixel_size_um,
+        markers=_markers(args.marker or []),
+        **({"well_pattern": args.well_pattern} if args.well_pattern else {}),
     )
     summary = nightly_inference(params)
     print(
@@ -291,9 +293,25 @@ def cmd_infer(args) -> int:
         f"{summary['cells']} cells, {summary['failed']} failed, {summary['skipped']} already done "
         f"-> {summary['cells_uri']}"
     )
+    for plate, uri in summary.get("summaries", {}).items():
+        print(f"  summary of plate {plate}: {uri}")
     for plate, uri in summary.get("reports", {}).items():
         print(f"  report of plate {plate}: {uri}")
     return 0
+
+
+def _markers(specs: list[str]) -> dict:
+    """``["neun=800", "c_fos=otsu"]`` -> ``{"neun": 800.0, "c_fos": "otsu"}``."""
+    out = {}
+    for spec in specs:
+        name, sep, rule = spec.partition("=")
+        if not sep or not name:
+            raise ValueError(f"--marker must be CHANNEL=THRESHOLD or CHANNEL=otsu, got {spec!r}")
+        try:
+            out[name] = "otsu" if rule == "otsu" else float(rule)
+        except ValueError:
+            raise ValueError(f"--marker {spec!r}: threshold must be a number or 'otsu'") from None
+    return out
 
 
 def cmd_segment(args) -> int:
@@ -551,6 +569,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--channel", type=int, help="channel (0-based) of multi-channel images to segment"
     )
     pixel_size_argument(sp)
+    sp.add_argument(
+        "--marker",
+        action="append",
+        metavar="CH=T",
+        help="positive call for the plate summary: channel label = threshold on "
+        "mean_intensity_<label> (image units) or 'otsu' (per plate); repeatable",
+    )
+    sp.add_argument("--well-pattern", help="regex with a group 'well' finding the well in ids")
     tta_argument(sp)
     sp.set_defaults(func=cmd_infer)
 

@@ -355,6 +355,45 @@ def _figure(img: _Image, n: int, cells: pd.DataFrame, body: str, info: dict) -> 
     )
 
 
+def _summary_table(root: str, plate_id: str) -> list[str]:
+    """The plate summary per well (``neuroseg.summary``), when one was written: HTML rows."""
+    from neuroseg.summary import summary_uri
+
+    uri = summary_uri(root, plate_id)
+    if not storage.exists(uri):
+        return []
+    try:
+        df = storage.read_parquet(uri)
+    except (OSError, ValueError):
+        return []
+    markers = [c[len("fraction_positive_") :] for c in df.columns if c.startswith("fraction_pos")]
+    head = ["well", "images", "flagged", "cells", "cells / mm²", "median µm²"]
+    head += [f"{m}+ (%)" for m in markers]
+    out = ['<div><h2 id="summary">Plate summary</h2><div class="counts"><table>']
+    out.append("<tr>" + "".join(f"<th>{_e(h)}</th>" for h in head) + "</tr>")
+    for r in df.to_dict(orient="records"):
+        cells = [
+            _e(r["well"]),
+            _num(r["images"]),
+            _num(r["images_flagged"]),
+            _num(r["cells"]),
+            _num(r["cells_per_mm2"], 1),
+            _num(r["median_area_um2"], 1),
+        ]
+        cells += [
+            _num(None if pd.isna(f) else 100 * f, 1)
+            for f in (r[f"fraction_positive_{m}"] for m in markers)
+        ]
+        tag = "th" if r["well"] == "all" else "td"
+        out.append(
+            f'<tr class="summary-row" data-well="{_e(r["well"])}">'
+            + "".join(f"<{tag}>{c}</{tag}>" for c in cells)
+            + "</tr>"
+        )
+    out.append("</table></div></div>")
+    return out
+
+
 def _median_um2(cells: pd.DataFrame) -> float | None:
     """Median cell area in µm² over the cells whose pixel size is known; None if none is."""
     if cells is None or not len(cells) or "area_um2" not in cells:
@@ -547,6 +586,7 @@ def build_plate_report(
         f'<th class="n">{_num(_median_um2(table), 1)}</th><th>{len(flagged)} flagged</th>'
         "</tr></table></div></div>"
     )
+    out.extend(_summary_table(root, plate_id))
     out.append("<div><h2>Cell sizes</h2>")
     out.append(_histogram(table["area_px"].to_numpy(dtype=float)))
     out.append("</div></div>")

@@ -15,3 +15,16 @@ def plate_report(root: str, plate_id: str, cells_uri: str, failures: list[dict])
     result = write_plate_report(root, plate_id, cells_uri=cells_uri, failures=failures)
     keep = ("uri", "images", "cells", "failures", "bytes")
     return {**{k: result[k] for k in keep}, "link": report_link(result["uri"])}
+
+
+@task(name="plate-summary", task_run_name="summary-{plate_id}", **IO_RETRIES)
+def plate_summary(
+    root: str, plate_id: str, cells_uri: str, well_pattern: str, markers: dict
+) -> list[dict]:
+    """Write ``summaries/plate_id=<plate_id>/summary.parquet``; returns its rows."""
+    from neuroseg.summary import write_plate_summary
+
+    df = write_plate_summary(
+        root, plate_id, cells_uri=cells_uri, well_pattern=well_pattern, markers=markers
+    )
+    return df.astype(object).where(df.notna(), None).to_dict(orient="records")

@@ -56,13 +56,20 @@ def test_nightly_run_writes_um_and_channels_and_reads_old_partitions(
     root = str(tmp_path / "root")
     _version2_partition(root)
     uploads = tmp_path / "root" / "uploads"
-    _ome_tiff(uploads / "P1" / "ome.tif", discs([(20, 30), (70, 120)]), NAMES3, 0.65)
+    # green 250: below 8-bit full scale, so not saturated
+    _ome_tiff(uploads / "P1" / "ome.tif", discs([(20, 30), (70, 120)], green=250), NAMES3, 0.65)
     write_png(uploads / "P2" / "plain.png", discs([(50, 75)]))
     write_png(uploads / "P3" / "unknown.png", discs([(40, 40)]))
     write_png(uploads / "P3" / "dark.png", np.zeros((100, 150, 3), np.uint8))
 
     summary = nightly_inference(
-        InferParams(root=root, model=green_model, pixel_size_um={"P2": 0.5}, report=True)
+        InferParams(
+            root=root,
+            model=green_model,
+            pixel_size_um={"P2": 0.5},
+            markers={"neun": 100, "dapi": "otsu"},
+            report=True,
+        )
     )
     assert summary["images"] == 4 and summary["failed"] == 0
 
@@ -73,7 +80,7 @@ def test_nightly_run_writes_um_and_channels_and_reads_old_partitions(
     # the OME-TIFF's own size and channel names
     assert len(ome) == 2 and (ome.pixel_size_um == 0.65).all()
     np.testing.assert_allclose(ome.area_um2, 113 * 0.65**2)
-    assert (ome.mean_intensity_dapi == 200).all() and (ome.max_intensity_neun == 255).all()
+    assert (ome.mean_intensity_dapi == 200).all() and (ome.max_intensity_neun == 250).all()
     assert (ome.integrated_intensity_c_fos == 90 * 113).all()
     # a PNG with the plate's size from the parameter; a PNG without: null, never guessed
     assert (png.pixel_size_um == 0.5).all() and (png.area_um2 == 113 * 0.25).all()
@@ -107,3 +114,23 @@ def test_nightly_run_writes_um_and_channels_and_reads_old_partitions(
     assert np.isnan(images.loc["unknown", "pixel_size_um"])
     page = storage.read_bytes(summary["reports"]["P3"]).decode()
     assert '<span class="flag">empty</span>' in page and "2 flagged" in page
+
+    # plate summaries: Parquet per plate, a table artifact, the report's table
+    from neuroseg.summary import read_plate_summary
+
+    plates = read_plate_summary(root).astype({"plate_id": str}).set_index("plate_id")
+    p1 = plates.loc["P1"]
+    assert p1["well"] == "all" and p1["images"] == 1 and p1["cells"] == 2
+    assert p1["imaged_area_mm2"] == pytest.approx(100 * 150 * 0.65**2 / 1e6)
+    assert p1["cells_per_mm2"] == pytest.approx(2 / (100 * 150 * 0.65**2 / 1e6))
+    assert p1["median_area_um2"] == pytest.approx(113 * 0.65**2)
+    assert p1["fraction_positive_neun"] == 1.0 and p1["threshold_neun"] == 100
+    assert np.isnan(p1["fraction_positive_dapi"])  # Otsu needs two distinct means
+    p3 = plates.loc["P3"]  # unknown.png saturated (left out), dark.png empty (counted: 0)
+    assert (p3["images"], p3["images_flagged"], p3["cells"]) == (2, 1, 0)
+    assert p3["cells_in_flagged_images"] == 1 and np.isnan(p3["cells_per_mm2"])
+    assert summary["summaries"]["P1"] == storage.join(
+        root, "summaries", "plate_id=P1", "summary.parquet"
+    )
+    page = storage.read_bytes(summary["reports"]["P1"]).decode()
+    assert 'class="summary-row" data-well="all"' in page and "neun+ (%)" in page
