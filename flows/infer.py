@@ -185,12 +185,21 @@ def _plate_summaries(params: InferParams, cells: str, results: list[dict]) -> di
     return out
 
 
+#: Results of images another run held ("busy") or finished meanwhile ("skipped"): leases,
+#: neuroseg.leases. Neither done here nor failed.
+_ELSEWHERE = ("busy", "skipped")
+
+
+def _failed(r: dict) -> bool:
+    return r["status"] != "done" and r["status"] not in _ELSEWHERE
+
+
 def _plate_reports(root: str, cells: str, results: list[dict]) -> dict[str, str]:
     """One HTML page per plate seen tonight, each linked by a link artifact with a stable key."""
     logger = get_run_logger()
     pages = {}
     for plate in sorted({r["plate_id"] for r in results if r.get("plate_id")}):
-        failed = [r for r in results if r.get("plate_id") == plate and r["status"] != "done"]
+        failed = [r for r in results if r.get("plate_id") == plate and _failed(r)]
         try:
             page = plate_report(root, plate, cells, failed)
         except Exception as exc:  # the rows are written: a missing page must not fail the night
@@ -214,8 +223,9 @@ def _summarize(results, done, cells, model, seconds) -> dict:
         "images": len(ok),
         "plates": len({r["plate_id"] for r in ok}),
         "cells": sum(r["cells"] for r in ok),
-        "failed": len(results) - len(ok),
+        "failed": sum(map(_failed, results)),
         "skipped": done,
+        "other_runs": sum(r["status"] in _ELSEWHERE for r in results),
         "cells_uri": cells,
         "model": f"{model['name']}@{model['version']}",
         "seconds": round(seconds, 2),
@@ -255,7 +265,7 @@ def _publish(summary: dict, results: list[dict], report_uri: str) -> None:
             p["images"] += 1
             p["cells"] += r["cells"]
             p["seconds"] += sum(r.get("seconds", {}).values())
-        else:
+        elif _failed(r):
             p["failed"] += 1
     flagged = _flagged(results)
     rows = [
@@ -276,9 +286,7 @@ def _publish(summary: dict, results: list[dict], report_uri: str) -> None:
         description=f"Per-plate summary of the nightly run ({summary['model']})",
     )
     failures = [
-        {"file": r["image_uri"], "reason": r.get("reason", "")}
-        for r in results
-        if r["status"] != "done"
+        {"file": r["image_uri"], "reason": r.get("reason", "")} for r in results if _failed(r)
     ]
     if failures:
         create_table_artifact(

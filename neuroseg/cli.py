@@ -290,7 +290,8 @@ def cmd_infer(args) -> int:
     summary = nightly_inference(params)
     print(
         f"processed {summary['images']} image(s) in {summary['plates']} plate(s): "
-        f"{summary['cells']} cells, {summary['failed']} failed, {summary['skipped']} already done "
+        f"{summary['cells']} cells, {summary['failed']} failed, {summary['skipped']} already done, "
+        f"{summary.get('other_runs', 0)} left to another run "
         f"-> {summary['cells_uri']}"
     )
     for plate, uri in summary.get("summaries", {}).items():

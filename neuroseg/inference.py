@@ -19,7 +19,7 @@ from pathlib import PurePosixPath
 import numpy as np
 import pandas as pd
 
-from neuroseg import storage
+from neuroseg import leases, storage
 from neuroseg.imagemeta import image_meta
 from neuroseg.images import decode_native, encode_labels, encode_png
 from neuroseg.ingest import Candidate, discover_uploads, quarantine
@@ -149,6 +149,7 @@ def process_image(
     processed_at: dt.datetime | None = None,
     channel: int | None = None,
     pixel_size_um: float | dict[str, float] | None = None,
+    lease_owner: str | None = None,
 ) -> dict:
     """Segment one uploaded image and write its per-cell records; quarantine it if invalid.
 
@@ -161,7 +162,13 @@ def process_image(
     (:func:`neuroseg.imagemeta.image_meta`) unless ``pixel_size_um`` gives the size (one for
     every plate, or ``{plate_id: size}``: the plates named), which then wins over the file's.
 
-    Returns a small summary dict (``status`` "done" | "quarantined", counts, timings).
+    Concurrent runs split the work: the image is segmented under its lease
+    (:mod:`neuroseg.leases`, holder ``lease_owner``, default a new one); when another run
+    holds it the result is ``status`` "busy", and when another run finished it meanwhile
+    (its processed record names this model version and the same file) "skipped".
+
+    Returns a small summary dict (``status`` "done" | "quarantined" | "busy" | "skipped",
+    counts, timings).
     """
     if "problem" in item:
         cand = Candidate(
@@ -174,6 +181,52 @@ def process_image(
         )
         where = quarantine(root, cand, None, item["problem"])
         return {**item, "status": "quarantined", "reason": item["problem"], "quarantine": where}
+    owner = lease_owner or leases.new_owner(flow_run_id)
+    lease = leases.acquire(root, item["plate_id"], item["image_id"], owner=owner)
+    if lease is None:
+        held = leases.holder(root, item["plate_id"], item["image_id"]) or {}
+        return {**item, "status": "busy", "reason": f"held by {held.get('owner', 'another run')}"}
+    try:
+        if _done_meanwhile(root, item, bundle.version):
+            return {**item, "status": "skipped", "reason": "done by another run"}
+        return _process_leased(
+            bundle,
+            item,
+            root=root,
+            cells_uri=cells_uri,
+            report_uri=report_uri,
+            flow_run_id=flow_run_id,
+            processed_at=processed_at,
+            channel=channel,
+            pixel_size_um=pixel_size_um,
+        )
+    finally:
+        leases.release(lease)
+
+
+def _done_meanwhile(root: str, item: dict, model_version: str) -> bool:
+    """Whether another run processed the image with this model since it was listed."""
+    rec_uri = processed_record_uri(root, item["plate_id"], item["image_id"])
+    try:
+        rec = storage.read_json(rec_uri)
+    except (FileNotFoundError, ValueError):
+        return False
+    return rec.get("model_version") == model_version and not _changed(item["image_uri"], rec)
+
+
+def _process_leased(
+    bundle,
+    item: dict,
+    *,
+    root: str,
+    cells_uri: str,
+    report_uri: str | None,
+    flow_run_id: str | None,
+    processed_at: dt.datetime | None,
+    channel: int | None,
+    pixel_size_um: float | dict[str, float] | None,
+) -> dict:
+    """:func:`process_image` of an image whose lease this process holds."""
     t = {}
     t0 = time.perf_counter()
     data = storage.read_bytes(item["image_uri"])

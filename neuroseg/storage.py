@@ -36,6 +36,7 @@ __all__ = [
     "TRANSIENT_ERRORS",
     "UnsafeKeyError",
     "copy",
+    "create_exclusive",
     "delete",
     "exists",
     "filesystem",
@@ -280,6 +281,47 @@ def write_bytes(uri: str | os.PathLike, data: bytes) -> None:
     fs, path = filesystem(uri)
     fs.pipe_file(path, bytes(data))
     fs.invalidate_cache(path)
+
+
+def create_exclusive(uri: str | os.PathLike, data: bytes) -> bool:
+    """Write `data` to `uri` only if nothing is there: True if this call created the file,
+    False if it existed. Atomic: of concurrent callers exactly one gets True, and a reader
+    never sees a partial file.
+
+    Local files: a complete temp file hard-linked to the name (``link`` fails on an existing
+    name). S3: a put with ``If-None-Match: *`` (AWS S3 since 2024, MinIO, moto).
+    """
+    uri = _check_uri(uri)
+    if not isinstance(data, bytes | bytearray | memoryview):
+        raise TypeError(f"{uri}: data must be bytes, got {type(data).__name__}")
+    if is_local(uri):
+        path = _local_path(uri)
+        folder = os.path.dirname(os.path.abspath(path))
+        os.makedirs(folder, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(
+            dir=folder, prefix="." + os.path.basename(path) + ".", suffix=_TMP_SUFFIX
+        )
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.chmod(tmp, 0o666 & ~_umask())
+            os.link(tmp, path)
+        except FileExistsError:
+            return False
+        finally:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+        return True
+    fs, path = filesystem(uri)
+    try:
+        fs.pipe_file(path, bytes(data), mode="create")
+    except FileExistsError:
+        return False
+    finally:
+        fs.invalidate_cache(path)
+    return True
 
 
 def to_jsonable(value: Any) -> Any:
