@@ -221,8 +221,10 @@ def _umask() -> int:
     return 0o022
 
 
-def _atomic_write_local(path: str, write) -> None:
-    """Call ``write(fileobj)`` on a temp file beside `path`, fsync, then ``os.replace``."""
+def _atomic_write_local(path: str, write, *, exclusive: bool = False) -> bool:
+    """Call ``write(fileobj)`` on a temp file beside `path`, fsync, then ``os.replace`` it onto
+    `path`; with `exclusive`, ``os.link`` it there instead, which fails on an existing name
+    (then False, and `path` is left as it was). True when `path` now holds the new content."""
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(
@@ -234,7 +236,15 @@ def _atomic_write_local(path: str, write) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, path)
+        if exclusive:
+            try:
+                os.link(tmp, path)
+            except FileExistsError:
+                return False
+            finally:
+                os.unlink(tmp)
+        else:
+            os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
@@ -245,6 +255,7 @@ def _atomic_write_local(path: str, write) -> None:
             os.fsync(dfd)
         finally:
             os.close(dfd)
+    return True
 
 
 def read_bytes(uri: str | os.PathLike) -> bytes:
@@ -295,25 +306,7 @@ def create_exclusive(uri: str | os.PathLike, data: bytes) -> bool:
     if not isinstance(data, bytes | bytearray | memoryview):
         raise TypeError(f"{uri}: data must be bytes, got {type(data).__name__}")
     if is_local(uri):
-        path = _local_path(uri)
-        folder = os.path.dirname(os.path.abspath(path))
-        os.makedirs(folder, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(
-            dir=folder, prefix="." + os.path.basename(path) + ".", suffix=_TMP_SUFFIX
-        )
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.chmod(tmp, 0o666 & ~_umask())
-            os.link(tmp, path)
-        except FileExistsError:
-            return False
-        finally:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-        return True
+        return _atomic_write_local(_local_path(uri), lambda f: f.write(data), exclusive=True)
     fs, path = filesystem(uri)
     try:
         fs.pipe_file(path, bytes(data), mode="create")
