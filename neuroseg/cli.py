@@ -83,10 +83,20 @@ def configure_output(*, verbose: bool = False) -> None:
         log.propagate = False  # Prefect's root console handler would print each line twice
 
 
+def _positive_um(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number of µm, got {text!r}")
+    return value
+
+
 def pixel_size_argument(sp) -> None:
     sp.add_argument(
         "--pixel-size-um",
-        type=float,
+        type=_positive_um,
         metavar="UM",
         help="pixel size in µm, for images whose metadata lacks it (PNG); wins over the "
         "files' own (OME, ImageJ, TIFF resolution). Default: the files' metadata, else the "

@@ -258,3 +258,13 @@ def test_ome_tiff_and_png_in_one_batch_physical_units_and_named_channels(tmp_pat
 
 
 NAMES3 = ("DAPI", "NeuN", "c-Fos")
+
+
+@pytest.mark.parametrize("bad", ["0", "-1", "abc", "inf"])
+def test_pixel_size_option_must_be_positive(tmp_path, capsys, bad):
+    from neuroseg.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["segment", "a.png", "--out", str(tmp_path / "c.parquet"), "--pixel-size-um", bad])
+    err = capsys.readouterr().err
+    assert f"--pixel-size-um: must be a positive number of µm, got '{bad}'" in err
