@@ -6,7 +6,10 @@ and its processed / quarantine records, and writes ``<root>/reports/plates/<plat
 - a summary line (images, cells, cells per image, failures, model, when);
 - the failures with their reasons (decode errors recorded by the nightly run, files quarantined
   at ingestion, and any failure a caller passes in, e.g. a task that ran out of retries);
-- cells per image (a table) and a histogram of cell areas (``area_px``);
+- cells per image (a table: median area in px and, where the pixel size is known, µm²; the
+  image's quality flags from the per-image table, :mod:`neuroseg.quality`) and a histogram of
+  cell areas (``area_px``); the plate summary per well (:mod:`neuroseg.summary`) when the
+  nightly run wrote one;
 - a grid of thumbnails (about 320 px wide) with the detected cells outlined and numbered by the
   table's ``cell_id``. Outlines come from the label image
   ``<root>/labels/plate_id=<plate_id>/<image_id>.png`` (16-bit, pixel value = ``cell_id``; a
