@@ -38,6 +38,7 @@ __all__ = [
     "POSTPROCESS_GRID",
     "centre_targets",
     "instances_from_classes",
+    "open_objects",
     "separation_targets",
     "sweep_leave_one_out",
     "sweep_postprocessing",
@@ -61,6 +62,7 @@ POSTPROCESS_DEFAULTS = {
     "min_marker_area": 0,
     "markers": "interior",
     "small_peak": 1.0,
+    "open_radius": 0,
 }
 #: The default grid of :func:`sweep_postprocessing` (8 x 5 x 3 x 2 x 3 = 720 points; 80
 #: watersheds per image, the rest is cheap filtering and matching: about 3 s per 520x696
@@ -324,6 +326,7 @@ def instances_from_classes(
     min_marker_area: int = POSTPROCESS_DEFAULTS["min_marker_area"],
     markers: str = POSTPROCESS_DEFAULTS["markers"],
     small_peak: float = POSTPROCESS_DEFAULTS["small_peak"],
+    open_radius: int = POSTPROCESS_DEFAULTS["open_radius"],
 ) -> tuple[np.ndarray, int]:
     """Instance labels from background / interior / boundary probabilities.
 
@@ -336,7 +339,11 @@ def instances_from_classes(
        to a marker, so objects keep their boundary ring and touching nuclei split along the
        predicted boundary; foreground that no marker reaches (an object predicted all
        boundary) is an object of its own;
-    4. objects under ``min_area`` pixels are dropped, unless their peak interior probability
+    4. with ``open_radius`` > 0, every object is opened by a disk of that radius
+       (:func:`open_objects`): parts thinner than the disk (neurites, a dendrite attached to
+       a soma) are cut away, an object all thinner vanishes, and pieces an object falls into
+       become objects of their own;
+    5. objects under ``min_area`` pixels are dropped, unless their peak interior probability
        is above ``small_peak`` (a confident micronucleus; 1: none is kept), and the rest
        numbered ``1..n`` in raster order of their first pixel
        (:func:`neuroseg.masks.relabel_raster`).
@@ -355,6 +362,8 @@ def instances_from_classes(
     small_peak : float
         In ``[0, 1]``: objects under ``min_area`` whose interior probability peaks above it
         are kept (1: none).
+    open_radius : int
+        Radius in pixels of the disk that opens every object (0: none).
 
     Returns
     -------
@@ -369,7 +378,56 @@ def instances_from_classes(
         _check_count("min_marker_area", min_marker_area),
         _check_markers(markers, probs),
     )
+    labels = open_objects(labels, radius=_check_count("open_radius", open_radius))
     return _keep(labels, probs, _check_count("min_area", min_area), _check_peak(small_peak))
+
+
+def _between_objects(labels: np.ndarray) -> np.ndarray:
+    """Pixels of an object next to a pixel of another object (4-neighbours): the seams
+    between touching objects, which an opening must not bridge."""
+    seam = np.zeros(labels.shape, bool)
+    for a, b, sa, sb in (
+        (labels[1:], labels[:-1], seam[1:], seam[:-1]),
+        (labels[:, 1:], labels[:, :-1], seam[:, 1:], seam[:, :-1]),
+    ):
+        d = (a != b) & (a > 0) & (b > 0)
+        sa |= d
+        sb |= d
+    return seam
+
+
+def open_objects(labels: np.ndarray, *, radius: int) -> np.ndarray:
+    """Every object of a label image opened by a disk of ``radius`` pixels.
+
+    A morphological opening (erosion then dilation by the same Euclidean disk, computed with
+    two distance transforms) keeps the parts of an object at least ``2 * radius + 1`` px
+    thick: a cell body keeps its shape, while the neurites attached to it, and an object that
+    is all neurite (a segment or a crossing of stained processes), are cut away. Touching
+    objects are opened apart (their seam is not crossed). What is left is relabelled by
+    4-connected pieces, so an object cut in two (two somata joined by a dendrite) becomes two.
+
+    Parameters
+    ----------
+    labels : (H, W) integer array
+        0 background.
+    radius : int
+        Disk radius in pixels; 0 returns ``labels`` unchanged.
+
+    Returns
+    -------
+    (H, W) int32 array
+        Labels ``1..k`` (not in raster order; :func:`neuroseg.masks.relabel_raster` orders
+        them).
+    """
+    radius = _check_count("radius", radius)
+    labels = np.asarray(labels)
+    if radius == 0 or not labels.any():
+        return labels
+    inside = (labels > 0) & ~_between_objects(labels)
+    core = ndi.distance_transform_edt(inside) > radius
+    opened = (ndi.distance_transform_edt(~core) <= radius) & inside
+    pieces, _ = ndi.label(opened, structure=_FOUR)
+    return pieces.astype(np.int32, copy=False)
 
 
 def _check_peak(value) -> float:
@@ -415,7 +473,7 @@ def sweep_postprocessing(
         Their instance label images (same order and shapes).
     grid : mapping, optional
         ``{parameter: values}`` over ``interior_threshold, foreground_threshold, min_area,
-        min_marker_area, markers, small_peak``; default :data:`POSTPROCESS_GRID`, with
+        min_marker_area, markers, small_peak, open_radius``; default :data:`POSTPROCESS_GRID`, with
         :data:`CENTRE_GRID` (interior and centre markers compete) when the maps have a centre
         channel.
 
@@ -461,6 +519,7 @@ def _grid_points(grid: Mapping[str, Sequence]) -> list[dict]:
         _check_count("min_marker_area", p["min_marker_area"])
         _check_markers(p["markers"])
         _check_peak(p["small_peak"])
+        _check_count("open_radius", p["open_radius"])
     return points
 
 
@@ -475,7 +534,8 @@ def _check_pairs(prob_maps: list, true_labels: list) -> None:
 def _grid_labels(probs, truth, points: list[dict]):
     """``(same, labels)``: instance labels of one image at every grid point, in order. The
     watershed runs once per distinct (interior_threshold, foreground_threshold,
-    min_marker_area, markers); ``min_area`` and ``small_peak`` only filter. Points with the same
+    min_marker_area, markers), and the opening once per ``open_radius`` of each;
+    ``min_area`` and ``small_peak`` only filter. Points with the same
     ``same`` have the same labels (for a watershed and ``min_area``, the objects ``small_peak``
     keeps only grow as it falls, so equal counts are equal sets): score them once."""
     probs = _check_probs(probs)
@@ -488,8 +548,11 @@ def _grid_labels(probs, truth, points: list[dict]):
         if key not in grown:
             markers = _check_markers(key[3], probs)
             grown[key] = _grow(probs, float(key[0]), float(key[1]), int(key[2]), markers)
-        labels, n = _keep(grown[key], probs, int(p["min_area"]), float(p["small_peak"]))
-        yield (key, int(p["min_area"]), n), labels
+        opened = (*key, int(p["open_radius"]))
+        if opened not in grown:
+            grown[opened] = open_objects(grown[key], radius=opened[-1])
+        labels, n = _keep(grown[opened], probs, int(p["min_area"]), float(p["small_peak"]))
+        yield (opened, int(p["min_area"]), n), labels
 
 
 def _grid_scores(probs, truth, points: list[dict], score) -> list:
@@ -512,6 +575,7 @@ def _params_of(point: Mapping) -> dict:
         "min_marker_area": int(point["min_marker_area"]),
         "markers": str(point["markers"]),
         "small_peak": float(point["small_peak"]),
+        "open_radius": int(point["open_radius"]),
     }
 
 

@@ -346,3 +346,59 @@ def test_sweep_lets_centre_markers_compete_when_there_is_a_centre_map():
     assert len(default3["table"]) == np.prod([len(v) for v in POSTPROCESS_GRID.values()])
     with pytest.raises(ValueError, match="centre map"):
         sweep_postprocessing([three], [labels], grid={"markers": ["centre"]})
+
+
+def _disk_mask(shape, centre, radius):
+    rr, cc = np.ogrid[: shape[0], : shape[1]]
+    return (rr - centre[0]) ** 2 + (cc - centre[1]) ** 2 <= radius**2
+
+
+def test_open_objects_cuts_neurites_by_known_answer():
+    from neuroseg.instances import open_objects
+
+    shape = (120, 200)
+    labels = np.zeros(shape, np.int32)
+    # object 1: two somata (radius 15) joined by a 3-px neurite, with a neurite stub
+    labels[_disk_mask(shape, (40, 40), 15)] = 1
+    labels[_disk_mask(shape, (40, 140), 15)] = 1
+    labels[39:42, 40:140] = 1
+    labels[39:42, 155:195] = 1
+    # object 2: a lone 3-px neurite
+    labels[100:103, 10:150] = 2
+    out = open_objects(labels, radius=3)
+    assert out.max() == 2  # the two somata, apart; the lone neurite is gone
+    assert not out[100:103].any()
+    assert not out[40, 80] and not out[40, 180]  # bridge and stub cut away
+    for centre in ((40, 40), (40, 140)):
+        disk = _disk_mask(shape, centre, 15)
+        piece = out[centre]
+        assert piece > 0
+        # the soma keeps its shape: nearly all of the disk, nothing far outside it
+        assert (out[disk] == piece).mean() > 0.97
+        assert ((out == piece) & ~_disk_mask(shape, centre, 17)).sum() == 0
+    np.testing.assert_array_equal(open_objects(labels, radius=0), labels)
+
+
+def test_open_objects_keeps_touching_objects_apart_and_instances_apply_it():
+    from neuroseg.instances import open_objects
+
+    labels = np.zeros((60, 100), np.int32)
+    labels[10:50, 10:50] = 1
+    labels[10:50, 50:90] = 2  # touching square
+    out = open_objects(labels, radius=4)
+    assert out.max() == 2 and out[30, 30] != out[30, 70]
+    # the 4-step of instances_from_classes: an interior blob with a thin tail loses the tail
+    probs = np.zeros((80, 120, 3), np.float32)
+    probs[..., 0] = 1.0  # background
+    blob = _disk_mask((80, 120), (40, 40), 14)
+    tail = np.zeros((80, 120), bool)
+    tail[39:41, 40:115] = True
+    for m in (blob, tail):
+        probs[m] = (0.0, 1.0, 0.0)
+    plain, n = instances_from_classes(probs, min_area=0)
+    opened, k = instances_from_classes(probs, min_area=0, open_radius=2)
+    assert n == 1 and k == 1
+    assert plain[40, 100] == 1 and opened[40, 100] == 0
+    assert opened[40, 40] == 1
+    with pytest.raises(ValueError, match="open_radius"):
+        instances_from_classes(probs, open_radius=-1)
