@@ -110,6 +110,34 @@ def find_pending(
     return pending, done
 
 
+PLATE_SIDECAR = "plate.json"
+"""A plate folder's settings file beside its images: ``{"pixel_size_um": 0.65}``."""
+
+
+def plate_sidecar(image_uri: str) -> dict:
+    """The settings of the plate folder holding `image_uri` (its :data:`PLATE_SIDECAR`);
+    ``{}`` when it has none.
+
+    Raises
+    ------
+    ValueError
+        The file is not a JSON object of known keys with a positive ``pixel_size_um`` (the
+        message names the file).
+    """
+    uri = image_uri.rsplit("/", 1)[0] + "/" + PLATE_SIDECAR
+    try:
+        settings = storage.read_json(uri)
+    except FileNotFoundError:
+        return {}
+    if not isinstance(settings, dict) or set(settings) - {"pixel_size_um"}:
+        raise ValueError(f"{uri}: must be a JSON object of 'pixel_size_um' only, got {settings!r}")
+    try:
+        plate_pixel_size(settings.get("pixel_size_um"), "")
+    except ValueError as exc:
+        raise ValueError(f"{uri}: {exc}") from None
+    return settings
+
+
 def plate_pixel_size(pixel_size_um: float | dict[str, float] | None, plate_id: str):
     """The pixel size a user gave for `plate_id`: one size for every plate, or a mapping
     ``{plate_id: size}`` (None for plates it does not name); validated (positive, finite)."""
@@ -160,7 +188,8 @@ def process_image(
     channel of multi-channel images (default: the model's declared input). Every channel is
     measured; the pixel size and channel names come from the file's metadata
     (:func:`neuroseg.imagemeta.image_meta`) unless ``pixel_size_um`` gives the size (one for
-    every plate, or ``{plate_id: size}``: the plates named), which then wins over the file's.
+    every plate, or ``{plate_id: size}``: the plates named) or else the plate folder's
+    ``plate.json`` does (:func:`plate_sidecar`); either wins over the file's.
 
     Concurrent runs split the work: the image is segmented under its lease
     (:mod:`neuroseg.leases`, holder ``lease_owner``, default a new one); when another run
@@ -263,8 +292,11 @@ def _process_leased(
     meta = image_meta(data)
     size, size_source = meta.pixel_size_um, meta.source
     given = plate_pixel_size(pixel_size_um, item["plate_id"])
+    side = plate_sidecar(item["image_uri"]).get("pixel_size_um")
     if given is not None:
         size, size_source = given, "parameter"
+    elif side is not None:
+        size, size_source = float(side), "sidecar"
     t["decode"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     labels, n, prob = segment_image(bundle, image, channel=channel)

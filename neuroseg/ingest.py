@@ -250,6 +250,28 @@ def quarantine(root: str, cand: Candidate, data: bytes | None, reason: str) -> s
     return dest
 
 
+PLATE_SIDECAR = "plate.json"
+"""A plate folder's settings beside its images (``{"pixel_size_um": 0.65}``), copied along
+with them; the nightly run reads and validates it (``neuroseg.inference.plate_sidecar``)."""
+
+
+def _copy_plate_sidecar(image_uri: str, image_dest: str) -> None:
+    """Copy the source plate folder's settings file beside the ingested image, if it has one
+    and the copy there differs."""
+    src = image_uri.rsplit("/", 1)[0] + "/" + PLATE_SIDECAR
+    dst = image_dest.rsplit("/", 1)[0] + "/" + PLATE_SIDECAR
+    try:
+        data = storage.read_bytes(src)
+    except FileNotFoundError:
+        return
+    try:
+        same = storage.read_bytes(dst) == data
+    except FileNotFoundError:
+        same = False
+    if not same:
+        storage.write_bytes(dst, data)
+
+
 def ingest_one(root: str, cand: Candidate) -> dict:
     """Validate one candidate and record it; idempotent.
 
@@ -285,6 +307,8 @@ def ingest_one(root: str, cand: Candidate) -> dict:
     image_dest, mask_dest = destinations(root, cand)
     if _strip_scheme(image_dest) != _strip_scheme(cand.image_uri):
         storage.write_bytes(image_dest, image_bytes)
+        if cand.kind == "uploads":
+            _copy_plate_sidecar(cand.image_uri, image_dest)
     if (
         mask_dest
         and mask_bytes is not None

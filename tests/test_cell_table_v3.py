@@ -61,6 +61,11 @@ def test_nightly_run_writes_um_and_channels_and_reads_old_partitions(
     write_png(uploads / "P2" / "plain.png", discs([(50, 75)]))
     write_png(uploads / "P3" / "unknown.png", discs([(40, 40)]))
     write_png(uploads / "P3" / "dark.png", np.zeros((100, 150, 3), np.uint8))
+    # the plate folder's plate.json gives its size; a broken one fails its image, not the night
+    write_png(uploads / "P4" / "side.png", discs([(40, 40)]))
+    storage.write_json(str(uploads / "P4" / "plate.json"), {"pixel_size_um": 0.4})
+    write_png(uploads / "P5" / "bad.png", discs([(40, 40)]))
+    storage.write_json(str(uploads / "P5" / "plate.json"), {"pixel_size_um": "big"})
 
     summary = nightly_inference(
         InferParams(
@@ -71,11 +76,17 @@ def test_nightly_run_writes_um_and_channels_and_reads_old_partitions(
             report=True,
         )
     )
-    assert summary["images"] == 4 and summary["failed"] == 0
+    assert summary["images"] == 5 and summary["failed"] == 1
+    rec = storage.read_json(processed_record_uri(root, "P4", "side"))
+    assert (rec["pixel_size_um"], rec["pixel_size_source"]) == (0.4, "sidecar")
+    assert not storage.exists(processed_record_uri(root, "P5", "bad"))  # retried next night
+    page = storage.read_bytes(summary["reports"]["P5"]).decode()
+    assert "P5/plate.json: pixel_size_um must be a positive number" in page
 
     cells = read_cells(storage.join(root, "cells"))
     by = {str(p): rows for p, rows in cells.groupby("plate_id", observed=True)}
-    assert sorted(by) == ["P0", "P1", "P2", "P3"]
+    assert sorted(by) == ["P0", "P1", "P2", "P3", "P4"]
+    assert (by["P4"].pixel_size_um == 0.4).all()
     ome, png, unknown, old = by["P1"], by["P2"], by["P3"], by["P0"]
     # the OME-TIFF's own size and channel names
     assert len(ome) == 2 and (ome.pixel_size_um == 0.65).all()
@@ -105,7 +116,7 @@ def test_nightly_run_writes_um_and_channels_and_reads_old_partitions(
     from neuroseg.quality import read_image_table
 
     images = read_image_table(storage.join(root, "images")).set_index("image_id")
-    assert sorted(images.index) == ["dark", "ome", "plain", "unknown"]
+    assert sorted(images.index) == ["dark", "ome", "plain", "side", "unknown"]
     assert images.loc["ome", "cells"] == 2 and images.loc["ome", "pixel_size_um"] == 0.65
     assert images.loc["ome", "channels"] == 3 and images.loc["ome", "dtype"] == "uint8"
     assert images.loc["plain", "saturated_fraction"] == pytest.approx(113 / 15000)
