@@ -53,13 +53,23 @@ SUFFIXES = (".png", ".tif", ".tiff")
 FINETUNE = (("ft1", 3, 1e-3, "cells"), ("ft2", 5, 3e-4, "all"))
 FINETUNE_STEPS = 40
 # The post-processing grid of the nested leave-one-out choice (three-class models): the FNC
-# cells are large (median about 1,000 px), so the sizes reach far beyond the nuclei grid's.
+# cells are large (median about 1,000 px), so the sizes reach far beyond the nuclei grid's;
+# ``open_radius`` cuts away neurites thinner than the disk (neuroseg.instances.open_objects).
+# 3 x 3 x 4 x 2 x 4 = 288 points (the grid of 2026-12-04 had 300 without the opening; its
+# choices never used interior 0.3, foreground 0.3 or 0.7, markers under 50 px or 800 px cells).
 NESTED_GRID = {
-    "interior_threshold": (0.3, 0.5, 0.7, 0.9),
-    "foreground_threshold": (0.3, 0.4, 0.5, 0.6, 0.7),
-    "min_area": (50, 100, 200, 400, 800),
-    "min_marker_area": (0, 50, 200),
+    "interior_threshold": (0.5, 0.7, 0.9),
+    "foreground_threshold": (0.4, 0.5, 0.6),
+    "min_area": (50, 100, 200, 400),
+    "min_marker_area": (50, 200),
+    "open_radius": (0, 3, 5, 7),
 }
+# Three-class FNC models predict images up to this many pixels whole (the red collection's
+# 2272 x 1704 among them) and blend the tiles of larger ones with the taper window: the
+# seed's minimum blend cut cells along the tile seams (2026-12-06 error analysis: 70 of the
+# 280 false objects on the two 2272 x 1704 red images were such fragments).
+WHOLE_PIXELS = 4_194_304
+BLEND = "taper"
 
 
 def _samples(fnc: Path) -> list[dict]:
@@ -121,22 +131,35 @@ def nested_postprocess(work: Path, folds: list[dict], shrink: int | None) -> dic
     images (each predicted by its own fold's model, which never trained on it), so that no
     image is scored with parameters chosen on it; ``final`` (chosen on all six) is what the
     shipped model carries. See :func:`neuroseg.instances.sweep_leave_one_out`."""
+    import numpy as np
+
     from neuroseg import registry
     from neuroseg.images import read_mask, read_native
-    from neuroseg.instances import sweep_leave_one_out
+    from neuroseg.instances import CENTRE, MARKERS, sweep_leave_one_out
     from neuroseg.masks import label_mask
     from neuroseg.predict import predict_image
 
     probs, truths = [], []
     for i, f in enumerate(folds):
         held = work / "incoming" / f"fnc-heldout-{i}"
-        bundle = registry.load_model(registry.model_uri(str(work), f"fnc-fold-{i}",
-                                                        f["model_version"]))  # fmt: skip
-        if bundle.config.get("head") != "three_class":
-            return None  # a binary head keeps its fixed threshold
-        probs.append(predict_image(bundle, read_native(held / "images" / f["name"])))
+        stem = f"{f['model_version']}-{Path(f['name']).stem}-w{WHOLE_PIXELS}-{BLEND}"
+        cache = work / "oof" / f"{stem}.npy"
+        if cache.exists():  # the fold model's prediction of its held-out image
+            probs.append(np.load(cache))
+        else:
+            bundle = registry.load_model(registry.model_uri(str(work), f"fnc-fold-{i}",
+                                                            f["model_version"]))  # fmt: skip
+            if bundle.config.get("head") != "three_class":
+                return None  # a binary head keeps its fixed threshold
+            # as the shipped model will predict (fold models of older runs carry older values)
+            bundle.config.update(max_whole_pixels=WHOLE_PIXELS, blend=BLEND)
+            probs.append(predict_image(bundle, read_native(held / "images" / f["name"])))
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            np.save(cache, probs[-1].astype(np.float16))
         truths.append(label_mask(read_mask(held / "masks" / f["name"]), connectivity=4)[0])
     grid = NESTED_GRID if not shrink else {**NESTED_GRID, "min_area": (10, 50, 100)}
+    if all(p.shape[-1] > CENTRE for p in probs):
+        grid = {**grid, "markers": MARKERS}  # a centre channel: both marker kinds compete
     res = sweep_leave_one_out(probs, truths, [f["colour"] for f in folds], grid=grid)
     rows = [
         {"name": f["name"], "colour": f["colour"], **im}
@@ -147,6 +170,7 @@ def nested_postprocess(work: Path, folds: list[dict], shrink: int | None) -> dic
     for r in rows:
         print(f"nested {r['colour']} {r['name']}: {r['params']} -> found {r['pred_count']} "
               f"TP {r['tp']} of {r['true_count']}")  # fmt: skip
+    errors = error_analysis(work, folds, probs, truths, rows)
     return {
         "grid": {k: list(v) for k, v in grid.items()},
         "rule": "per held-out image, the grid point with the best mean over the stains of the "
@@ -155,7 +179,46 @@ def nested_postprocess(work: Path, folds: list[dict], shrink: int | None) -> dic
         "model": {k: _pool(v) for k, v in groups.items() if v},
         "final": res["final"],
         "final_score": res["final_score"],
+        "errors": errors,
     }
+
+
+def error_analysis(work: Path, folds: list[dict], probs: list, truths: list, rows: list) -> dict:
+    """What the nested post-processing's out-of-fold objects got wrong, by kind
+    (:func:`neuroseg.errors.classify_errors`), per image and summed per stain."""
+    from neuroseg.errors import FP_KINDS, MISS_KINDS, classify_errors
+    from neuroseg.images import read_native
+    from neuroseg.instances import instances_from_classes
+
+    per_image = []
+    for i, (f, p, t, r) in enumerate(zip(folds, probs, truths, rows, strict=True)):
+        grey = read_native(work / "incoming" / f"fnc-heldout-{i}" / "images" / f["name"])
+        labels, _ = instances_from_classes(p.astype("float32"), **r["params"])
+        e = classify_errors(t, labels, image=grey.max(axis=-1).astype("float32"),
+                            min_area=r["params"]["min_area"])  # fmt: skip
+        per_image.append({"name": f["name"], "colour": f["colour"],
+                          **{k: e[k] for k in ("tp", "fp", "fn", "n_true", "n_pred",
+                                               "fp_kinds", "miss_kinds")}})  # fmt: skip
+        print(f"errors {f['name']}: FP {e['fp_kinds']} | misses {e['miss_kinds']}")
+    totals = {}
+    for c in (*COLOURS, "all"):
+        members = [x for x in per_image if c in ("all", x["colour"])]
+        if members:
+            totals[c] = {
+                "fp_kinds": {k: sum(x["fp_kinds"][k] for x in members) for k in FP_KINDS},
+                "miss_kinds": {k: sum(x["miss_kinds"][k] for x in members) for k in MISS_KINDS},
+            }
+    return {"per_image": per_image, "totals": totals}
+
+
+def _finetune_spec(epochs: str | None) -> list[tuple]:
+    """:data:`FINETUNE` with the epochs of ``--finetune-epochs E1,E2`` (None: as it is)."""
+    if not epochs:
+        return list(FINETUNE)
+    values = [int(e) for e in epochs.split(",")]
+    if len(values) != len(FINETUNE) or min(values) < 1:
+        raise SystemExit(f"--finetune-epochs needs {len(FINETUNE)} positive integers: {epochs}")
+    return [(name, e, lr, flt) for (name, _, lr, flt), e in zip(FINETUNE, values, strict=True)]
 
 
 def _fmt(value, digits: int = 3) -> str:
@@ -179,6 +242,66 @@ def _score_table(model: dict, otsu: dict) -> list[str]:
             f"{_fmt(m['count_mae'], 1)} / {_fmt(b['count_mae'], 1)} |"
         )
     return lines
+
+
+def _error_table(errors: dict) -> list[str]:
+    """The card's error analysis: each held-out image's false objects and misses by kind
+    (:func:`neuroseg.errors.classify_errors`, nested post-processing)."""
+    from neuroseg.errors import FP_KINDS, MISS_KINDS
+
+    lines = [
+        "**What it gets wrong** (the nested post-processing's objects on each held-out image, "
+        "by kind, `neuroseg.errors.classify_errors`). False objects: *fragment* of a found "
+        "cell, *offset* (overlaps a cell but its centroid is beyond 40 px: a soma with "
+        "neurites attached, or cells merged), *border*, *thin* (inscribed radius under 6 px: "
+        "a neurite piece or crossing), *blob* (anything else: debris, a bright knot of "
+        "neurites, an unannotated cell). Misses: *merged* into a neighbour's object, *offset*, "
+        "*small* (under the minimum area), *border*, *dim* (under half the median cell's "
+        "intensity), *missed* (anything else).",
+        "",
+        "| image | stain | cells | found | count error | "
+        + " | ".join(f"FP {k}" for k in FP_KINDS)
+        + " | "
+        + " | ".join(f"miss {k}" for k in MISS_KINDS)
+        + " |",
+        "|---|---|---|---|---|" + "---|" * (len(FP_KINDS) + len(MISS_KINDS)),
+    ]
+    rows = [*errors["per_image"]]
+    for r in rows:
+        err = (r["n_pred"] - r["n_true"]) / r["n_true"] if r["n_true"] else 0.0
+        lines.append(
+            f"| {r['name']} | {r['colour']} | {r['n_true']} | {r['n_pred']} | {err:+.0%} | "
+            + " | ".join(str(r["fp_kinds"][k]) for k in FP_KINDS)
+            + " | "
+            + " | ".join(str(r["miss_kinds"][k]) for k in MISS_KINDS)
+            + " |"
+        )
+    for stain, t in errors["totals"].items():
+        n_true = sum(r["n_true"] for r in rows if stain in ("all", r["colour"]))
+        n_pred = sum(r["n_pred"] for r in rows if stain in ("all", r["colour"]))
+        lines.append(
+            f"| **{stain}** | | {n_true} | {n_pred} | | "
+            + " | ".join(str(t["fp_kinds"][k]) for k in FP_KINDS)
+            + " | "
+            + " | ".join(str(t["miss_kinds"][k]) for k in MISS_KINDS)
+            + " |"
+        )
+    return lines
+
+
+def _script_flags(report: dict) -> str:
+    """The flags of this script (beyond the network's) that the run used."""
+    flags = report.get("flags") or {}
+    out = ""
+    if flags.get("synthetic_stains", "yellow") != "yellow":
+        out += f" --synthetic-stains {flags['synthetic_stains']}"
+    if flags.get("centre"):
+        out += " --centre"
+    if flags.get("separation_weight") is not None:
+        out += f" --separation-weight {flags['separation_weight']:g}"
+    if flags.get("finetune_epochs"):
+        out += f" --finetune-epochs {flags['finetune_epochs']}"
+    return out
 
 
 def _network_flags(train: dict) -> str:
@@ -300,6 +423,8 @@ def card(report: dict) -> str:
                 f"min marker {pp['min_marker_area']} |"
             )
         lines.append(row)
+    if nested and nested.get("errors"):
+        lines += ["", *_error_table(nested["errors"])]
     scored = nested["model"] if nested else cv["model"]
     beats = {k: scored[k]["f1"] > cv["otsu"][k]["f1"] for k in COLOURS if k in scored}
     lines += [
@@ -319,7 +444,7 @@ def card(report: dict) -> str:
         "- Touching cells are one object, as in the FNC masks (semantic annotations).",
         "",
         "Reproduce: `.venv/bin/python scripts/train_fnc_model.py --work <scratch folder>"
-        f"{_network_flags(train)}`.",
+        f"{_network_flags(train)}{_script_flags(report)}`.",
         "",
     ]
     return "\n".join(lines)
@@ -333,6 +458,18 @@ def main() -> None:
     ap.add_argument("--work", required=True, help="scratch storage root")
     ap.add_argument("--fnc", default=str(REPO.parent / "shared" / "data" / "fnc-samples"))
     ap.add_argument("--synthetic", type=int, default=24, help="synthetic plates to pretrain on")
+    ap.add_argument(
+        "--synthetic-stains",
+        default="yellow",
+        help="stain styles of the synthetic plates, in turn (neuroseg.synth.STAINS), e.g. "
+        "yellow,red",
+    )
+    ap.add_argument(
+        "--evaluate-pretrained",
+        action="store_true",
+        help="also score the pretrained model on the synthetic test split (about 9 min; it "
+        "chooses nothing that is shipped)",
+    )
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--min-area", type=int, default=100, help="smallest cell kept, px")
     ap.add_argument("--out", default=None, help="where to copy the model folder")
@@ -345,6 +482,26 @@ def main() -> None:
         "--out, updating the model's config, scores.json and card",
     )
     ap.add_argument("--smoke", action="store_true", help="small images, a few steps, 2 folds")
+    ap.add_argument(
+        "--centre",
+        default=None,
+        action=argparse.BooleanOptionalAction,
+        help="also learn a centre map (a fourth head channel) whose cores may seed the "
+        "watershed; the nested choice then tries both marker kinds (default: the preset's)",
+    )
+    ap.add_argument(
+        "--separation-weight",
+        type=float,
+        default=None,
+        help="extra loss weight on the pixels between close cells (default: the preset's)",
+    )
+    ap.add_argument(
+        "--finetune-epochs",
+        default=None,
+        help="epochs of the two fine-tuning phases, E1,E2 (default: "
+        + ",".join(str(e) for _, e, _, _ in FINETUNE)
+        + ")",
+    )
     add_network_arguments(ap)
     args = ap.parse_args()
     work = Path(args.work).resolve()
@@ -396,7 +553,7 @@ def main() -> None:
     n_syn = 3 if args.smoke else args.synthetic
     synth.write_dataset(
         str(work / "incoming"), name="fnc-synthetic", images=n_syn, seed=args.seed,
-        height=size[0], width=size[1],
+        height=size[0], width=size[1], stains=args.synthetic_stains.split(","),
     )  # fmt: skip
     ingest(
         IngestParams(
@@ -407,7 +564,10 @@ def main() -> None:
     )
     prepare(PrepareParams(root=str(work), dataset="fnc-synthetic", **grey))
     crop = 96 if args.smoke else None
-    network = network_arguments(args)
+    network = network_arguments(args) | {
+        "centre": args.centre,
+        "separation_weight": args.separation_weight,
+    }
     t_pre = time.time()
     pre = train(
         TrainParams(
@@ -419,6 +579,7 @@ def main() -> None:
             seed=args.seed,
             **network,
             model_name="fnc-synthetic",
+            evaluate=args.evaluate_pretrained,
             promote=False,
         )
     )
@@ -426,7 +587,9 @@ def main() -> None:
     init = f"fnc-synthetic@{pre['version']}"
     print(f"pretrained {init} in {pretrain_s / 60:.1f} min: {pre.get('evaluation')}")
 
-    finetune = _short(augmented_phases(list(FINETUNE), batch_size=8, steps=FINETUNE_STEPS))
+    finetune = _short(
+        augmented_phases(_finetune_spec(args.finetune_epochs), batch_size=8, steps=FINETUNE_STEPS)
+    )
 
     def fine_tune(name: str, members: list[dict], model_name: str | None = None):
         src = _layout(work / "incoming" / name, members, shrink=shrink)
@@ -446,6 +609,7 @@ def main() -> None:
         cfg = storage.read_json(cfg_uri)
         if cfg.get("head") == "three_class":
             cfg["postprocess"] = {**cfg["postprocess"], "min_area": args.min_area}
+            cfg.update(max_whole_pixels=WHOLE_PIXELS, blend=BLEND)
         else:
             cfg.update(threshold=0.5, min_area=args.min_area, watershed=False)
         storage.write_json(cfg_uri, cfg)
@@ -500,7 +664,7 @@ def main() -> None:
     bundle = registry.load_model(str(out))
     sched = "; ".join(
         f"{name}: {epochs} x {FINETUNE_STEPS} steps of 8, lr {lr:g}, {flt} tiles"
-        for name, epochs, lr, flt in FINETUNE
+        for name, epochs, lr, flt in _finetune_spec(args.finetune_epochs)
     )
     pre_sched = "; ".join(
         f"{p.name}: {p.epochs} x {p.steps_per_epoch} steps of {p.batch_size}, lr "
@@ -531,6 +695,12 @@ def main() -> None:
         "when": datetime.now(UTC).strftime("%Y-%m-%d"),
         "radius": 40.0,
         "fixed_min_area": args.min_area,
+        "flags": {
+            "synthetic_stains": args.synthetic_stains,
+            "centre": args.centre,
+            "separation_weight": args.separation_weight,
+            "finetune_epochs": args.finetune_epochs,
+        },
         "cross_validation": cv,
     }
     if nested:
@@ -556,6 +726,7 @@ def _ship_nested(out: Path, report: dict, nested: dict) -> None:
     cfg_path = out / "config.json"
     cfg = json.loads(cfg_path.read_text())
     cfg["postprocess"] = {**cfg.get("postprocess", {}), **nested["final"]}
+    cfg.update(max_whole_pixels=WHOLE_PIXELS, blend=BLEND)  # as the nested choice predicted
     storage.write_json(str(cfg_path), cfg)
     report["config"]["postprocess"] = cfg["postprocess"]
     report["cross_validation"]["nested"] = nested

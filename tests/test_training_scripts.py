@@ -107,3 +107,43 @@ def test_fnc_pool_sums_counts_over_held_out_images(fnc_script):
     assert pooled["cells"] == 10 and pooled["found"] == 7 and pooled["images"] == 2
     assert pooled["f1"] == pytest.approx(2 * 6 / (2 * 6 + 1 + 4))
     assert pooled["count_mae"] == pytest.approx(1.5)
+
+
+def test_fnc_card_error_table_and_script_flags(fnc_script):
+    from neuroseg.errors import FP_KINDS, MISS_KINDS
+
+    def kinds(keys, **counts):
+        return {k: counts.get(k, 0) for k in keys}
+
+    errors = {
+        "per_image": [
+            {"name": "a.png", "colour": "red", "n_true": 50, "n_pred": 60,
+             "fp_kinds": kinds(FP_KINDS, thin=7, blob=3), "miss_kinds": kinds(MISS_KINDS)},
+            {"name": "b.png", "colour": "yellow", "n_true": 4, "n_pred": 3,
+             "fp_kinds": kinds(FP_KINDS), "miss_kinds": kinds(MISS_KINDS, dim=1)},
+        ],
+        "totals": {
+            "red": {"fp_kinds": kinds(FP_KINDS, thin=7, blob=3), "miss_kinds": kinds(MISS_KINDS)},
+            "all": {"fp_kinds": kinds(FP_KINDS, thin=7, blob=3),
+                    "miss_kinds": kinds(MISS_KINDS, dim=1)},
+        },
+    }  # fmt: skip
+    lines = fnc_script._error_table(errors)
+    header = next(x for x in lines if x.startswith("| image"))
+    width = header.count("|")
+    rows = [x for x in lines if x.startswith("| ") and x is not header]
+    assert all(r.count("|") == width for r in rows)
+    red = next(r for r in rows if r.startswith("| a.png"))
+    assert "| +20% |" in red and "| 7 | 3 |" in red
+    assert "| -25% |" in next(r for r in rows if r.startswith("| b.png"))
+    assert any(r.startswith("| **all** | | 54 | 63 |") for r in rows)
+    # the Reproduce line carries the flags that changed the model, nothing for defaults
+    assert fnc_script._script_flags({}) == ""
+    assert fnc_script._script_flags({"flags": {"synthetic_stains": "yellow"}}) == ""
+    flags = {"synthetic_stains": "yellow,red", "centre": True, "finetune_epochs": "6,10"}
+    assert fnc_script._script_flags({"flags": flags}) == (
+        " --synthetic-stains yellow,red --centre --finetune-epochs 6,10"
+    )
+    assert fnc_script._finetune_spec("6,10")[1][1] == 10
+    with pytest.raises(SystemExit, match="finetune-epochs"):
+        fnc_script._finetune_spec("6")
