@@ -65,8 +65,10 @@ _BUNDLE_KEYS = {
     "max_whole_pixels",
     *INFERENCE_DEFAULTS,
 }
-#: Three-class U-Nets predict images up to this many pixels in one call (no tile overlaps).
-WHOLE_IMAGE_PIXELS = 2_097_152
+#: Three-class U-Nets predict images up to this many pixels in one call (no tile overlaps):
+#: 2048 x 2048, which covers the FNC red collection's 2272 x 1704 images (2,097,152 until
+#: 2026-12-06: those were tiled, and the minimum blend cut cells along the tile seams).
+WHOLE_IMAGE_PIXELS = 4_194_304
 PRECISIONS = {"fp32": "fp32", "float32": "fp32", "bf16": "bf16", "bfloat16": "bf16"}
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 _FILES = ("model.keras", "config.json", "lineage.json", "metrics.json")
