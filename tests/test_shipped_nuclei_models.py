@@ -50,10 +50,12 @@ def test_shipped_nuclei_model_loads_and_describes_itself(name):
     assert labels.shape == prob.shape == (100, 130) and labels.max() == n
     # test-time augmentation is a load option with its own post-processing, swept on the
     # validation split; a mode the project lacks is refused up front
+    from neuroseg.instances import POSTPROCESS_DEFAULTS
     from neuroseg.predict import postprocess_params
 
     flips = registry.load_model(str(folder), tta="flips").config
     assert flips["tta"] == "flips" and postprocess_params(flips) == {
+        **POSTPROCESS_DEFAULTS,  # parameters added since the model shipped keep their default
         **bundle.config["postprocess"],
         **bundle.config["postprocess_tta"]["flips"],
     }
