@@ -67,7 +67,7 @@ NESTED_GRID = {
 # Three-class FNC models predict images up to this many pixels whole (the red collection's
 # 2272 x 1704 among them) and blend the tiles of larger ones with the taper window: the
 # seed's minimum blend cut cells along the tile seams (2026-12-06 error analysis: 70 of the
-# 280 false objects on the two 2272 x 1704 red images were such fragments).
+# 185 false objects on the two 2272 x 1704 red images were such fragments of found cells).
 WHOLE_PIXELS = 4_194_304
 BLEND = "taper"
 
@@ -266,25 +266,22 @@ def _error_table(errors: dict) -> list[str]:
         + " |",
         "|---|---|---|---|---|" + "---|" * (len(FP_KINDS) + len(MISS_KINDS)),
     ]
-    rows = [*errors["per_image"]]
+
+    def kinds(fp: dict, miss: dict) -> str:
+        return " | ".join([*(str(fp[k]) for k in FP_KINDS), *(str(miss[k]) for k in MISS_KINDS)])
+
+    rows = errors["per_image"]
     for r in rows:
         err = (r["n_pred"] - r["n_true"]) / r["n_true"] if r["n_true"] else 0.0
         lines.append(
             f"| {r['name']} | {r['colour']} | {r['n_true']} | {r['n_pred']} | {err:+.0%} | "
-            + " | ".join(str(r["fp_kinds"][k]) for k in FP_KINDS)
-            + " | "
-            + " | ".join(str(r["miss_kinds"][k]) for k in MISS_KINDS)
-            + " |"
+            f"{kinds(r['fp_kinds'], r['miss_kinds'])} |"
         )
     for stain, t in errors["totals"].items():
-        n_true = sum(r["n_true"] for r in rows if stain in ("all", r["colour"]))
-        n_pred = sum(r["n_pred"] for r in rows if stain in ("all", r["colour"]))
+        members = [r for r in rows if stain in ("all", r["colour"])]
+        n_true, n_pred = (sum(r[k] for r in members) for k in ("n_true", "n_pred"))
         lines.append(
-            f"| **{stain}** | | {n_true} | {n_pred} | | "
-            + " | ".join(str(t["fp_kinds"][k]) for k in FP_KINDS)
-            + " | "
-            + " | ".join(str(t["miss_kinds"][k]) for k in MISS_KINDS)
-            + " |"
+            f"| **{stain}** | | {n_true} | {n_pred} | | {kinds(t['fp_kinds'], t['miss_kinds'])} |"
         )
     return lines
 
