@@ -272,9 +272,9 @@ def _error_table(errors: dict) -> list[str]:
 
     rows = errors["per_image"]
     for r in rows:
-        err = (r["n_pred"] - r["n_true"]) / r["n_true"] if r["n_true"] else 0.0
+        err = f"{(r['n_pred'] - r['n_true']) / r['n_true']:+.0%}" if r["n_true"] else "-"
         lines.append(
-            f"| {r['name']} | {r['colour']} | {r['n_true']} | {r['n_pred']} | {err:+.0%} | "
+            f"| {r['name']} | {r['colour']} | {r['n_true']} | {r['n_pred']} | {err} | "
             f"{kinds(r['fp_kinds'], r['miss_kinds'])} |"
         )
     for stain, t in errors["totals"].items():
