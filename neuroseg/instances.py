@@ -596,6 +596,7 @@ def sweep_leave_one_out(
     *,
     grid: Mapping[str, Sequence],
     radius: float = 40.0,
+    per_group: bool = False,
 ) -> dict:
     """Post-processing chosen for each image on the *other* images (nested leave-one-out).
 
@@ -609,12 +610,19 @@ def sweep_leave_one_out(
     ``final`` is the point chosen on all the images (what a model trained on all of them
     ships).
 
+    With ``per_group``, the same grid also gives each group post-processing of its own (for
+    a model that tells the stains apart at inference, :func:`neuroseg.normalize.stain_of`):
+    ``per_image_by_group`` scores image ``i`` with the point best on the other images *of its
+    group* (on all the others when it is alone in its group), and ``final_by_group`` holds
+    each group's choice on all its images.
+
     Returns
     -------
     dict
         ``points`` (the grid), ``final`` (params), ``final_score``, and ``per_image``: one dict
         per image with ``params`` (chosen on the others), ``tp, fp, fn, true_count,
-        pred_count`` there.
+        pred_count`` there; with ``per_group`` also ``per_image_by_group`` (the same, chosen
+        within the group) and ``final_by_group`` ({group: params}).
     """
     from neuroseg.metrics import match_objects
 
@@ -643,10 +651,24 @@ def sweep_leave_one_out(
         return k, scores[k]
 
     everyone = list(range(len(prob_maps)))
-    per_image = []
-    for i in everyone:
-        k, _ = best([j for j in everyone if j != i])
-        per_image.append({"params": _params_of(points[k]), **counts[k][i]})
+
+    def held_out(same_group: bool) -> list[dict]:
+        rows = []
+        for i in everyone:
+            others = [j for j in everyone if j != i]
+            if same_group:
+                others = [j for j in others if groups[j] == groups[i]] or others
+            k, _ = best(others)
+            rows.append({"params": _params_of(points[k]), **counts[k][i]})
+        return rows
+
     k, score = best(everyone)
-    return {"points": points, "final": _params_of(points[k]), "final_score": score,
-            "per_image": per_image}  # fmt: skip
+    out = {"points": points, "final": _params_of(points[k]), "final_score": score,
+           "per_image": held_out(False)}  # fmt: skip
+    if per_group:
+        out["per_image_by_group"] = held_out(True)
+        out["final_by_group"] = {
+            g: _params_of(points[best([j for j in everyone if groups[j] == g])[0]])
+            for g in sorted(set(groups))
+        }
+    return out

@@ -373,13 +373,17 @@ def segment_image(
     """
     config: Mapping = getattr(bundle, "config", None) or {}
     prob = predict_image(bundle, image, batch_size=batch_size, channel=channel)
-    return postprocess(config, prob, threshold=threshold, min_area=min_area, watershed=watershed)
+    return postprocess(
+        config, prob, threshold=threshold, min_area=min_area, watershed=watershed, image=image
+    )
 
 
-def postprocess_params(config: Mapping) -> dict:
+def postprocess_params(config: Mapping, *, stain: str | None = None) -> dict:
     """The instance post-processing a three-class model's config asks for.
 
-    ``config["postprocess"]`` over :data:`neuroseg.instances.POSTPROCESS_DEFAULTS`; when the
+    ``config["postprocess"]`` over :data:`neuroseg.instances.POSTPROCESS_DEFAULTS`, updated
+    with ``config["postprocess_by_stain"][stain]`` when the model chose post-processing per
+    stain and ``stain`` (:func:`neuroseg.normalize.stain_of` of the image) is one of them; when the
     config runs with test-time augmentation (``config["tta"]``) and its evaluation chose
     parameters under that mode (``config["postprocess_tta"][mode]``), those instead: averaged
     flips give smoother maps that want their own thresholds.
@@ -387,6 +391,8 @@ def postprocess_params(config: Mapping) -> dict:
     from neuroseg.instances import POSTPROCESS_DEFAULTS
 
     params = {**POSTPROCESS_DEFAULTS, **(config.get("postprocess") or {})}
+    if stain is not None:
+        params.update((config.get("postprocess_by_stain") or {}).get(stain) or {})
     mode = config.get("tta") or "none"
     by_mode = config.get("postprocess_tta") or {}
     if mode != "none" and by_mode.get(mode):
@@ -401,18 +407,22 @@ def postprocess(
     threshold: float | None = None,
     min_area: int | None = None,
     watershed: bool | None = None,
+    image: np.ndarray | None = None,
 ) -> tuple[np.ndarray, int, np.ndarray]:
     """Cells of a predicted probability map as the model's config says: ``(labels, n, prob)``.
 
     Binary heads: :func:`segment` with ``threshold``, ``min_area`` and ``watershed`` (the
     config's unless given). ``three_class`` heads: :func:`neuroseg.instances.
     instances_from_classes` with ``config["postprocess"]``; the returned ``prob`` is then the
-    foreground probability ``1 - p_background``.
+    foreground probability ``1 - p_background``. ``image`` (the decoded image) tells the stain
+    to a model with post-processing per stain (``config["postprocess_by_stain"]``).
     """
     if config.get("head") == "three_class":
         from neuroseg.instances import instances_from_classes
+        from neuroseg.normalize import stain_of
 
-        params = postprocess_params(config)
+        by_stain = config.get("postprocess_by_stain") and image is not None
+        params = postprocess_params(config, stain=stain_of(image) if by_stain else None)
         if prob.ndim != 3 or prob.shape[2] not in (3, 4):
             raise ValueError(
                 "a three_class model must predict (H, W, 3) probabilities (H, W, 4 with a "

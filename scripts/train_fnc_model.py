@@ -126,7 +126,9 @@ def _pool(rows: list[dict]) -> dict:
     }
 
 
-def nested_postprocess(work: Path, folds: list[dict], shrink: int | None) -> dict | None:
+def nested_postprocess(
+    work: Path, folds: list[dict], shrink: int | None, *, per_stain: bool = False
+) -> dict | None:
     """Step 3b: the post-processing chosen for each held-out image on the *other* held-out
     images (each predicted by its own fold's model, which never trained on it), so that no
     image is scored with parameters chosen on it; ``final`` (chosen on all six) is what the
@@ -160,27 +162,48 @@ def nested_postprocess(work: Path, folds: list[dict], shrink: int | None) -> dic
     grid = NESTED_GRID if not shrink else {**NESTED_GRID, "min_area": (10, 50, 100)}
     if all(p.shape[-1] > CENTRE for p in probs):
         grid = {**grid, "markers": MARKERS}  # a centre channel: both marker kinds compete
-    res = sweep_leave_one_out(probs, truths, [f["colour"] for f in folds], grid=grid)
-    rows = [
-        {"name": f["name"], "colour": f["colour"], **im}
-        for f, im in zip(folds, res["per_image"], strict=True)
-    ]
-    groups = {c: [r for r in rows if r["colour"] == c] for c in COLOURS}
-    groups["all"] = rows
-    for r in rows:
-        print(f"nested {r['colour']} {r['name']}: {r['params']} -> found {r['pred_count']} "
-              f"TP {r['tp']} of {r['true_count']}")  # fmt: skip
+    colours = [f["colour"] for f in folds]
+    res = sweep_leave_one_out(probs, truths, colours, grid=grid, per_group=True)
+
+    def scored(per_image: list[dict], tag: str) -> tuple[list[dict], dict]:
+        rows = [
+            {"name": f["name"], "colour": f["colour"], **im}
+            for f, im in zip(folds, per_image, strict=True)
+        ]
+        for r in rows:
+            print(f"nested {tag} {r['colour']} {r['name']}: {r['params']} -> found "
+                  f"{r['pred_count']} TP {r['tp']} of {r['true_count']}")  # fmt: skip
+        groups = {c: [r for r in rows if r["colour"] == c] for c in COLOURS}
+        groups["all"] = rows
+        return rows, {k: _pool(v) for k, v in groups.items() if v}
+
+    joint_rows, joint = scored(res["per_image"], "joint")
+    stain_rows, by_stain = scored(res["per_image_by_group"], "per-stain")
+    rows = stain_rows if per_stain else joint_rows
     errors = error_analysis(work, folds, probs, truths, rows)
-    return {
+    out = {
         "grid": {k: list(v) for k, v in grid.items()},
+        "mode": "per-stain" if per_stain else "joint",
         "rule": "per held-out image, the grid point with the best mean over the stains of the "
         "pooled centroid F1 on the other held-out images; ties to the first in grid order",
         "folds": rows,
-        "model": {k: _pool(v) for k, v in groups.items() if v},
+        "model": by_stain if per_stain else joint,
         "final": res["final"],
         "final_score": res["final_score"],
         "errors": errors,
+        "alternative": {
+            "mode": "joint" if per_stain else "per-stain",
+            "folds": joint_rows if per_stain else stain_rows,
+            "model": joint if per_stain else by_stain,
+        },
     }
+    if per_stain:
+        out["rule"] = (
+            "per held-out image, the grid point with the best pooled centroid F1 on "
+            "the other held-out images of its stain; ties to the first in grid order"
+        )
+        out["final_by_stain"] = res["final_by_group"]
+    return out
 
 
 def error_analysis(work: Path, folds: list[dict], probs: list, truths: list, rows: list) -> dict:
@@ -298,6 +321,8 @@ def _script_flags(report: dict) -> str:
         out += f" --separation-weight {flags['separation_weight']:g}"
     if flags.get("finetune_epochs"):
         out += f" --finetune-epochs {flags['finetune_epochs']}"
+    if flags.get("per_stain"):
+        out += " --per-stain"
     return out
 
 
@@ -383,15 +408,33 @@ def card(report: dict) -> str:
         "",
     ]
     if nested:
+        per_stain = nested.get("mode") == "per-stain"
+        how = (
+            "the *other* held-out images of its stain (pooled F1): the shipped config carries "
+            "one choice per stain (`postprocess_by_stain`), picked at inference by the image's "
+            "colour (`neuroseg.normalize.stain_of`), and the choice on all six for images "
+            "whose stain cannot be told (grey)"
+            if per_stain
+            else "the *other* held-out images (the mean over the stains of their pooled F1)"
+        )
         lines += [
             "**Post-processing chosen by nested leave-one-out** (what the shipped config "
             "carries): each held-out image is segmented with the post-processing that scores "
-            "best on the *other* held-out images (the mean over the stains of their pooled "
-            f"F1; grid `{json.dumps(nested['grid'])}`), so no image is scored with parameters "
-            "chosen on it; the shipped parameters are the choice on all of them.",
+            f"best on {how}; grid `{json.dumps(nested['grid'])}`; no image is scored with "
+            "parameters chosen on it.",
             "",
             *_score_table(nested["model"], cv["otsu"]),
             "",
+            *(
+                [
+                    f"Not shipped, the same sweep with the {nested['alternative']['mode']} choice:",
+                    "",
+                    *_score_table(nested["alternative"]["model"], cv["otsu"]),
+                    "",
+                ]
+                if nested.get("alternative")
+                else []
+            ),
             "**Fixed post-processing** (the defaults, minimum area "
             f"{report.get('fixed_min_area', 100)} px, as in the fold evaluations):",
             "",
@@ -480,6 +523,12 @@ def main() -> None:
     )
     ap.add_argument("--smoke", action="store_true", help="small images, a few steps, 2 folds")
     ap.add_argument(
+        "--per-stain",
+        action="store_true",
+        help="ship post-processing chosen per stain (the image's colour picks it at inference, "
+        "neuroseg.normalize.stain_of) instead of one for both; both are scored either way",
+    )
+    ap.add_argument(
         "--centre",
         default=None,
         action=argparse.BooleanOptionalAction,
@@ -512,9 +561,12 @@ def main() -> None:
     if args.nested_only:
         report = json.loads((out / "scores.json").read_text())
         shrink = 480 if report.get("smoke") else None
-        nested = nested_postprocess(work, report["cross_validation"]["folds"], shrink)
+        nested = nested_postprocess(
+            work, report["cross_validation"]["folds"], shrink, per_stain=args.per_stain
+        )
         if nested is None:
             raise SystemExit(f"{out}: not a three-class model; nothing to choose")
+        report.setdefault("flags", {})["per_stain"] = args.per_stain
         _ship_nested(out, report, nested)
         return
     configure_prefect(str(work))
@@ -650,7 +702,11 @@ def main() -> None:
     for key, m in cv["model"].items():
         print(f"LOO {key}: model F1 {m['f1']:.3f} | Otsu F1 {cv['otsu'][key]['f1']:.3f}")
     # 3b. post-processing by nested leave-one-out (three-class heads)
-    nested = nested_postprocess(work, folds, shrink) if len(folds) > 1 else None
+    nested = (
+        nested_postprocess(work, folds, shrink, per_stain=args.per_stain)
+        if len(folds) > 1
+        else None
+    )
 
     # 4-5. the shipped model: fine-tuned on every real sample
     final, final_s = fine_tune("fnc-real", samples, model_name="fnc")
@@ -697,6 +753,7 @@ def main() -> None:
             "centre": args.centre,
             "separation_weight": args.separation_weight,
             "finetune_epochs": args.finetune_epochs,
+            "per_stain": args.per_stain,
         },
         "cross_validation": cv,
     }
@@ -723,9 +780,13 @@ def _ship_nested(out: Path, report: dict, nested: dict) -> None:
     cfg_path = out / "config.json"
     cfg = json.loads(cfg_path.read_text())
     cfg["postprocess"] = {**cfg.get("postprocess", {}), **nested["final"]}
+    cfg.pop("postprocess_by_stain", None)
+    if nested.get("final_by_stain"):  # the image's stain picks (neuroseg.normalize.stain_of)
+        cfg["postprocess_by_stain"] = nested["final_by_stain"]
     cfg.update(max_whole_pixels=WHOLE_PIXELS, blend=BLEND)  # as the nested choice predicted
     storage.write_json(str(cfg_path), cfg)
     report["config"]["postprocess"] = cfg["postprocess"]
+    report["config"]["postprocess_by_stain"] = cfg.get("postprocess_by_stain")
     report["cross_validation"]["nested"] = nested
     for key, m in nested["model"].items():
         o = report["cross_validation"]["otsu"][key]["f1"]

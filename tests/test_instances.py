@@ -402,3 +402,26 @@ def test_open_objects_keeps_touching_objects_apart_and_instances_apply_it():
     assert opened[40, 40] == 1
     with pytest.raises(ValueError, match="open_radius"):
         instances_from_classes(probs, open_radius=-1)
+
+
+def test_leave_one_out_sweep_per_group_chooses_within_each_group():
+    # group a: specks are false (min_area 50 wins there); group b: specks are real cells
+    # (4 wins); image 4 of group b is alone without image 3, so it chooses on group b's image 3
+    maps = [
+        _cells_and_specks(3, 4),
+        _cells_and_specks(2, 5),
+        _cells_and_specks(2, 2, True),
+        _cells_and_specks(1, 3, True),
+    ]
+    probs, truths = zip(*maps, strict=True)
+    grid = {"min_area": [4, 50]}
+    out = sweep_leave_one_out(probs, truths, ["a", "a", "b", "b"], grid=grid, per_group=True)
+    assert [im["params"]["min_area"] for im in out["per_image_by_group"]] == [50, 50, 4, 4]
+    assert out["final_by_group"]["a"]["min_area"] == 50
+    assert out["final_by_group"]["b"]["min_area"] == 4
+    # the joint choice is still there, unchanged by per_group
+    joint = sweep_leave_one_out(probs, truths, ["a", "a", "b", "b"], grid=grid)
+    assert out["per_image"] == joint["per_image"] and out["final"] == joint["final"]
+    assert "final_by_group" not in joint
+    b = out["per_image_by_group"][2]  # scored with what image 3 chose: all its cells found
+    assert (b["tp"], b["fp"], b["fn"]) == (b["true_count"], 0, 0)

@@ -301,3 +301,37 @@ def test_postprocess_params_follow_the_tta_mode():
     }
     config["tta"] = "flip2"  # no sweep under flip2: the plain choice
     assert postprocess_params(config)["foreground_threshold"] == 0.7
+
+
+def test_post_processing_per_stain_follows_the_image(fnc_root):
+    """A model with post-processing per stain applies the one of the stain it sees: the real
+    red samples are told from the yellow ones by colour; grey images take the joint choice."""
+    from neuroseg.images import read_native
+    from neuroseg.normalize import stain_of
+    from neuroseg.predict import postprocess, postprocess_params
+
+    for stain in ("yellow", "red"):
+        for path in sorted((fnc_root / stain / "images").iterdir()):
+            assert stain_of(read_native(path)) == stain, path.name
+    assert stain_of(np.zeros((40, 50), np.uint16)) is None  # grey: cannot tell
+    assert stain_of(np.zeros((40, 50, 3), np.uint8)) is None  # blank
+    config = {
+        "head": "three_class",
+        "postprocess": {"min_area": 5},
+        "postprocess_by_stain": {"red": {"min_area": 50}, "yellow": {"min_area": 1}},
+    }
+    assert postprocess_params(config)["min_area"] == 5
+    assert postprocess_params(config, stain="red")["min_area"] == 50
+    assert postprocess_params(config, stain="blue")["min_area"] == 5
+    # a 30-px object: kept under the yellow and joint choices, dropped under the red one
+    probs = np.zeros((40, 50, 3), np.float32)
+    probs[..., 0] = 1.0
+    probs[10:15, 10:16] = (0.0, 1.0, 0.0)
+    red = np.zeros((40, 50, 3), np.uint8)
+    red[10:15, 10:16, 0] = 200
+    yellow = red.copy()
+    yellow[10:15, 10:16, 1] = 160
+    assert stain_of(red) == "red" and stain_of(yellow) == "yellow"
+    assert postprocess(config, probs, image=red)[1] == 0
+    assert postprocess(config, probs, image=yellow)[1] == 1
+    assert postprocess(config, probs)[1] == 1

@@ -233,7 +233,7 @@ def _steps_one(bundle, uri: str, workdir: str, repeat: int) -> tuple[dict, int]:
     t["decode"], image = _best(lambda: decode_native(data, name=uri), repeat)
     t["normalize"], x = _best(lambda: prepare_input(cfg, image), repeat)
     t["predict"], out = _best(lambda: predict_input(bundle, x), min(repeat, 2))
-    t["label"], (labels, n, prob) = _best(lambda: postprocess(cfg, out), repeat)
+    t["label"], (labels, n, prob) = _best(lambda: postprocess(cfg, out, image=image), repeat)
     meta = {
         "plate_id": "P001",
         "image_id": os.path.basename(uri).rsplit(".", 1)[0],
