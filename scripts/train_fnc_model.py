@@ -349,8 +349,16 @@ def card(report: dict) -> str:
     nested = cv.get("nested")
     if cfg.get("head") == "three_class":
         head = "three-class softmax head (background / interior / boundary, `cce_dice` loss)"
+        by_stain = cfg.get("postprocess_by_stain")
         post = (
-            f"`{json.dumps(cfg.get('postprocess'))}`: interiors seed a watershed over the "
+            (
+                "per stain, picked by the image's colour (`neuroseg.normalize.stain_of`): "
+                + "; ".join(f"{k} `{json.dumps(v)}`" for k, v in sorted(by_stain.items()))
+                + f"; grey images (stain unknown) `{json.dumps(cfg.get('postprocess'))}`"
+                if by_stain
+                else f"`{json.dumps(cfg.get('postprocess'))}`"
+            )
+            + ": interiors seed a watershed over the "
             "foreground (`neuroseg.instances.instances_from_classes`); "
             + (
                 "chosen on the six real images' out-of-fold predictions (nested "

@@ -31,15 +31,22 @@ def plate():
 
 
 def test_reads_one_grey_plane_of_any_stain(fnc, plate):
-    """Yellow (red + green) and red-only versions of a plate give the same cells: the model
-    sees the maximum over the colour channels, percentile-normalised."""
+    """Yellow (red + green) and red-only versions of a plate give the same cells under the
+    same post-processing: the model sees the maximum over the colour channels,
+    percentile-normalised. A model with post-processing per stain then applies the one of the
+    stain it sees."""
+    from neuroseg.normalize import stain_of
+    from neuroseg.predict import postprocess, predict_image
+
     assert fnc.config["input"]["channels"] == "grey"
     assert fnc.config["input"]["normalization"] == "percentile"
     yellow = plate.image
     red = yellow.copy()
     red[..., 1:] = 0  # the red stain: the same red plane, no green
-    lab_y, n_y, _ = segment_image(fnc, yellow)
-    lab_r, n_r, _ = segment_image(fnc, red)
+    assert stain_of(yellow) == "yellow" and stain_of(red) == "red"
+    p_y, p_r = predict_image(fnc, yellow), predict_image(fnc, red)
+    lab_y, n_y, _ = postprocess(fnc.config, p_y)
+    lab_r, n_r, _ = postprocess(fnc.config, p_r)
     assert n_y > 0 and abs(n_y - n_r) <= 1
     # the same cells: every one matched at IoU >= 0.8 (read noise in the green plane of dim
     # pixels can win the maximum, so the planes are not bit-identical)
@@ -47,8 +54,23 @@ def test_reads_one_grey_plane_of_any_stain(fnc, plate):
     assert same["tp"][0] >= n_y - 1, same
     # a 16-bit camera version of the same plane (12-bit values) gives the same cells too
     deep = (yellow.max(axis=2).astype(np.uint16) * 16).astype(np.uint16)
-    _, n_d, _ = segment_image(fnc, deep)
+    _, n_d, _ = postprocess(fnc.config, predict_image(fnc, deep))
     assert abs(n_d - n_y) <= 1
+    # segment_image post-processes as the image's stain says
+    by_stain = fnc.config.get("postprocess_by_stain") or {}
+    for image, probs, stain in ((yellow, p_y, "yellow"), (red, p_r, "red")):
+        expected = postprocess(
+            {**fnc.config, "postprocess": {**fnc.config["postprocess"], **by_stain.get(stain, {})},
+             "postprocess_by_stain": None}, probs,
+        )[1]  # fmt: skip
+        assert segment_image(fnc, image)[1] == expected
+
+
+def test_predicts_the_red_collections_large_images_whole(fnc):
+    """2272 x 1704 (the red collection's) and smaller images are predicted in one call, not in
+    tiles whose seams cut cells; larger ones blend their tiles with the taper window."""
+    assert fnc.config["max_whole_pixels"] >= 2272 * 1704
+    assert fnc.config["blend"] == "taper"
 
 
 def test_finds_the_cells_of_a_synthetic_plate(fnc, plate):
