@@ -127,32 +127,25 @@ def classify_errors(
     fps = []
     for j in np.flatnonzero(~matched_p[1:]) + 1:
         over = p_over[j]
-        if any(matched_t[i] for i in over):
-            kind = "fragment"
-        elif over:
-            kind = "offset"
-        elif p_border[j]:
-            kind = "border"
-        elif dist_p[j] < thin_radius:
-            kind = "thin"
-        else:
-            kind = "blob"
+        kind = _first(
+            fragment=any(matched_t[i] for i in over),
+            offset=bool(over),
+            border=p_border[j],
+            thin=dist_p[j] < thin_radius,
+            blob=True,
+        )
         fps.append(_row(j, kind, area_p, cent_p, dist_p))
     misses = []
     for i in np.flatnonzero(~matched_t[1:]) + 1:
         over = t_over[i]
-        if any(matched_p[j] for j in over):
-            kind = "merged"
-        elif over:
-            kind = "offset"
-        elif area_t[i] < min_area:
-            kind = "small"
-        elif t_border[i]:
-            kind = "border"
-        elif image is not None and mean_t[i] < dim_below:
-            kind = "dim"
-        else:
-            kind = "missed"
+        kind = _first(
+            merged=any(matched_p[j] for j in over),
+            offset=bool(over),
+            small=area_t[i] < min_area,
+            border=t_border[i],
+            dim=image is not None and mean_t[i] < dim_below,
+            missed=True,
+        )
         misses.append(_row(i, kind, area_t, cent_t, dist_t))
     return {
         **{k: int(m[k]) for k in ("tp", "fp", "fn", "n_true", "n_pred")},
@@ -161,6 +154,11 @@ def classify_errors(
         "false_positives": fps,
         "misses": misses,
     }
+
+
+def _first(**rules: bool) -> str:
+    """The first kind whose rule holds (keyword order is the rules' order)."""
+    return next(kind for kind, holds in rules.items() if holds)
 
 
 def _inscribed(labels: np.ndarray, n: int) -> np.ndarray:
