@@ -67,14 +67,16 @@ N_IMAGES = 32
 
 
 def _uploads(root: str) -> None:
-    """32 images of 480x640 with one bright disc each, in two plates (tiled by the test
-    model's 64 px tiles: a few tenths of a second each, so two runs overlap)."""
+    """32 images of 960x1280 with one bright disc each, in two plates (tiled by the test
+    model's 64 px tiles: about a second each, so two runs overlap even when one process starts
+    several seconds after the other; at 480x640 a busy host once let the first run finish all
+    32 before the second had listed them)."""
     import numpy as np
 
     from tests.test_segment_files import write_png
 
-    rr, cc = np.indices((480, 640))
-    image = np.zeros((480, 640, 3), np.uint8)
+    rr, cc = np.indices((960, 1280))
+    image = np.zeros((960, 1280, 3), np.uint8)
     image[(rr - 200) ** 2 + (cc - 300) ** 2 <= 36] = (200, 250, 90)
     for i in range(N_IMAGES):
         write_png(Path(root) / "uploads" / f"P{i % 2}" / f"img_{i:02d}.png", image)
