@@ -97,11 +97,9 @@ def classify_errors(
 
     true_labels = np.asarray(true_labels)
     pred_labels = np.asarray(pred_labels)
-    if true_labels.shape != pred_labels.shape:
-        raise ValueError(f"label shapes differ: true {true_labels.shape}, pred {pred_labels.shape}")
+    m = match_objects(true_labels, pred_labels, radius=radius)  # checks the label shapes
     if image is not None and np.shape(image) != true_labels.shape:
         raise ValueError(f"image shape {np.shape(image)} != label shape {true_labels.shape}")
-    m = match_objects(true_labels, pred_labels, radius=radius)
     nt, npr = int(true_labels.max(initial=0)), int(pred_labels.max(initial=0))
     matched_t = np.zeros(nt + 1, bool)
     matched_p = np.zeros(npr + 1, bool)
@@ -171,10 +169,10 @@ def _inscribed(labels: np.ndarray, n: int) -> np.ndarray:
 
 
 def _centroids(labels: np.ndarray, n: int) -> np.ndarray:
-    if not n:
-        return np.zeros((1, 2))
-    c = np.asarray(ndi.center_of_mass(np.ones(labels.shape), labels, np.arange(1, n + 1)))
-    return np.vstack([np.zeros((1, 2)), c.reshape(n, 2)])
+    """(n + 1, 2) centroids (row, col) indexed by label, row 0 unused."""
+    from neuroseg.metrics import _centroids as centroids
+
+    return np.vstack([np.zeros((1, 2)), centroids(labels, n)])
 
 
 def _row(label: int, kind: str, area, cent, dist) -> dict:

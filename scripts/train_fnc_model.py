@@ -64,11 +64,11 @@ NESTED_GRID = {
     "min_marker_area": (50, 200),
     "open_radius": (0, 3, 5, 7),
 }
-# Three-class FNC models predict images up to this many pixels whole (the red collection's
-# 2272 x 1704 among them) and blend the tiles of larger ones with the taper window: the
-# seed's minimum blend cut cells along the tile seams (2026-12-06 error analysis: 70 of the
-# 185 false objects on the two 2272 x 1704 red images were such fragments of found cells).
-WHOLE_PIXELS = 4_194_304
+# Three-class FNC models predict images up to neuroseg.registry.WHOLE_IMAGE_PIXELS whole
+# (2048 x 2048: the red collection's 2272 x 1704 among them; fold models of older runs carry a
+# smaller value) and blend the tiles of larger ones with the taper window: the seed's minimum
+# blend cut cells along the tile seams (2026-12-06 error analysis: 70 of the 185 false objects
+# on the two 2272 x 1704 red images were such fragments of found cells).
 BLEND = "taper"
 
 
@@ -144,7 +144,8 @@ def nested_postprocess(
     probs, truths = [], []
     for i, f in enumerate(folds):
         held = work / "incoming" / f"fnc-heldout-{i}"
-        stem = f"{f['model_version']}-{Path(f['name']).stem}-w{WHOLE_PIXELS}-{BLEND}"
+        stem = (f"{f['model_version']}-{Path(f['name']).stem}"
+                f"-w{registry.WHOLE_IMAGE_PIXELS}-{BLEND}")  # fmt: skip
         cache = work / "oof" / f"{stem}.npy"
         if cache.exists():  # the fold model's prediction of its held-out image
             probs.append(np.load(cache))
@@ -154,7 +155,7 @@ def nested_postprocess(
             if bundle.config.get("head") != "three_class":
                 return None  # a binary head keeps its fixed threshold
             # as the shipped model will predict (fold models of older runs carry older values)
-            bundle.config.update(max_whole_pixels=WHOLE_PIXELS, blend=BLEND)
+            bundle.config.update(max_whole_pixels=registry.WHOLE_IMAGE_PIXELS, blend=BLEND)
             probs.append(predict_image(bundle, read_native(held / "images" / f["name"])))
             cache.parent.mkdir(parents=True, exist_ok=True)
             np.save(cache, probs[-1].astype(np.float16))
@@ -666,7 +667,7 @@ def main() -> None:
         cfg = storage.read_json(cfg_uri)
         if cfg.get("head") == "three_class":
             cfg["postprocess"] = {**cfg["postprocess"], "min_area": args.min_area}
-            cfg.update(max_whole_pixels=WHOLE_PIXELS, blend=BLEND)
+            cfg.update(max_whole_pixels=registry.WHOLE_IMAGE_PIXELS, blend=BLEND)
         else:
             cfg.update(threshold=0.5, min_area=args.min_area, watershed=False)
         storage.write_json(cfg_uri, cfg)
@@ -783,7 +784,7 @@ def _write_report(out: Path, report: dict) -> None:
 def _ship_nested(out: Path, report: dict, nested: dict) -> None:
     """The model folder at ``out`` carries the nested choice on all the images as its
     post-processing; scores.json and the card get the nested scores."""
-    from neuroseg import storage
+    from neuroseg import registry, storage
 
     cfg_path = out / "config.json"
     cfg = json.loads(cfg_path.read_text())
@@ -791,7 +792,8 @@ def _ship_nested(out: Path, report: dict, nested: dict) -> None:
     cfg.pop("postprocess_by_stain", None)
     if nested.get("final_by_stain"):  # the image's stain picks (neuroseg.normalize.stain_of)
         cfg["postprocess_by_stain"] = nested["final_by_stain"]
-    cfg.update(max_whole_pixels=WHOLE_PIXELS, blend=BLEND)  # as the nested choice predicted
+    # as the nested choice predicted
+    cfg.update(max_whole_pixels=registry.WHOLE_IMAGE_PIXELS, blend=BLEND)
     storage.write_json(str(cfg_path), cfg)
     report["config"]["postprocess"] = cfg["postprocess"]
     report["config"]["postprocess_by_stain"] = cfg.get("postprocess_by_stain")
