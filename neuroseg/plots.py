@@ -163,7 +163,9 @@ def history_png(history: Mapping[str, Sequence[float]], *, phase_ends: Sequence[
         for end in phase_ends:
             ax.axvline(end + 0.5, color="grey", linestyle=":", linewidth=1)
         ax.set(xlabel="epoch", title=name)
-        ax.legend()
+        # A fixed corner: loc="best" searches the drawn data, takes seconds on long
+        # histories and warns when it does (a timing-dependent warning, an error in CI).
+        ax.legend(loc="upper right")
     fig.tight_layout()
     return _png(fig)
 
@@ -186,7 +188,7 @@ def size_histogram_png(areas, *, true_areas=None, bins: int = 30) -> bytes:
     if true is not None:
         ax.hist(true, bins=edges, alpha=0.6, color="#1f9fb4", label=f"true (n = {true.size})")
     ax.set(xlabel="area (pixels)", ylabel="cells", title="Cell size distribution")
-    ax.legend()
+    ax.legend(loc="upper right")  # not "best": see history_png
     fig.tight_layout()
     return _png(fig)
 
