@@ -53,6 +53,13 @@ class PrepareParams(BaseModel):
     channel: int | None = Field(
         None, ge=0, description="channel (0-based) of multi-channel images; default: all"
     )
+    scale: float = Field(
+        1.0,
+        ge=0.1,
+        le=4.0,
+        description="resize the images by this factor for the model (0.5: half the rows and "
+        "columns, twice the context per convolution); prediction resizes alike",
+    )
     executor: ExecutorConfig = Field(default_factory=ExecutorConfig)
 
     @model_validator(mode="after")
@@ -69,7 +76,8 @@ class PrepareParams(BaseModel):
 
     def input_spec(self) -> dict:
         """The model input these parameters declare (see neuroseg.normalize)."""
-        return dict(input_spec({"channels": self.channels, "normalization": self.normalization}))
+        spec = {"channels": self.channels, "normalization": self.normalization}
+        return dict(input_spec(spec, scale=self.scale))
 
 
 def _optional(record: dict, key: str) -> str | None:
@@ -163,10 +171,11 @@ def prepare(params: PrepareParams) -> dict:
             },
             fractions,
         )
-        storage.write_json(
-            storage.join(params.root, "prepared", params.dataset, "latest.json"),
-            {"version": version, "uri": out},
-        )
+    # also when cached: preparing A, then B, then A again leaves A for the next training run
+    storage.write_json(
+        storage.join(params.root, "prepared", params.dataset, "latest.json"),
+        {"version": version, "uri": out},
+    )
     _publish(params.dataset, out, summary)
     return {
         **{k: summary[k] for k in ("images", "tiles", "foreground_fraction", "suggested_overlap")},

@@ -314,8 +314,9 @@ def _init_model(root: str, spec: str, cfg: dict, prepared: dict) -> dict:
                 f"init_model {spec!r} ({uri}) has {key} {value!r}, the run wants "
                 f"{cfg[key]!r}: pick a preset or overrides with the same network"
             )
-    data_input = input_spec(prepared_input(prepared["uri"]) or None)
-    if input_spec(mcfg.get("input")) != data_input:
+    # the scale may differ: fine-tuning may adapt a model to another pixel size
+    data_input = input_spec(prepared_input(prepared["uri"]) or None, scale=1.0)
+    if input_spec(mcfg.get("input"), scale=1.0) != data_input:
         raise ValueError(
             f"init_model {spec!r} reads input {dict(input_spec(mcfg.get('input')))}, the "
             f"prepared data holds {dict(data_input)}: prepare it with the same channels and "

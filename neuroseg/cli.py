@@ -187,6 +187,7 @@ def cmd_prepare(args) -> int:
         channels=args.channels,
         normalization=args.normalization,
         channel=args.channel,
+        scale=args.scale,
         val_fraction=args.val_fraction,
         test_fraction=args.test_fraction,
         executor=ExecutorConfig(
@@ -499,6 +500,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="fixed: 8-bit as is (FNC); percentile: per-image 1/99.8 (12/16-bit nuclei)",
     )
     sp.add_argument("--channel", type=int, help="channel (0-based) of multi-channel images")
+    sp.add_argument(
+        "--scale",
+        type=float,
+        default=1.0,
+        help="resize the images by this factor for the model (0.5: large cells, more context)",
+    )
     sp.add_argument("--executor", choices=("threads", "dask"), default="threads")
     sp.add_argument("--dask-address", help="scheduler address; default: a temporary local cluster")
     sp.add_argument("--workers", type=int, default=2, help="workers of a temporary cluster")

@@ -40,9 +40,12 @@ __all__ = [
     "InputSpec",
     "as_channels",
     "channel_max",
+    "input_scale",
     "input_spec",
     "model_input",
     "percentile_normalize",
+    "resize_planes",
+    "scaled_shape",
     "select_channels",
     "stain_of",
     "to_uint8",
@@ -69,12 +72,19 @@ _NORMALIZATIONS = ("fixed", "percentile")
 _EXACT_PIXELS = 1 << 20
 
 
+#: Bounds of an input spec's ``scale``.
+SCALE_RANGE = (0.1, 4.0)
+
+
 class InputSpec(dict):
     """A validated ``input`` entry of a model config (a plain ``dict`` for JSON).
 
     Keys: ``channels`` (``"rgb"`` | ``"grey"``), ``normalization`` (``"fixed"`` |
     ``"percentile"``), ``percentiles`` (``[low, high]``, for ``percentile`` and for non-8-bit
-    images under ``fixed``).
+    images under ``fixed``), and ``scale`` only when it is not 1: the model sees images resized
+    by this factor (0.5: half the rows and columns, so a 3x3 convolution spans twice the
+    tissue), in training (``neuroseg.prepare``) and in prediction
+    (``neuroseg.predict.predict_input``, which returns maps at the image's own size).
     """
 
 
@@ -97,7 +107,67 @@ def input_spec(spec: Mapping[str, Any] | None = None, **overrides: Any) -> Input
     low, high = (float(v) for v in out.get("percentiles", DEFAULT_PERCENTILES))
     if not 0.0 <= low < high <= 100.0:
         raise ValueError(f"input percentiles must satisfy 0 <= low < high <= 100, got {low, high}")
-    return InputSpec(channels=channels, normalization=norm, percentiles=[low, high])
+    spec = InputSpec(channels=channels, normalization=norm, percentiles=[low, high])
+    try:
+        scale = float(out.get("scale", 1.0))
+    except (TypeError, ValueError):
+        raise ValueError(f"input scale must be a number, got {out.get('scale')!r}") from None
+    if not SCALE_RANGE[0] <= scale <= SCALE_RANGE[1]:
+        raise ValueError(
+            f"input scale must be between {SCALE_RANGE[0]:g} and {SCALE_RANGE[1]:g}, got {scale!r}"
+        )
+    if scale != 1.0:  # absent at 1: the specs of models trained before scales existed
+        spec["scale"] = scale
+    return spec
+
+
+def input_scale(spec: Mapping[str, Any] | None) -> float:
+    """The factor a model's images are resized by (its input spec's ``scale``; 1 when absent)."""
+    return float(input_spec(spec).get("scale", 1.0))
+
+
+def scaled_shape(shape: tuple[int, ...], scale: float) -> tuple[int, int]:
+    """``(rows, cols)`` of an image of ``shape`` resized by ``scale`` (at least 1 x 1)."""
+    return (max(1, round(shape[0] * scale)), max(1, round(shape[1] * scale)))
+
+
+def resize_planes(image: np.ndarray, shape: tuple[int, int], *, nearest: bool = False):
+    """``image`` (``(H, W)`` or ``(H, W, C)``) resized to ``shape`` = ``(rows, cols)``.
+
+    Bilinear with Pillow's antialiasing (a shrunk image averages the pixels it covers) for
+    ``uint8`` and float images (float32 result); ``nearest`` for label images (any integer
+    dtype up to int32, labels kept as they are). Planes that are copies of the first (a grey
+    model's replicated input) are resized once.
+    """
+    from PIL import Image
+
+    image = np.asarray(image)
+    rows, cols = int(shape[0]), int(shape[1])
+    if image.shape[:2] == (rows, cols):
+        return image
+    planes = as_channels(image)
+    resample = Image.Resampling.NEAREST if nearest else Image.Resampling.BILINEAR
+
+    def one(plane: np.ndarray) -> np.ndarray:
+        if nearest:
+            if plane.dtype.kind not in "iub" or plane.dtype.itemsize > 4:
+                raise ValueError(f"nearest resizing takes integer labels, got {plane.dtype}")
+            data = np.ascontiguousarray(plane, dtype=np.int32)
+        elif plane.dtype == np.uint8:
+            data = np.ascontiguousarray(plane)
+        else:
+            data = np.ascontiguousarray(plane, dtype=np.float32)
+        return np.asarray(Image.fromarray(data).resize((cols, rows), resample))
+
+    first = one(planes[..., 0])
+    out = np.empty((rows, cols, planes.shape[2]), first.dtype)
+    out[..., 0] = first
+    for c in range(1, planes.shape[2]):
+        same = np.array_equal(planes[..., c], planes[..., 0])
+        out[..., c] = first if same else one(planes[..., c])
+    if nearest:
+        out = out.astype(image.dtype, copy=False)
+    return out[..., 0] if image.ndim == 2 else out
 
 
 def as_channels(image: np.ndarray) -> np.ndarray:

@@ -20,7 +20,7 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from neuroseg.masks import label_mask, relabel_raster
-from neuroseg.normalize import input_spec, model_input
+from neuroseg.normalize import input_scale, input_spec, model_input, resize_planes, scaled_shape
 from neuroseg.tiling import BLENDS, UPSCALE_METHODS, crop_tiles, stitch, tile_grid, upscale_tiles
 
 __all__ = [
@@ -209,16 +209,26 @@ def predict_input(bundle: Any, x: np.ndarray, *, batch_size: int = 8) -> np.ndar
 
     ``config["tta"]`` (``"none"`` when absent; see :data:`TTA_MODES`) averages the predictions
     of the flipped inputs, each flipped back: ``flips`` costs 4 predictions, ``flip2`` 2.
+
+    A model whose input spec has a ``scale`` (:func:`neuroseg.normalize.input_scale`) predicts
+    the input resized by it; the maps are resized back (bilinear) to the input's rows and
+    columns, so post-processing and measurements stay in the image's own pixels.
     """
     config: Mapping = getattr(bundle, "config", None) or {}
     flips = TTA_MODES[check_tta(config.get("tta") or "none")]
+    scale = input_scale(config.get("input"))
+    full = np.shape(x)[:2]
+    if scale != 1.0:  # the model learnt the image at this scale; maps come back at full size
+        x = resize_planes(x, scaled_shape(full, scale))
     if len(flips) == 1:
-        return _predict_once(bundle, config, x, batch_size)
-    total = None
-    for rows, cols in flips:
-        out = _flip(_predict_once(bundle, config, _flip(x, rows, cols), batch_size), rows, cols)
-        total = out.copy() if total is None else np.add(total, out, out=total)
-    return total / np.float32(len(flips))
+        total = _predict_once(bundle, config, x, batch_size)
+    else:
+        total = None
+        for rows, cols in flips:
+            out = _flip(_predict_once(bundle, config, _flip(x, rows, cols), batch_size), rows, cols)
+            total = out.copy() if total is None else np.add(total, out, out=total)
+        total /= np.float32(len(flips))
+    return resize_planes(total, full) if scale != 1.0 else total
 
 
 def _predict_once(bundle: Any, config: Mapping, x: np.ndarray, batch_size: int) -> np.ndarray:

@@ -25,7 +25,7 @@ import pandas as pd
 from neuroseg import storage
 from neuroseg.images import read_labels, read_mask, read_native
 from neuroseg.masks import analyze_labels, analyze_mask, label_mask, summarize_cells
-from neuroseg.normalize import input_spec
+from neuroseg.normalize import input_scale, input_spec, resize_planes, scaled_shape
 from neuroseg.predict import prepare_input
 from neuroseg.splits import split_names
 from neuroseg.tiling import crop_tiles, tile_grid
@@ -113,7 +113,10 @@ def prepare_image(
     declared by `input`, see :func:`model_tiles_input`), ``masks (n, T, T) uint8`` {0, 255},
     ``labels (n, T, T) int32`` (instance ids: the label image where there is one, else the
     4-connected components of the mask) and ``grid (n, 2)``. The cell table has one row per
-    instance of the label image, else per mask component (the seed's markGroups).
+    instance of the label image, else per mask component (the seed's markGroups), measured at
+    the image's own size; with an input ``scale`` (:func:`neuroseg.normalize.input_scale`) the
+    tiles, masks and labels are of the image resized by it (labels by nearest neighbour), as
+    the model will see it, and ``height``/``width`` in the meta record are the resized ones.
 
     Returns the meta record (small: counts and per-tile foreground), never arrays. Resumable:
     when the meta record exists, it is returned without recomputing.
@@ -136,9 +139,17 @@ def prepare_image(
     else:
         cells = analyze_mask(mask)
         labels, _ = label_mask(mask)
+    x = model_tiles_input(image, input=input, channel=channel)
+    foreground_px, total_px = int((mask > 127).sum()), int(mask.size)  # the image's own
+    scale = input_scale(input)
+    if scale != 1.0:  # the model sees the image resized (normalised on the whole image first)
+        shape = scaled_shape(mask.shape, scale)
+        x = resize_planes(x, shape)
+        mask = resize_planes(mask, shape, nearest=True)
+        labels = resize_planes(labels, shape, nearest=True)
     height, width = mask.shape
     grid = tile_grid(height, width, tile=tile, min_overlap=min_overlap)
-    img_tiles = crop_tiles(model_tiles_input(image, input=input, channel=channel), grid, tile=tile)
+    img_tiles = crop_tiles(x, grid, tile=tile)
     mask_tiles = crop_tiles(mask, grid, tile=tile)
     label_tiles = crop_tiles(labels.astype(np.int32, copy=False), grid, tile=tile)
     fg = (mask_tiles > 127).reshape(len(grid), -1).sum(axis=1)
@@ -154,8 +165,8 @@ def prepare_image(
         "height": int(height),
         "width": int(width),
         "n_cells": len(cell_df),
-        "foreground_px": int((mask > 127).sum()),
-        "total_px": int(height * width),
+        "foreground_px": foreground_px,
+        "total_px": total_px,
         "shard": shard_key,
         "tiles": [
             {"tile_index": i, "row": int(r), "col": int(c), "foreground_px": int(f)}

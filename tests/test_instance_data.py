@@ -276,3 +276,47 @@ def test_three_class_model_through_the_flows(prefect_api, tmp_path):
     assert night["images"] == 1 and night["failed"] == 0
     assert flips_uses() == before + 1  # the image was segmented by the bundle serving flips
     assert len(read_cells(storage.join(root, "cells"))) == len(cells) + night["cells"]
+
+
+@pytest.mark.slow
+def test_a_model_prepared_at_half_scale_trains_and_segments_at_full_size(prefect_api, tmp_path):
+    """prepare --scale 0.5 tiles the images at half size (labels by nearest neighbour), the
+    trained model declares the scale, and segmenting a full-size image gives full-size labels;
+    fine-tuning it on data of another scale is allowed (a new pixel size)."""
+    from flows.ingest import IngestParams, ingest
+    from flows.prepare import PrepareParams, prepare
+    from flows.train import TrainParams, train
+    from neuroseg import registry
+    from neuroseg.predict import segment_image
+    from neuroseg.training import PhaseConfig
+
+    src, root = str(tmp_path / "src"), str(tmp_path / "root")
+    write_label_dataset(src, n=3)
+    ingest(IngestParams(root=root, source=src, dataset="nuc"))
+    grey = {"channels": "grey", "normalization": "percentile", "tile": 32, "min_overlap": 8}
+    plain = prepare(PrepareParams(root=root, dataset="nuc", **grey))
+    prep = prepare(PrepareParams(root=root, dataset="nuc", scale=0.5, **grey))  # trains next
+    assert prep["version"] != plain["version"]  # the scale is part of the prepared version
+    summary = storage.read_json(storage.join(prep["prepared_uri"], "summary.json"))
+    assert summary["params"]["input"]["scale"] == 0.5
+    meta = storage.read_json(storage.join(prep["prepared_uri"], "meta", "n0.json"))
+    assert (meta["height"], meta["width"]) == (SHAPE[0] // 2, SHAPE[1] // 2)
+    assert meta["total_px"] == SHAPE[0] * SHAPE[1]  # the image's own pixels
+    with np.load(io.BytesIO(storage.read_bytes(storage.join(prep["prepared_uri"], "tiles",
+                                                            "n0.npz")))) as z:  # fmt: skip
+        assert {10, 20, 30} <= set(np.unique(z["labels"]))  # every instance survives
+    phase = PhaseConfig(name="1", epochs=1, learning_rate=3e-3, batch_size=4,
+                        steps_per_epoch=2, tile_filter="all")  # fmt: skip
+    out = train(TrainParams(root=root, dataset="nuc", preset="nuclei", model_name="half",
+                            crop=32, phases=[phase], evaluate=False, promote=False))  # fmt: skip
+    cfg = storage.read_json(storage.join(out["model_uri"], "config.json"))
+    assert cfg["input"]["scale"] == 0.5
+    image, _ = touching(42)
+    labels, _, prob = segment_image(registry.load_model(out["model_uri"]), image)
+    assert labels.shape == prob.shape == SHAPE
+    assert prepare(PrepareParams(root=root, dataset="nuc", **grey))["cached"]  # latest again
+    again = train(TrainParams(root=root, dataset="nuc", preset="nuclei", model_name="full",
+                              crop=32, phases=[phase], evaluate=False, promote=False,
+                              init_model=f"half@{out['version']}"))  # fmt: skip
+    full = storage.read_json(storage.join(again["model_uri"], "config.json"))
+    assert "scale" not in full["input"]  # the data's scale, not the parent's

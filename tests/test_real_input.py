@@ -27,9 +27,12 @@ from neuroseg.images import (
 from neuroseg.metrics import match_by_iou
 from neuroseg.normalize import (
     channel_max,
+    input_scale,
     input_spec,
     model_input,
     percentile_normalize,
+    resize_planes,
+    scaled_shape,
     select_channels,
 )
 from neuroseg.predict import prepare_input, segment_image
@@ -248,3 +251,60 @@ def test_shipped_model_names(tmp_path):
     nuclei = registry.shipped_model_uri("nuclei")
     if (Path(nuclei) / "config.json").exists():
         assert registry.resolve_model_uri(str(tmp_path), "nuclei") == nuclei
+
+
+# ----------------------------------------------------------------------------- input scale
+
+
+def test_input_scale_is_validated_and_absent_at_one():
+    grey = {"channels": "grey", "normalization": "percentile"}
+    assert "scale" not in input_spec(grey) and "scale" not in input_spec({**grey, "scale": 1})
+    assert input_spec({**grey, "scale": "0.5"})["scale"] == 0.5
+    assert input_scale(None) == 1.0 and input_scale({**grey, "scale": 0.5}) == 0.5
+    for bad in (0, -1, 5, "half"):
+        with pytest.raises(ValueError, match="input scale"):
+            input_spec({**grey, "scale": bad})
+
+
+def test_resize_planes_averages_images_and_keeps_label_ids():
+    image = np.zeros((40, 60, 3), np.float32)
+    image[:, ::2] = 200.0  # stripes one pixel wide: a shrunk image averages them
+    half = resize_planes(image, scaled_shape(image.shape, 0.5))
+    assert half.shape == (20, 30, 3) and half.dtype == np.float32
+    assert np.allclose(half[2:-2, 2:-2], 100.0, atol=1.0)
+    grey8 = np.repeat(np.arange(40 * 60, dtype=np.uint8).reshape(40, 60, 1), 3, axis=2)
+    small = resize_planes(grey8, (20, 30))
+    assert small.dtype == np.uint8 and (small[..., 0] == small[..., 2]).all()
+    labels = np.zeros((40, 60), np.int32)
+    labels[4:20, 4:20], labels[20:36, 30:56] = 70000, 3  # ids beyond 16 bits survive
+    down = resize_planes(labels, (20, 30), nearest=True)
+    assert down.dtype == np.int32 and set(np.unique(down)) == {0, 3, 70000}
+    assert (down == 70000).sum() == 64 and (down == 3).sum() == 8 * 13
+    back = resize_planes(np.zeros((20, 30, 3), np.float32), (40, 60))
+    assert back.shape == (40, 60, 3)
+    with pytest.raises(ValueError, match="integer labels"):
+        resize_planes(image, (20, 30), nearest=True)
+
+
+def test_a_model_declaring_a_scale_sees_the_resized_image_and_gives_full_size_cells(
+    tmp_path, grey_model, monkeypatch
+):
+    """The same brightness model declared at scale 0.5 predicts a 60 x 80 input for a
+    120 x 160 image, and its labels (at the image's own size) hold the same cells."""
+    import neuroseg.predict as predict
+
+    image = decode_native(versions()["12in16"], name="scene")
+    plain = registry.load_model(grey_model)
+    half = registry.load_model(grey_model)
+    half.config = {**half.config, "input": {**half.config["input"], "scale": 0.5}}
+    seen = []
+    real = predict._predict_once
+    monkeypatch.setattr(
+        predict, "_predict_once", lambda b, c, x, n: seen.append(x.shape) or real(b, c, x, n)
+    )
+    ref, n_ref, _ = segment_image(plain, image, min_area=20)
+    labels, n, prob = segment_image(half, image, min_area=20)
+    assert seen == [(*SHAPE, 3), (SHAPE[0] // 2, SHAPE[1] // 2, 3)]
+    assert labels.shape == prob.shape == SHAPE
+    assert n == n_ref == len(CENTRES) - 1  # the touching pair is one component, unsplit
+    assert match_by_iou(ref, labels, iou=0.8)["f1"] == 1.0
