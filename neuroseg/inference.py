@@ -20,12 +20,13 @@ import numpy as np
 import pandas as pd
 
 from neuroseg import leases, storage
+from neuroseg.confidence import image_confidence
 from neuroseg.imagemeta import image_meta
 from neuroseg.images import decode_native, encode_labels, encode_png
 from neuroseg.ingest import Candidate, discover_uploads, quarantine
 from neuroseg.measure import cell_records, to_arrow
 from neuroseg.normalize import select_channels, to_uint8
-from neuroseg.predict import segment_image
+from neuroseg.predict import postprocess, predict_image
 from neuroseg.quality import image_record, write_image_record
 
 
@@ -181,15 +182,16 @@ def process_image(
 ) -> dict:
     """Segment one uploaded image and write its per-cell records; quarantine it if invalid.
 
-    Writes, in this order, the label image (``labels/plate_id=<id>/<image>.png``), the
-    image's Parquet file, its row of the per-image table (``images/plate_id=<id>/<image>.parquet``:
-    :mod:`neuroseg.quality`) and last its processed record, so a crash at any point leaves the
-    image pending and the next run rewrites all three consistently. ``channel`` picks one
-    channel of multi-channel images (default: the model's declared input). Every channel is
-    measured; the pixel size and channel names come from the file's metadata
-    (:func:`neuroseg.imagemeta.image_meta`) unless ``pixel_size_um`` gives the size (one for
-    every plate, or ``{plate_id: size}``: the plates named) or else the plate folder's
-    ``plate.json`` does (:func:`plate_sidecar`); either wins over the file's.
+    Writes, in this order, the label image (``labels/plate_id=<id>/<image>.png``), the image's
+    Parquet file, its row of the per-image table (``images/plate_id=<id>/<image>.parquet``:
+    :mod:`neuroseg.quality`, with the model's ``confidence`` in the image,
+    :func:`neuroseg.confidence.image_confidence`) and last its processed record, so a crash at any
+    point leaves the image pending and the next run rewrites all three consistently. ``channel``
+    picks one channel of multi-channel images (default: the model's declared input). Every channel
+    is measured; the pixel size and channel names come from the file's metadata
+    (:func:`neuroseg.imagemeta.image_meta`) unless ``pixel_size_um`` gives the size (one for every
+    plate, or ``{plate_id: size}``: the plates named) or else the plate folder's ``plate.json`` does
+    (:func:`plate_sidecar`); either wins over the file's.
 
     Concurrent runs split the work: the image is segmented under its lease
     (:mod:`neuroseg.leases`, holder ``lease_owner``, default a new one); when another run
@@ -299,9 +301,14 @@ def _process_leased(
         size, size_source = float(side), "sidecar"
     t["decode"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    labels, n, prob = segment_image(bundle, image, channel=channel)
+    # predict_image + postprocess is segment_image; the maps also give the confidence
+    maps = predict_image(bundle, image, channel=channel)
+    config = getattr(bundle, "config", None) or {}
+    labels, n, prob = postprocess(config, maps, image=image)
     t["predict"] = time.perf_counter() - t0
     t0 = time.perf_counter()
+    confidence = image_confidence(maps, labels)
+    del maps
     processed_at = processed_at or dt.datetime.now(dt.UTC)
     df = cell_records(
         labels,
@@ -330,6 +337,7 @@ def _process_leased(
         model_version=bundle.version,
         processed_at=processed_at,
         flow_run_id=flow_run_id,
+        confidence=confidence,
     )
     t["measure"] = time.perf_counter() - t0
     t0 = time.perf_counter()
@@ -355,6 +363,7 @@ def _process_leased(
         "pixel_size_source": size_source,
         "focus_score": quality["focus_score"],
         "saturated_fraction": quality["saturated_fraction"],
+        "confidence": confidence,
         "model_name": bundle.name,
         "model_version": bundle.version,
         "processed_at": processed_at.isoformat(),

@@ -28,6 +28,12 @@ The per-image table (:data:`IMAGE_SCHEMA`, one Parquet file per image under
 ``<root>/images/plate_id=<id>/``) stores the measures and the absolute flags; the plate-relative
 ``out_of_focus`` is computed when it is read (:func:`read_image_table`), since it changes as
 a plate's images arrive.
+
+Schema versions (``neuroseg.image_schema_version`` in each file's metadata): 1, the columns
+above; 2 (issue 26) adds ``confidence``, how sure the model is of the image's segmentation
+(:func:`neuroseg.confidence.image_confidence`, 0..1; ``neuroseg review`` shows the least
+confident first). :func:`read_image_table` reads files of both versions as one table
+(``confidence`` null in version-1 rows).
 """
 
 from __future__ import annotations
@@ -41,6 +47,7 @@ import pyarrow as pa
 __all__ = [
     "IMAGE_COLUMNS",
     "IMAGE_SCHEMA",
+    "IMAGE_SCHEMA_VERSION",
     "THRESHOLDS",
     "focus_score",
     "image_quality",
@@ -135,12 +142,16 @@ _FIELDS = [
     ("saturated_fraction", pa.float64()),
     ("saturated", pa.bool_()),
     ("empty", pa.bool_()),
+    ("confidence", pa.float64()),
     ("model_name", pa.string()),
     ("model_version", pa.string()),
     ("processed_at", pa.timestamp("us", tz="UTC")),
     ("flow_run_id", pa.string()),
 ]
-_NULLABLE = {"pixel_size_um", "flow_run_id"}
+_NULLABLE = {"pixel_size_um", "flow_run_id", "confidence"}
+
+#: Version of the per-image table's schema (2: ``confidence`` added; see the module).
+IMAGE_SCHEMA_VERSION = 2
 
 #: Columns of the per-image table, in order.
 IMAGE_COLUMNS: tuple[str, ...] = tuple(n for n, _ in _FIELDS)
@@ -148,7 +159,7 @@ IMAGE_COLUMNS: tuple[str, ...] = tuple(n for n, _ in _FIELDS)
 #: The per-image table's schema (one file per image; ``plate_id`` is the hive partition).
 IMAGE_SCHEMA: pa.Schema = pa.schema(
     [pa.field(n, t, nullable=n in _NULLABLE) for n, t in _FIELDS],
-    metadata={"neuroseg.image_schema_version": "1"},
+    metadata={"neuroseg.image_schema_version": str(IMAGE_SCHEMA_VERSION)},
 )
 
 
@@ -165,8 +176,10 @@ def image_record(
     model_version: str,
     processed_at: dt.datetime,
     flow_run_id: str | None = None,
+    confidence: float | None = None,
 ) -> dict:
-    """One row of the per-image table: identity, size, cells and :func:`image_quality`."""
+    """One row of the per-image table: identity, size, cells, :func:`image_quality` and the
+    model's ``confidence`` in its segmentation (:mod:`neuroseg.confidence`; None: unknown)."""
     image = np.asarray(image)
     return {
         "plate_id": plate_id,
@@ -180,6 +193,7 @@ def image_record(
         "pixel_size_um": None if pixel_size_um is None else float(pixel_size_um),
         "cells": int(cells),
         **image_quality(image, cells=cells),
+        "confidence": None if confidence is None else float(confidence),
         "model_name": model_name,
         "model_version": model_version,
         "processed_at": pd.Timestamp(processed_at).tz_convert("UTC"),
@@ -229,12 +243,19 @@ def plate_flags(images: pd.DataFrame, *, thresholds: dict | None = None) -> pd.D
 
 def read_image_table(images_uri: str, **kw) -> pd.DataFrame:
     """Read the per-image table (``<root>/images``) with :func:`plate_flags` applied over each
-    whole plate (``filters`` on ``plate_id`` keep whole plates). Empty when there is none."""
+    whole plate (``filters`` on ``plate_id`` keep whole plates). Empty when there is none.
+
+    Files of every schema version are read with the current schema (a column a file lacks,
+    such as version 1's ``confidence``, reads as null)."""
     from neuroseg import storage
 
     if not storage.exists(images_uri) or not storage.list_files(images_uri, suffixes=".parquet"):
         empty = pd.DataFrame({n: pd.Series(dtype="object") for n in IMAGE_COLUMNS})
-        return plate_flags(empty.astype({"focus_score": float, "saturated_fraction": float}))
-    df = storage.read_parquet(images_uri, **kw)
+        return plate_flags(
+            empty.astype({"focus_score": float, "saturated_fraction": float, "confidence": float})
+        )
+    fields = [f.with_nullable(True) for f in IMAGE_SCHEMA if f.name != "plate_id"]
+    schema = pa.schema([*fields, pa.field("plate_id", pa.string())])
+    df = storage.read_parquet(images_uri, schema=schema, **kw)
     df["plate_id"] = df["plate_id"].astype(str)
     return plate_flags(df)

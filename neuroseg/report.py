@@ -7,7 +7,9 @@ and its processed / quarantine records, and writes ``<root>/reports/plates/<plat
 - the failures with their reasons (decode errors recorded by the nightly run, files quarantined
   at ingestion, and any failure a caller passes in, e.g. a task that ran out of retries);
 - cells per image (a table: median area in px and, where the pixel size is known, µm²; the
-  image's quality flags from the per-image table, :mod:`neuroseg.quality`) and a histogram of
+  image's quality flags and the model's confidence from the per-image table,
+  :mod:`neuroseg.quality`, :mod:`neuroseg.confidence`), sorted "review first": the least
+  confident image first, the order ``neuroseg review`` exports them in, and a histogram of
   cell areas (``area_px``); the plate summary per well (:mod:`neuroseg.summary`) when the
   nightly run wrote one;
 - a grid of thumbnails (about 320 px wide) with the detected cells outlined and numbered by the
@@ -50,6 +52,7 @@ __all__ = [
     "label_image_uri",
     "plate_report_uri",
     "report_link",
+    "review_order",
     "write_plate_report",
 ]
 
@@ -107,6 +110,7 @@ class _Image:
     cells: pd.DataFrame | None = None
     record: dict = field(default_factory=dict)
     flags: str = ""  # the per-image table's quality flags ("out_of_focus;saturated"...)
+    confidence: float | None = None  # the model's confidence in the image (neuroseg.confidence)
 
 
 def _read_table(cells_uri: str, plate_id: str) -> pd.DataFrame:
@@ -124,8 +128,9 @@ def _read_table(cells_uri: str, plate_id: str) -> pd.DataFrame:
     return df.sort_values(["image_id", "cell_id"], kind="stable").reset_index(drop=True)
 
 
-def _quality_flags(root: str, plate_id: str) -> dict[str, str]:
-    """``{image_id: flags}`` of the plate from the per-image table (``<root>/images``)."""
+def _image_rows(root: str, plate_id: str) -> dict[str, tuple[str, float | None]]:
+    """``{image_id: (flags, confidence or None)}`` of the plate from the per-image table
+    (``<root>/images``)."""
     from neuroseg.quality import read_image_table
 
     try:
@@ -134,7 +139,25 @@ def _quality_flags(root: str, plate_id: str) -> dict[str, str]:
         )
     except (OSError, ValueError):  # no or unreadable quality rows: the page shows no flags
         return {}
-    return dict(zip(table["image_id"].astype(str), table["quality_flags"], strict=True))
+    conf = pd.to_numeric(table["confidence"], errors="coerce")
+    return {
+        str(i): (f, None if pd.isna(c) else float(c))
+        for i, f, c in zip(table["image_id"], table["quality_flags"], conf, strict=True)
+    }
+
+
+def review_order(images: Iterable[tuple[str, float | None]]) -> list[str]:
+    """Image ids "review first": the least confident first, images without a confidence
+    (processed before it was measured) last; ties by id.
+
+    Parameters
+    ----------
+    images : iterable of (image_id, confidence or None)
+    """
+    images = list(images)
+    known = sorted((c, i) for i, c in images if c is not None and math.isfinite(c))
+    rest = sorted(i for i, c in images if c is None or not math.isfinite(c))
+    return [i for _, i in known] + rest
 
 
 def _records(root: str, plate_id: str) -> list[dict]:
@@ -345,6 +368,8 @@ def _figure(img: _Image, n: int, cells: pd.DataFrame, body: str, info: dict) -> 
     note = f'<span class="note">{_e(info["problem"])}</span>' if info.get("problem") else ""
     if img.flags:
         note += f'<span class="flag">{_e(img.flags.replace(";", ", ").replace("_", " "))}</span>'
+    if img.confidence is not None:
+        note += f'<span class="conf">confidence {img.confidence:.2f}</span>'
     outlines = {"label image": "outlines", "bounding boxes": "boxes"}.get(info["outlines"], "")
     return (
         f'<figure class="card" id="img-{_e(img.image_id)}" data-image-id="{_e(img.image_id)}" '
@@ -440,6 +465,7 @@ td.n,th.n{text-align:right;font-variant-numeric:tabular-nums}
 .card figcaption{padding:4px 2px 0;font-size:13px}
 .card .note{display:block;color:#c62828}
 .card .flag{display:block;color:#e65100;font-weight:bold}
+.card .conf{display:block;color:#6b7280}
 .ids text{font:bold 11px system-ui,sans-serif;fill:#ffeb3b;stroke:#000;stroke-width:2.5px;
 paint-order:stroke;text-anchor:middle}
 .boxes rect{fill:none;stroke:#ff40ff;stroke-width:1}
@@ -489,9 +515,11 @@ def build_plate_report(
         raise ValueError(f"thumb_width must be 16..2048 pixels, got {thumb_width!r}")
     cells_uri = cells_uri or storage.join(root, "cells")
     table, images, fails = _collect(root, plate_id, cells_uri, list(failures))
-    flags = _quality_flags(root, plate_id)
+    rows = _image_rows(root, plate_id)
     for img in images:
-        img.flags = flags.get(img.image_id, "")
+        img.flags, img.confidence = rows.get(img.image_id, ("", None))
+    rank = {k: n for n, k in enumerate(review_order((i.image_id, i.confidence) for i in images))}
+    images = sorted(images, key=lambda i: rank[i.image_id])  # review first
     flagged = {i.image_id: i.flags for i in images if i.flags}
     if not images and not fails:
         raise ValueError(f"plate {plate_id!r} has no processed image under {root}")
@@ -533,6 +561,7 @@ def build_plate_report(
         "flagged": flagged,
         "cells_unflagged": sum(n for k, n in per_image.items() if k not in flagged),
         "models": models,
+        "review_first": [{"image_id": i.image_id, "confidence": i.confidence} for i in images],
     }
     mean = total / n_images if n_images else float("nan")
     head = (
@@ -566,24 +595,30 @@ def build_plate_report(
                 f"</td><td>{_e(f['reason'])}</td></tr>"
             )
         out.append("</table></div>")
-    out.append('<div class="cols"><div><h2>Cells per image</h2><div class="counts"><table>')
     out.append(
-        '<tr><th>image</th><th class="n">cells</th><th class="n">median area (px)</th>'
-        '<th class="n">mean area (px)</th><th class="n">median area (µm²)</th>'
-        "<th>quality</th></tr>"
+        '<div class="cols"><div><h2>Cells per image</h2><p class="muted">Review first: the '
+        "images the model is least sure of come first (<code>confidence</code>, 0..1); "
+        f"<code>neuroseg review {_e(plate_id)} --root ROOT --out DIR</code> exports them with "
+        'their label images for correction.</p><div class="counts"><table>'
+    )
+    out.append(
+        '<tr><th>image</th><th class="n">confidence</th><th class="n">cells</th>'
+        '<th class="n">median area (px)</th><th class="n">mean area (px)</th>'
+        '<th class="n">median area (µm²)</th><th>quality</th></tr>'
     )
     for img in images:
         a = img.cells["area_px"] if img.cells is not None else pd.Series([], dtype=float)
         out.append(
             f'<tr class="count-row" data-image-id="{_e(img.image_id)}">'
             f'<td><a href="#img-{_e(img.image_id)}">{_e(img.image_id)}</a></td>'
-            f'<td class="n">{len(a)}</td><td class="n">{_num(a.median() if len(a) else None)}'
+            f'<td class="n conf">{_num(img.confidence, 2)}</td><td class="n">{len(a)}</td>'
+            f'<td class="n">{_num(a.median() if len(a) else None)}'
             f'</td><td class="n">{_num(a.mean() if len(a) else None)}</td>'
             f'<td class="n">{_num(_median_um2(img.cells), 1)}</td>'
             f'<td class="qc">{_e(img.flags.replace(";", ", ") or "ok")}</td></tr>'
         )
     out.append(
-        f'<tr><th>total</th><th class="n">{total}</th><th class="n">'
+        f'<tr><th>total</th><th></th><th class="n">{total}</th><th class="n">'
         f'{_num(table["area_px"].median() if total else None)}</th><th class="n">'
         f"{_num(table['area_px'].mean() if total else None)}</th>"
         f'<th class="n">{_num(_median_um2(table), 1)}</th><th>{len(flagged)} flagged</th>'

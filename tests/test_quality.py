@@ -101,3 +101,44 @@ def test_blurred_and_saturated_copies_of_a_real_image_are_flagged(fnc_root):
     assert flags.pop("blurred") == "out_of_focus"
     assert flags.pop("saturated") == "saturated"
     assert set(flags.values()) == {""}, flags
+
+
+def test_image_table_reads_schema_1_and_2_files_as_one(tmp_path):
+    """Version 2 adds ``confidence``; a plate's rows written before it read back as null."""
+    import io
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from neuroseg import storage
+    from neuroseg.quality import IMAGE_SCHEMA, read_image_table, write_image_record
+
+    root = tmp_path / "images" / "plate_id=P1"
+    img = np.zeros((32, 32), np.uint8)
+    new = image_record(
+        img,
+        cells=2,
+        plate_id="P1",
+        image_id="new",
+        image_uri="new.png",
+        image_sha256="1" * 64,
+        pixel_size_um=None,
+        model_name="m",
+        model_version="v2",
+        processed_at=WHEN,
+        confidence=0.25,
+    )
+    write_image_record(new, str(root / "new.parquet"))
+    assert pq.read_schema(root / "new.parquet").metadata[b"neuroseg.image_schema_version"] == b"2"
+    old_schema = pa.schema(
+        [f for f in IMAGE_SCHEMA if f.name not in ("confidence", "plate_id")],
+        metadata={"neuroseg.image_schema_version": "1"},
+    )
+    old = {k: v for k, v in {**new, "image_id": "old"}.items() if k in old_schema.names}
+    buf = io.BytesIO()
+    pq.write_table(pa.Table.from_pylist([old], schema=old_schema), buf)
+    storage.write_bytes(str(root / "old.parquet"), buf.getvalue())
+    table = read_image_table(str(tmp_path / "images")).set_index("image_id")
+    assert table.loc["new", "confidence"] == 0.25
+    assert np.isnan(table.loc["old", "confidence"]) and table.loc["old", "cells"] == 2
+    assert (table["plate_id"] == "P1").all()
