@@ -1,7 +1,10 @@
 """Ingestion flow: discover, validate and record new images from a folder or object storage.
 
 Re-running ingests nothing twice (content hashes in the manifest); a bad file is quarantined
-with its reason, listed in a table artifact, and the rest of the batch goes on.
+with its reason, listed in a table artifact, and the rest of the batch goes on. A folder written
+by ``neuroseg review`` (it holds ``review.json``) is ingested as corrections: into
+``<root>/corrections/<dataset>/``, and a ``neuroseg.corrections.ingested`` event starts the
+adapt deployment.
 """
 
 from __future__ import annotations
@@ -11,8 +14,9 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from pydantic import BaseModel, Field
 
 from neuroseg import storage
+from neuroseg.review import REVIEW_FILE, is_review_folder, read_review
 from tasks.common import artifact_key
-from tasks.ingest import discover, emit_plate_events, ingest_image
+from tasks.ingest import discover, emit_corrections_event, emit_plate_events, ingest_image
 
 
 class IngestParams(BaseModel):
@@ -23,6 +27,23 @@ class IngestParams(BaseModel):
     dataset: str | None = Field(
         None, description="name of an annotated dataset (images/ + masks/); none = plate uploads"
     )
+    corrections: bool | None = Field(
+        None,
+        description="with dataset: ingest a lab's corrections (images/ + labels/) into "
+        "corrections/<dataset>/ for the adapt flow; empty = when the source holds the "
+        "review.json of `neuroseg review`",
+    )
+
+    def kind(self) -> str:
+        """``uploads``, ``datasets`` or ``corrections`` (auto-detected from ``review.json``)."""
+        if not self.dataset:
+            if self.corrections:
+                raise ValueError("corrections need a dataset name (--dataset NAME)")
+            return "uploads"
+        corrections = self.corrections
+        if corrections is None:
+            corrections = is_review_folder(self.source)
+        return "corrections" if corrections else "datasets"
 
 
 @flow(name="ingest", flow_run_name="ingest-{params.dataset}", log_prints=True)
@@ -33,7 +54,8 @@ def ingest(params: IngestParams) -> dict:
     (``summary["events"]``), on which the nightly deployment runs that plate soon after.
     """
     logger = get_run_logger()
-    found = discover(params.source, params.dataset)
+    kind = params.kind()
+    found = discover(params.source, params.dataset, kind)
     cands = found["candidates"]
     logger.info("found %d image(s) at %s", len(cands), params.source)
     futures = ingest_image.map(params.root, cands) if cands else []
@@ -49,7 +71,6 @@ def ingest(params: IngestParams) -> dict:
                 {"file": res["image_uri"], "status": res["status"], "reason": res["reason"]}
             )
     counts = {s: sum(r["status"] == s for r in results) for s in ("ingested", "skipped")}
-    kind = "datasets" if params.dataset else "uploads"
     summary = {
         **counts,
         "quarantined": sum(r["status"] == "quarantined" for r in results),
@@ -57,8 +78,13 @@ def ingest(params: IngestParams) -> dict:
         "failures": failures,
         "manifest": storage.join(params.root, "manifests", kind),
     }
+    summary["kind"] = kind
     # one event per plate with new images: the nightly deployment's trigger runs that plate
     summary["events"] = [] if params.dataset else emit_plate_events(params.root, results)
+    if kind == "corrections":  # the adapt deployment's trigger fine-tunes on them
+        review = _keep_review(params)
+        event = emit_corrections_event(params.root, params.dataset, results, review=review)
+        summary["events"] = [event] if event else []
     key = artifact_key("ingest", params.dataset or "uploads")
     create_table_artifact(
         key=key + "-failures",
@@ -81,7 +107,23 @@ def ingest(params: IngestParams) -> dict:
         summary["quarantined"],
         summary["failed"],
     )
-    if summary["events"]:
+    if summary["events"] and kind == "uploads":
         plates = ", ".join(e["plate_id"] for e in summary["events"])
         logger.info("emitted neuroseg.plate.ingested for plate(s) %s", plates)
+    elif summary["events"]:
+        logger.info(
+            "emitted neuroseg.corrections.ingested for %s (%d image(s))",
+            params.dataset,
+            summary["events"][0]["images"],
+        )
     return summary
+
+
+def _keep_review(params: IngestParams) -> dict | None:
+    """The source's review.json (None without one), kept beside the ingested corrections."""
+    if not storage.exists(storage.join(params.source, REVIEW_FILE)):
+        return None
+    review = read_review(params.source)
+    dest = storage.join(params.root, "corrections", params.dataset, REVIEW_FILE)
+    storage.write_json(dest, review)
+    return review

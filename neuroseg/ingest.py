@@ -5,10 +5,14 @@ Two kinds of input are ingested into a storage root:
 * ``uploads``: microscope plates, ``<source>/<plate_id>/<image>.{png,tif,tiff}``, copied to
   ``<root>/uploads/<plate_id>/`` (nothing is copied when the source already is that folder);
 * ``datasets``: annotated data in the FNC layout, ``<source>/images/<name>`` with the same file
-  name in ``<source>/masks/``, copied to ``<root>/datasets/<dataset>/``.
+  name in ``<source>/masks/``, copied to ``<root>/datasets/<dataset>/``;
+* ``corrections``: the same layout (usually a folder written by ``neuroseg review``, with
+  ``labels/``): a lab's corrected segmentations, copied to ``<root>/corrections/<dataset>/``,
+  from which the adapt flow fine-tunes the serving model.
 
 Every valid image gets one JSON record, keyed by what it is, under ``<root>/manifests/``:
-``manifests/uploads/<plate_id>/<image_id>.json`` or ``manifests/datasets/<name>/<image_id>.json``.
+``manifests/uploads/<plate_id>/<image_id>.json`` or ``manifests/datasets/<name>/<image_id>.json``
+(``manifests/corrections/<name>/...`` for corrections).
 A record holds the content hash (sha256) of the image (and mask), byte size, dimensions, the
 source and destination URIs and the time. One file per image means parallel tasks never race on
 a shared manifest, and a re-run that finds the same hash skips the image. Invalid inputs are
@@ -37,7 +41,7 @@ _SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._=+-]{0,127}$")
 class Candidate:
     """One image found at the source, before validation."""
 
-    kind: str  # "uploads" | "datasets"
+    kind: str  # "uploads" | "datasets" | "corrections"
     group: str  # plate id or dataset name
     image_id: str
     image_uri: str
@@ -105,13 +109,21 @@ COCO_FILE = "annotations.json"
 """A dataset's COCO instance annotations (as LIVECell ships them), beside ``images/``."""
 
 
-def discover_dataset(source: str, name: str) -> tuple[list[Candidate], list[dict]]:
-    """Find the annotated images of a dataset.
+#: The kinds of annotated input: datasets to train on, and a lab's corrections.
+ANNOTATED_KINDS = ("datasets", "corrections")
+
+
+def discover_dataset(
+    source: str, name: str, *, kind: str = "datasets"
+) -> tuple[list[Candidate], list[dict]]:
+    """Find the annotated images of a dataset (or of a set of corrections, ``kind``).
 
     Layout: ``images/`` with, per image, a binary mask of the same name in ``masks/`` and/or an
     instance label image in ``labels/``, or instances in a COCO ``annotations.json`` beside
     ``images/`` (used for images that have neither).
     """
+    if kind not in ANNOTATED_KINDS:
+        raise ValueError(f"kind must be one of {', '.join(ANNOTATED_KINDS)}, got {kind!r}")
     from neuroseg.datasets import find_fnc_samples
 
     check_id(name, what="dataset name")
@@ -130,7 +142,7 @@ def discover_dataset(source: str, name: str) -> tuple[list[Candidate], list[dict
             continue
         found.append(
             Candidate(
-                "datasets",
+                kind,
                 name,
                 stem,
                 sample.image_uri,
@@ -152,12 +164,12 @@ def record_uri(root: str, kind: str, group: str, image_id: str) -> str:
 
 def labels_destination(root: str, cand: Candidate) -> str | None:
     """Where an ingested dataset image's instance label image is stored (None: it has none)."""
-    if cand.kind != "datasets" or not (cand.labels_uri or cand.coco_uri):
+    if cand.kind not in ANNOTATED_KINDS or not (cand.labels_uri or cand.coco_uri):
         return None
     suffix = (
         PurePosixPath(_strip_scheme(cand.labels_uri)).suffix.lower() if cand.labels_uri else ".png"
     )
-    return storage.join(root, "datasets", cand.group, "labels", cand.image_id + suffix)
+    return storage.join(root, cand.kind, cand.group, "labels", cand.image_id + suffix)
 
 
 def destinations(root: str, cand: Candidate) -> tuple[str, str | None]:
@@ -165,7 +177,7 @@ def destinations(root: str, cand: Candidate) -> tuple[str, str | None]:
     suffix = PurePosixPath(cand.file_name).suffix.lower() or ".png"
     if cand.kind == "uploads":
         return storage.join(root, "uploads", cand.group, cand.image_id + suffix), None
-    base = storage.join(root, "datasets", cand.group)
+    base = storage.join(root, cand.kind, cand.group)
     mask_suffix = PurePosixPath(_strip_scheme(cand.mask_uri or "x.png")).suffix.lower()
     return (
         storage.join(base, "images", cand.image_id + suffix),
@@ -195,7 +207,7 @@ def validate(
         image = decode_native(image_bytes, name=cand.image_uri)
         info = {"height": height, "width": width, "channels": int(image.shape[2])}
         info["dtype"] = str(image.dtype)
-        if cand.kind == "datasets":
+        if cand.kind in ANNOTATED_KINDS:
             if mask_bytes is None and labels_bytes is None:
                 raise InvalidInput(
                     f"{cand.image_uri}: no mask in masks/ nor label image in labels/ "

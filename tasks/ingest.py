@@ -12,13 +12,16 @@ from tasks.common import IO_RETRIES
 #: The event a plate's ingestion emits; the nightly deployment's trigger (prefect.yaml) runs
 #: inference of that plate when it sees one.
 PLATE_INGESTED = "neuroseg.plate.ingested"
+#: The event an ingestion of corrections emits; the adapt deployment's trigger fine-tunes the
+#: serving model on them.
+CORRECTIONS_INGESTED = "neuroseg.corrections.ingested"
 
 
 @task(name="discover", task_run_name="discover-{source}", **IO_RETRIES)
-def discover(source: str, dataset: str | None) -> dict:
+def discover(source: str, dataset: str | None, kind: str = "datasets") -> dict:
     """List candidate images at the source; problems are reported, not raised."""
     if dataset:
-        cands, problems = lib.discover_dataset(source, dataset)
+        cands, problems = lib.discover_dataset(source, dataset, kind=kind)
     else:
         cands, problems = lib.discover_uploads(source)
     return {"candidates": [c.to_dict() for c in cands], "problems": problems}
@@ -28,6 +31,68 @@ def discover(source: str, dataset: str | None) -> dict:
 def ingest_image(root: str, cand: dict) -> dict:
     """Validate, copy and record one image (idempotent)."""
     return lib.ingest_one(root, lib.Candidate(**cand))
+
+
+def _root_label(root: str) -> str:
+    """A local root made absolute (a worker elsewhere in the file system finds it)."""
+    return root if "://" in root else os.path.abspath(root)
+
+
+def _related_flow_run() -> list[dict]:
+    from prefect.runtime import flow_run
+
+    if not flow_run.id:
+        return []
+    return [
+        {
+            "prefect.resource.id": f"prefect.flow-run.{flow_run.id}",
+            "prefect.resource.role": "flow-run",
+        }
+    ]
+
+
+def emit_corrections_event(
+    root: str, dataset: str, results: list[dict], *, review: dict | None = None
+) -> dict | None:
+    """Emit one ``neuroseg.corrections.ingested`` event when corrections were newly ingested.
+
+    The resource is ``neuroseg.corrections.<dataset>`` with the labels ``neuroseg.dataset``,
+    ``neuroseg.root`` (absolute for a local root) and, from the review folder's
+    ``review.json``, ``neuroseg.plate_id``; the payload counts the images ingested, skipped
+    (unchanged) and quarantined, and lists the ingested ids and those whose labels the user
+    edited. Nothing is emitted when no image is new (a re-run, or everything quarantined).
+    Returns what was emitted, or None.
+    """
+    from prefect.events import emit_event
+
+    from neuroseg.review import edited_images
+
+    new = [r for r in results if r.get("status") == "ingested"]
+    if not new:
+        return None
+    resource = {
+        "prefect.resource.id": f"neuroseg.corrections.{dataset}",
+        "prefect.resource.name": dataset,
+        "neuroseg.dataset": dataset,
+        "neuroseg.root": _root_label(root),
+    }
+    if review and review.get("plate_id"):
+        resource["neuroseg.plate_id"] = str(review["plate_id"])
+    ids = sorted(r["image_id"] for r in new)
+    payload = {
+        "images": len(new),
+        "skipped": sum(r.get("status") == "skipped" for r in results),
+        "quarantined": sum(r.get("status") == "quarantined" for r in results),
+        "image_ids": ids[:1000],
+        "edited": edited_images(review, new)[:1000] if review else [],
+    }
+    event = emit_event(
+        event=CORRECTIONS_INGESTED,
+        resource=resource,
+        related=_related_flow_run(),
+        payload=payload,
+    )
+    return {"dataset": dataset, **payload, "event_id": str(event.id) if event else None}
 
 
 def emit_plate_events(root: str, results: list[dict]) -> list[dict]:
@@ -40,21 +105,13 @@ def emit_plate_events(root: str, results: list[dict]) -> list[dict]:
     system finds it); the payload counts the images. Returns what was emitted.
     """
     from prefect.events import emit_event
-    from prefect.runtime import flow_run
 
     plates: dict[str, list[str]] = {}
     for r in results:
         if r.get("status") == "ingested" and r.get("kind") == "uploads":
             plates.setdefault(r["group"], []).append(r["image_id"])
-    root_label = root if "://" in root else os.path.abspath(root)
-    related = []
-    if flow_run.id:
-        related.append(
-            {
-                "prefect.resource.id": f"prefect.flow-run.{flow_run.id}",
-                "prefect.resource.role": "flow-run",
-            }
-        )
+    root_label = _root_label(root)
+    related = _related_flow_run()
     emitted = []
     for plate, image_ids in sorted(plates.items()):
         event = emit_event(
