@@ -163,14 +163,61 @@ def cmd_ingest(args) -> int:
     configure_prefect(args.root)
     from flows.ingest import IngestParams, ingest
 
-    params = IngestParams(source=args.source, root=args.root, dataset=args.dataset)
+    params = IngestParams(
+        source=args.source, root=args.root, dataset=args.dataset, corrections=args.corrections
+    )
     summary = ingest(params)
+    what = "corrections" if summary.get("kind") == "corrections" else "ingested"
     print(
-        f"ingested {summary['ingested']} new, skipped {summary['skipped']} already known, "
+        f"{what}: {summary['ingested']} new, skipped {summary['skipped']} already known, "
         f"quarantined {summary['quarantined']} -> {summary['manifest']}"
     )
     for row in summary.get("failures", []):
         print(f"  quarantined {row['file']}: {row['reason']}")
+    if summary.get("kind") == "corrections" and summary.get("events"):
+        print(
+            "  emitted neuroseg.corrections.ingested: the adapt deployment's trigger fine-tunes "
+            f"the serving model on them (or: neuroseg adapt {args.dataset} --root {args.root})"
+        )
+    return 0
+
+
+def cmd_review(args) -> int:
+    from neuroseg.review import write_review
+
+    result = write_review(args.root, args.plate, args.out, top=args.top)
+    print(
+        f"plate {args.plate}: the {len(result['images'])} least confident image(s) with their "
+        f"label images -> {args.out} (see README.txt there)"
+    )
+    for e in result["images"]:
+        conf = "-" if e["confidence"] is None else f"{e['confidence']:.2f}"
+        print(f"  {e['image_id']}: confidence {conf}, {e['cells']} cells")
+    for p in result["problems"]:
+        print(f"  left out {p['image_id']}: {p['reason']}")
+    print(f"correct them, then: neuroseg ingest {args.out} --root {args.root} --dataset NAME")
+    return 0
+
+
+def cmd_adapt(args) -> int:
+    configure_prefect(args.root)
+    from flows.adapt import AdaptParams, adapt
+
+    options = {
+        k: getattr(args, k)
+        for k in ("reference_dataset", "metric", "tolerance", "epochs", "steps_per_epoch")
+        if getattr(args, k) is not None
+    }
+    params = AdaptParams(
+        root=args.root,
+        corrections=args.corrections,
+        model=args.model,
+        promote=not args.no_promote,
+        **options,
+    )
+    result = adapt(params)
+    print(result["reason"])
+    print(f"  candidate {result['candidate']} ({result['candidate_uri']}), {result['seconds']} s")
     return 0
 
 
@@ -482,7 +529,37 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument(
         "--dataset", help="ingest an annotated dataset (images/ + masks/ or labels/) as NAME"
     )
+    sp.add_argument(
+        "--corrections",
+        default=None,
+        action=argparse.BooleanOptionalAction,
+        help="with --dataset: a lab's corrections, into ROOT/corrections/NAME (default: when "
+        "the folder holds the review.json of `neuroseg review`)",
+    )
     sp.set_defaults(func=cmd_ingest)
+
+    sp = sub.add_parser(
+        "review", help="export a plate's least confident images and label images to correct"
+    )
+    sp.add_argument("plate", help="plate id")
+    root_arg(sp)
+    sp.add_argument("--out", required=True, help="a new folder: images/, labels/, review.json")
+    sp.add_argument("--top", type=int, default=5, help="how many images (default 5)")
+    sp.set_defaults(func=cmd_review)
+
+    sp = sub.add_parser(
+        "adapt", help="fine-tune the serving model on ingested corrections; promote if better"
+    )
+    sp.add_argument("corrections", help="name of ingested corrections (ingest --dataset NAME)")
+    root_arg(sp)
+    sp.add_argument("--model", default="neuroseg", help="the registry name the nightly run serves")
+    sp.add_argument("--reference-dataset", help="prepared data to replay and score on")
+    sp.add_argument("--metric", choices=("f1_iou50", "f1_centroid"))
+    sp.add_argument("--tolerance", type=float, help="reference score drop allowed (0.02)")
+    sp.add_argument("--epochs", type=int, help="fine-tuning epochs (4)")
+    sp.add_argument("--steps-per-epoch", type=int, help="batches per epoch (40)")
+    sp.add_argument("--no-promote", action="store_true", help="score the candidate only")
+    sp.set_defaults(func=cmd_adapt)
 
     sp = sub.add_parser("prepare", help="analyse masks and tile an ingested dataset")
     sp.add_argument("dataset", help="name of an ingested dataset")

@@ -419,13 +419,15 @@ def test_plain_prefect_deploy_all_on_a_fresh_clone_and_a_fresh_server(tmp_path):
     finally:
         _stop([srv])
 
-    assert sorted(deployments) == ["evaluate", "ingest", "nightly", "prepare", "train"], out
+    expected = ["adapt", "evaluate", "ingest", "nightly", "prepare", "train"]
+    assert sorted(deployments) == expected, out
     assert {flows[d.flow_id] for d in deployments.values()} == {
         "ingest",
         "prepare",
         "train",
         "evaluate",
         "nightly-inference",
+        "adapt",
     }
     root = str(clone / "neuroseg-data")
     for d in deployments.values():
@@ -451,6 +453,24 @@ def test_plain_prefect_deploy_all_on_a_fresh_clone_and_a_fresh_server(tmp_path):
     assert params["root"] == "{{ event.resource['neuroseg.root'] }}"
     assert params["plates"] == ["{{ event.resource['neuroseg.plate_id'] }}"]
     assert params["model"] == "neuroseg"
+
+    # adapt: on the gpu pool, a typed form, one run per ingestion of corrections, promoting
+    # under the name the nightly run serves
+    adapt = deployments["adapt"]
+    assert adapt.work_pool_name == "gpu"
+    props = adapt.parameter_openapi_schema["definitions"]["AdaptParams"]["properties"]
+    assert props["metric"]["enum"] == ["f1_iou50", "f1_centroid"]
+    assert props["tolerance"]["default"] == 0.02 and props["replay_share"]["default"] == 0.5
+    (on_corrections,) = [
+        a for a in automations if any(x.deployment_id == adapt.id for x in a.actions)
+    ]
+    assert on_corrections.name == "adapt-on-corrections" and on_corrections.enabled
+    assert on_corrections.trigger.expect == {"neuroseg.corrections.ingested"}
+    (action,) = on_corrections.actions
+    params = action.parameters["params"]
+    assert params["root"] == "{{ event.resource['neuroseg.root'] }}"
+    assert params["corrections"] == "{{ event.resource['neuroseg.dataset'] }}"
+    assert params["model"] == nightly.parameters["params"]["model"] == "neuroseg"
 
     # The pull steps as stored, run as a worker runs them: from elsewhere, with no variable
     # they enter the clone; with the worker's own NEUROSEG_PROJECT_DIR they enter that.
