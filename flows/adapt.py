@@ -117,6 +117,8 @@ def adapt(params: AdaptParams) -> dict:
         lineage=lineage,
         max_images=params.max_reference_images,
     )
+    # a corrected image that is also a reference image is left out of the reference set
+    ref["samples"] = lib.without_images(ref["samples"], records)
     summary_params = storage.read_json(storage.join(ref["prepared_uri"], "summary.json"))["params"]
     train_cfg = lib.fine_tune_config(
         parent_cfg,

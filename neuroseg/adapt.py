@@ -40,6 +40,7 @@ __all__ = [
     "pooled_scores",
     "reference_data",
     "score_objects",
+    "without_images",
 ]
 
 #: Fewer corrected images than this are scored by leave-one-out; more by this many folds.
@@ -392,7 +393,15 @@ def _sample(record: Mapping) -> dict:
         "image_uri": str(record["image_uri"]),
         "mask_uri": opt("mask_uri"),
         "labels_uri": opt("labels_uri"),
+        "sha256": opt("sha256"),
     }
+
+
+def without_images(samples: Iterable[Mapping], records: Iterable[Mapping]) -> list[dict]:
+    """`samples` less the images of `records` (same content hash): a corrected image that is
+    also a reference image would score the candidate on what it trained on."""
+    taken = {r.get("sha256") for r in records if r.get("sha256")}
+    return [dict(s) for s in samples if not (s.get("sha256") and s["sha256"] in taken)]
 
 
 def reference_data(
@@ -424,7 +433,7 @@ def reference_data(
     -------
     dict
         ``prepared_uri``, ``dataset``, ``root`` (where its manifests are), ``split`` and
-        ``samples`` (``image_id, image_uri, mask_uri, labels_uri`` per image).
+        ``samples`` (``image_id, image_uri, mask_uri, labels_uri, sha256`` per image).
 
     Raises
     ------

@@ -12,6 +12,7 @@ import urllib.request
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from neuroseg import storage
@@ -493,3 +494,114 @@ def test_plain_prefect_deploy_all_on_a_fresh_clone_and_a_fresh_server(tmp_path):
     assert ran.returncode == 0, ran.stderr[-3000:]
     found = json.loads(ran.stdout.strip().splitlines()[-1])
     assert found == {"default": str(clone), "override": str(elsewhere)}
+
+
+def _lab_plate(folder: Path, names: list[str], seed: int) -> dict:
+    """Dim synthetic plates (the lab's microscope: a third of the brightness the model learnt
+    on) as uploads; returns their exact instance labels by image id."""
+    from neuroseg.images import encode_png
+    from neuroseg.synth import synth_plate
+
+    truth = {}
+    for i, name in enumerate(names):
+        s = synth_plate(seed=seed + i, height=300, width=400, n_cells=5)
+        dim = (s.image * 0.35).astype(np.uint8)
+        storage.write_bytes(str(folder / f"{name}.png"), encode_png(dim))
+        truth[name] = s.instances
+    return truth
+
+
+def test_review_correct_adapt_end_to_end(server, prefect_api, tmp_path):
+    """The lab's loop on a real server with workers: a nightly run -> `neuroseg review` ->
+    corrected labels (and two bad corrections) ingested by the ingest deployment -> the
+    corrections event starts the adapt deployment on the gpu pool -> the candidate is scored and
+    promoted or refused with its reason -> the next nightly run serves what production names.
+    The serving model (`neuroseg`) is a small U-Net trained here on synthetic plates; the lab's
+    images are dimmer than those."""
+    import tifffile
+
+    from flows.ingest import IngestParams, ingest
+    from flows.prepare import PrepareParams, prepare
+    from flows.train import TrainParams, train
+    from neuroseg.cli import main
+    from neuroseg.images import encode_labels, encode_png
+    from neuroseg.registry import production_version
+    from neuroseg.synth import synth_plate
+
+    root = str(server["base"] / "lab-root")
+    src = tmp_path / "syn"
+    for i in range(8):
+        s = synth_plate(seed=200 + i, height=300, width=400, n_cells=4)
+        storage.write_bytes(str(src / "images" / f"s{i}.png"), encode_png(s.image))
+        storage.write_bytes(str(src / "labels" / f"s{i}.png"), encode_labels(s.instances)[0])
+    ingest(IngestParams(source=str(src), root=root, dataset="syn"))
+    prepare(PrepareParams(root=root, dataset="syn", tile=128, min_overlap=32))
+    parent = train(
+        TrainParams(
+            root=root, dataset="syn", preset="tiny", epochs=6, learning_rate=3e-3, width=8,
+            crop=64, batch_size=8, loss="bce_dice", model_name="neuroseg",
+        )
+    )  # fmt: skip
+    assert production_version(root, "neuroseg") == parent["version"]
+
+    truth = _lab_plate(Path(root) / "uploads" / "PL", ["a", "b", "c"], seed=500)
+    run_deployment(server, "nightly-inference/nightly", {"root": root, "plates": ["PL"]})
+    out = tmp_path / "review"
+    assert main(["review", "PL", "--root", root, "--out", str(out), "--top", "2"]) == 0
+    exported = [e["image_id"] for e in json.loads((out / "review.json").read_text())["images"]]
+    for image_id in exported:  # the user's corrections: every cell outlined
+        tifffile.imwrite(out / "labels" / f"{image_id}.tif", truth[image_id].astype(np.uint32))
+    bad = _lab_plate(out / "images", ["wrong_size", "no_labels"], seed=900)
+    tifffile.imwrite(out / "labels" / "wrong_size.tif", bad["wrong_size"][:100].astype(np.uint32))
+
+    run_deployment(server, "ingest/ingest", {"source": str(out), "root": root, "dataset": "lab"})
+    reasons = {
+        p.name: p.read_text().strip()
+        for p in (Path(root) / "quarantine" / "corrections" / "lab").glob("*.reason.txt")
+    }
+    assert sorted(reasons) == ["no_labels.png.reason.txt", "wrong_size.png.reason.txt"]
+    assert "label image is 400x100, image is 400x300" in reasons["wrong_size.png.reason.txt"]
+
+    adapt = _api(server, "/deployments/name/adapt/adapt")
+
+    def adapted():
+        found = _api(
+            server,
+            "/flow_runs/filter",
+            {"deployments": {"id": {"any_": [adapt["id"]]}}, "limit": 10},
+        )
+        mine = [r for r in found if r["parameters"]["params"].get("root") == root]
+        if any(r["state_type"] in ("FAILED", "CRASHED") for r in mine):
+            raise AssertionError(f"adapt failed: {mine}")
+        return mine if mine and all(r["state_type"] == "COMPLETED" for r in mine) else None
+
+    (run,) = _wait("the triggered adapt run", adapted, 600, server)
+    assert run["created_by"]["type"] == "AUTOMATION"
+    assert run["parameters"]["params"]["corrections"] == "lab"
+    (decision_file,) = (Path(root) / "adapt").glob("*/decision.json")
+    decision = json.loads(decision_file.read_text())
+    print(json.dumps({k: decision[k] for k in ("promoted", "reason", "seconds", "scores")}))
+    assert decision["corrections"] == 2 and decision["folds"] == 2
+    candidate = decision["candidate"].split("@")[1]
+    lineage = storage.read_json(storage.join(root, "models", "neuroseg", candidate, "lineage.json"))
+    assert lineage["adapted_from"]["model"] == f"neuroseg@{parent['version']}"
+    hashes = {i["image_id"]: i["labels_sha256"] for i in lineage["corrections"]["images"]}
+    for image_id in exported:
+        rec = storage.read_json(
+            storage.join(root, "manifests", "corrections", "lab", f"{image_id}.json")
+        )
+        assert hashes[image_id] == rec["labels_sha256"]
+    serving = production_version(root, "neuroseg")
+    if decision["promoted"]:
+        assert serving == candidate and decision["reason"].startswith("promoted")
+    else:
+        assert serving == parent["version"]
+        assert decision["reason"].startswith("kept the production model")
+
+    _lab_plate(Path(root) / "uploads" / "PM", ["m1", "m2"], seed=700)
+    run_deployment(server, "nightly-inference/nightly", {"root": root, "plates": ["PM"]})
+    done = storage.list_files(storage.join(root, "manifests", "processed", "PM"))
+    assert len(done) == 2
+    assert {storage.read_json(u)["model_version"] for u in done} == {serving}
+    cells = pd.read_parquet(storage.join(root, "cells"), filters=[("plate_id", "==", "PM")])
+    assert set(cells["model_version"]) <= {serving}
