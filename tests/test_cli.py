@@ -23,6 +23,8 @@ COMMANDS = [
     "infer",
     "segment",
     "report",
+    "review",
+    "adapt",
     "bench",
 ]
 # TensorFlow's start-up chatter on stderr: absl's pre-init notice, the CPU-instruction hint,

@@ -123,3 +123,12 @@ def test_review_refuses_unknown_plate_and_bad_top(tmp_path):
         write_review(str(tmp_path), "P404", str(tmp_path / "out"))
     with pytest.raises(ValueError, match="top must be"):
         write_review(str(tmp_path), "P404", str(tmp_path / "out"), top=0)
+
+
+def test_adapt_command_says_how_to_make_corrections(prefect_api, tmp_path, capsys):
+    from neuroseg.cli import main
+
+    assert main(["adapt", "lab9", "--root", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("neuroseg: error: no corrections named 'lab9' under")
+    assert "neuroseg review PLATE --out DIR" in err
