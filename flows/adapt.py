@@ -15,7 +15,8 @@ event that ingesting a corrected review folder emits (the deployment's trigger, 
    images. One corrected image cannot be scored this way: the candidate is then not promoted.
 4. The candidate fine-tunes on every corrected image and is registered under ``model`` with its
    lineage (the parent, the corrections' hashes, the replayed data); parent and candidate are
-   scored on the reference validation set (the parent data's ``val`` split).
+   scored on the reference validation set (the parent data's ``val`` split, less any image
+   that is also a correction).
 5. It is promoted (production.json) only when its lab score is above the parent's and its
    reference score at most ``tolerance`` below; otherwise production stays, and the decision
    artifact says why. The next nightly run serves whatever production names.
@@ -192,6 +193,7 @@ def adapt(params: AdaptParams) -> dict:
             0,
             params.epochs,
         )
+        storage.delete(mix["uri"], recursive=True)  # copies of shards: the checkpoint stays
         logger.info(
             "%s: fine-tuned on %d corrected image(s) (%d tiles x %d) and %d replayed tiles in "
             "%.0f s",

@@ -48,19 +48,19 @@ labels/  the model's objects (32-bit label images: 0 = background, 1..n = one ce
 napari (pip install "napari[all]"):
   napari {first_image} {first_labels}
   The label image opens as a Labels layer over the image. Select it, then
-  - paint: the brush (P); pick a new label with the "+" button or by typing a number above
-    the largest, and paint a missed cell; keep touching cells apart with different labels;
-  - erase: the eraser (E), or paint with label 0, for a false object or a wrong outline;
-  - fill: the bucket (F) gives a whole object another label (0 deletes it; the label of its
-    neighbour merges two pieces of one cell);
-  - pick: the colour picker (L) takes an object's label, to paint more of it;
-  - save: select the Labels layer, File > Save Selected Layer(s), and overwrite
-    labels/<same name>.tif (keep the name: the image and its labels pair by name).
+  - paint (P): press M for a new label (the largest plus one) and paint a missed cell;
+    touching cells keep different labels; "preserve labels" paints over background only;
+  - erase (E): remove a false object or trim a wrong outline;
+  - fill (F): click an object to give it the selected label: label 0 deletes it, the label
+    of a neighbouring piece (pick it with L) joins two pieces of one cell;
+  - save: with the Labels layer selected, File > Save Selected Layers... over
+    labels/<same name>.tif (the image and its labels pair by name).
 Fiji:
-  File > Open both files; on the label image use Image > Lookup Tables > glasbey to see the
-  objects; pick a value with the colour picker (the value of a free label, e.g. one above
-  Analyze > Histogram's maximum), then the pencil or paintbrush to draw, the flood fill tool
-  to fill an object, value 0 to erase; File > Save As > Tiff over labels/<same name>.tif.
+  File > Open the image and its label image; on the labels, Image > Lookup Tables > glasbey
+  shows the objects. Select a region (freehand, oval, or the wand on an object with tolerance
+  0), then Process > Math > Set... with a new label (above Analyze > Histogram's maximum), the
+  label of the object it belongs to, or 0 to erase. File > Save As > Tiff over
+  labels/<same name>.tif.
 Then give the corrections back (a bad label image is set aside with its reason, the rest used):
   neuroseg ingest {out} --root {root} --dataset NAME
 """
