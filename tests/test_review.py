@@ -37,6 +37,7 @@ def _nightly(root: str, model: str) -> dict:
     return nightly_inference(InferParams(root=root, model=model))
 
 
+@pytest.mark.slow
 def test_review_exports_least_confident_and_corrections_come_back(
     prefect_api, tmp_path, green_model
 ):
