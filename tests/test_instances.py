@@ -19,6 +19,7 @@ from neuroseg.instances import (
     sweep_leave_one_out,
     sweep_postprocessing,
     three_class_targets,
+    typical_area,
 )
 from neuroseg.metrics import iou_matching
 
@@ -425,3 +426,42 @@ def test_leave_one_out_sweep_per_group_chooses_within_each_group():
     assert "final_by_group" not in joint
     b = out["per_image_by_group"][2]  # scored with what image 3 chose: all its cells found
     assert (b["tp"], b["fp"], b["fn"]) == (b["true_count"], 0, 0)
+
+
+def test_typical_area_is_the_object_holding_the_median_foreground_pixel():
+    assert typical_area(np.zeros((5, 5), np.int32)) == 0.0
+    labels = np.zeros((10, 200), np.int32)
+    labels[0, :9] = np.arange(1, 10)  # nine specks of 1 px: the plain median would be 1
+    labels[2:6, 10:20] = 10  # 40 px
+    labels[2:8, 30:50] = 11  # 120 px: holds the median of the 209 foreground pixels
+    labels[2:6, 60:70] = 12  # 40 px
+    assert typical_area(labels) == 120.0
+    assert typical_area(labels[:, :25]) == 40.0
+
+
+def test_min_area_fraction_follows_the_cells_size_from_image_to_image():
+    """The same relative cut keeps small cells in an image of small cells and drops pieces
+    of that size in an image of large cells, where an absolute min_area cannot do both."""
+
+    def scene(cell: int, piece: int) -> tuple[np.ndarray, np.ndarray]:
+        labels = np.zeros((40, 300), np.int32)
+        for k in range(4):
+            labels[2 : 2 + cell, 2 + k * 60 : 2 + k * 60 + cell] = k + 1  # cells
+        labels[30 : 30 + piece, 260 : 260 + piece] = 9  # a piece of neurite / debris
+        return one_hot(three_class_targets(labels)), labels
+
+    small_probs, small = scene(cell=10, piece=3)  # cells of 100 px, a 9 px speck
+    large_probs, large = scene(cell=30, piece=10)  # cells of 900 px, a 100 px piece
+    relative = {"min_area": 0, "min_area_fraction": 0.25}
+    assert instances_from_classes(small_probs, **relative)[1] == 4  # the speck goes
+    assert instances_from_classes(large_probs, **relative)[1] == 4  # the 100 px piece goes
+    # an absolute cut that drops the large image's piece drops the small image's cells too
+    assert instances_from_classes(large_probs, min_area=101)[1] == 4
+    assert instances_from_classes(small_probs, min_area=101)[1] == 0
+    # the sweep offers it, scores it and reports it
+    cells = [np.where(t == 9, 0, t) for t in (small, large)]  # the pieces are not cells
+    out = sweep_leave_one_out([small_probs, large_probs], cells, ["a", "a"],
+                              grid={"min_area": [0], "min_area_fraction": [0.0, 0.25]})  # fmt: skip
+    assert out["final"]["min_area_fraction"] == 0.25 and out["final_score"] == 1.0
+    with pytest.raises(ValueError, match="min_area_fraction"):
+        instances_from_classes(small_probs, min_area_fraction=1.0)
