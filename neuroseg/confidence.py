@@ -126,5 +126,21 @@ def confidence_measures(probs: np.ndarray, labels: np.ndarray) -> dict[str, floa
 
 def image_confidence(probs: np.ndarray, labels: np.ndarray) -> float:
     """The confidence of one segmented image: :data:`CONFIDENCE_MEASURE` of
-    :func:`confidence_measures` (0..1; review the lowest first)."""
-    return confidence_measures(probs, labels)[CONFIDENCE_MEASURE]
+    :func:`confidence_measures` (0..1; review the lowest first).
+
+    Computed on the objects' pixels only (the class margin of the whole image is not needed):
+    the same number, a fraction of the work on a large image with few cells.
+    """
+    probs = _check(probs, labels)
+    flat = np.asarray(labels).ravel()
+    inside = np.flatnonzero(flat)
+    if not inside.size:
+        return 1.0
+    pixels = probs.reshape(flat.size, -1)[inside]
+    if probs.ndim == 2:
+        margin = np.abs(2.0 * pixels[:, 0].astype(np.float32) - 1.0)
+    else:
+        margin = _margin(pixels[:, None, :])
+    _, ids = np.unique(flat[inside], return_inverse=True)
+    obj_margin = np.bincount(ids, weights=np.ravel(margin)) / np.bincount(ids)
+    return float(np.mean(obj_margin > _SURE_OBJECT))

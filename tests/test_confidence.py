@@ -53,6 +53,7 @@ def test_three_class_margin_sees_interior_boundary_doubt():
     assert a["object_fg"] == pytest.approx(b["object_fg"]) == pytest.approx(0.98)
     assert a["objects_sure"] == 1.0 and b["objects_sure"] == 0.5
     assert b["margin"] < a["margin"]
+    assert image_confidence(doubt, labels) == b[CONFIDENCE_MEASURE] == 0.5
     # a fourth (centre) channel does not enter the class margin
     centre = np.concatenate([doubt, np.full((*labels.shape, 1), 0.7, np.float32)], axis=2)
     assert confidence_measures(centre, labels) == b
