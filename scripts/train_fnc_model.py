@@ -385,6 +385,22 @@ def _start_of(report: dict) -> str:
     return f"started from the weights of `{pre.get('model') or start}`"
 
 
+def _serving(cfg: dict) -> str:
+    """The card's words for how the model predicts: its input scale and test-time flips."""
+    parts = []
+    scale = (cfg.get("input") or {}).get("scale")
+    if scale:
+        parts.append(
+            f"each image resized by {scale:g} for the network, the maps resized back to the "
+            "image's own pixels (`input.scale`)"
+        )
+    tta = cfg.get("tta")
+    if tta and tta != "none":
+        n = {"flips": 4, "flip2": 2}.get(tta, "several")
+        parts.append(f"the mean of {n} flipped predictions (`tta: {tta}`; `--tta none` is faster)")
+    return "; ".join(parts)
+
+
 def card(report: dict) -> str:
     """MODEL_CARD.md from the script's ``scores.json``."""
     from neuroseg.models import describe_unet
@@ -431,6 +447,11 @@ def card(report: dict) -> str:
         "|---|---|",
         f"| architecture | {describe_unet(train)}, {report['parameters']:,} parameters, {head} |",
         f"| input | `{json.dumps(cfg.get('input'))}` |",
+        *(
+            [f"| inference | {_serving(cfg)} |"]
+            if cfg.get("tta") or (cfg.get("input") or {}).get("scale")
+            else []
+        ),
         f"| post-processing | {post} |",
         f"| training | {_start_of(report)}, fine-tuned on the {report['real_images']} real "
         f"samples ({report['finetune_schedule']}); fp32; "
@@ -457,7 +478,9 @@ def card(report: dict) -> str:
         "",
         "## Scores on real images it did not train on (leave-one-image-out)",
         "",
-        "Each real image is scored by a model fine-tuned (from the same synthetic pretraining) on "
+        "Each real image is scored by a model fine-tuned (from the same "
+        + ("synthetic pretraining" if report["synthetic_images"] else "starting model")
+        + ") on "
         "the *other* real images only. Cells are matched one-to-one by centroid within "
         f"{report['radius']:g} px (the FNC v2 rule); counts are pooled over the held-out images "
         "of a stain. Otsu: the classical baseline (`neuroseg.baseline.otsu_segment`: maximum "
@@ -850,7 +873,16 @@ def main() -> None:
         "smoke": args.smoke,
         "config": {
             k: cfg.get(k)
-            for k in ("name", "version", "input", "head", "threshold", "min_area", "postprocess")
+            for k in (
+                "name",
+                "version",
+                "input",
+                "head",
+                "threshold",
+                "min_area",
+                "postprocess",
+                "tta",
+            )
         }
         | {"train": cfg.get("train")},
         "parameters": int(bundle.model.count_params()),
