@@ -29,9 +29,11 @@ if TYPE_CHECKING:
     import keras
 
 __all__ = [
+    "BACKENDS",
     "INFERENCE_DEFAULTS",
     "ModelBundle",
     "ModelNotFoundError",
+    "ServingBundle",
     "copy_model",
     "default_model_uri",
     "list_versions",
@@ -70,42 +72,32 @@ _BUNDLE_KEYS = {
 #: 2026-12-06: those were tiled, and the minimum blend cut cells along the tile seams).
 WHOLE_IMAGE_PIXELS = 4_194_304
 PRECISIONS = {"fp32": "fp32", "float32": "fp32", "bf16": "bf16", "bfloat16": "bf16"}
+#: What runs a model's network: ``tf`` (TensorFlow, the training framework), ``onnx`` (ONNX
+#: Runtime on the folder's ``model.onnx``, :mod:`neuroseg.serving.onnx`) or ``auto`` (onnx when
+#: the folder has an ONNX export, ONNX Runtime is installed and the precision is fp32; else tf).
+BACKENDS = ("auto", "tf", "onnx")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
-_FILES = ("model.keras", "config.json", "lineage.json", "metrics.json")
+_FILES = ("model.keras", "model.onnx", "onnx.json", "config.json", "lineage.json", "metrics.json")
 
 
 class ModelNotFoundError(FileNotFoundError):
     """No model at the given URI, name or version."""
 
 
-@dataclass
-class ModelBundle:
-    """A loaded model with everything needed to use it.
+class ServingBundle:
+    """What every loaded model offers :mod:`neuroseg.predict`, whatever runs the network.
 
-    Attributes
-    ----------
-    model : keras.Model
-        Takes raw RGB tiles as float 0..255 ``(b, T, T, 3)``; outputs ``(b, out, out, C)``
-        (``C`` = 1 for the binary head, 3 for ``head == "three_class"``).
-    config : dict
-        ``architecture``, ``tile``, ``output_size``, ``min_overlap``, ``blend``, ``threshold``,
-        ``min_area``, ``watershed``, ``train`` (the TrainConfig) and ``lineage``; optionally
-        ``input`` (the declared input, :mod:`neuroseg.normalize`), ``head`` and, for
-        ``three_class``, ``postprocess`` (:func:`neuroseg.instances.instances_from_classes`
-        parameters).
-    name, version, uri : str
-    precision : {"fp32", "bf16"}
+    Subclasses hold ``config``, ``name``, ``version``, ``uri`` and ``precision`` and provide
+    :attr:`channels`, :attr:`fixed_input` and the two calls :meth:`_run_tiles` (a batch of
+    float32 or uint8 tiles) and :meth:`_run_whole` (one padded float32 image), both returning
+    float32 ``(b, out, out)`` or ``(b, out, out, C)``. ``backend`` names what runs the network
+    (``tf``: :class:`ModelBundle`; ``onnx``: :class:`neuroseg.serving.onnx.OnnxBundle`).
     """
 
-    model: keras.Model
+    backend = "?"
     config: dict
     name: str
     version: str
-    uri: str
-    precision: str = "fp32"
-    _fn: Any = field(default=None, init=False, repr=False)
-    _whole_fn: Any = field(default=None, init=False, repr=False)
-    _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
 
     @property
     def tile(self) -> int:
@@ -116,42 +108,19 @@ class ModelBundle:
         return int(self.config["output_size"])
 
     @property
-    def channels(self) -> int:
-        """Output channels: 1 (binary head) or 3 (three_class head)."""
-        return int(self.model.output_shape[-1])
+    def channels(self) -> int:  # pragma: no cover - every backend overrides it
+        raise NotImplementedError
 
-    def _function(self):
-        with self._lock:
-            if self._fn is None:
-                import tensorflow as tf
+    @property
+    def fixed_input(self) -> bool:  # pragma: no cover - every backend overrides it
+        """True when the network takes only tiles of one size (the seed's shallow CNN)."""
+        raise NotImplementedError
 
-                model = self.model
-                squeeze = self.channels == 1
+    def _run_tiles(self, tiles: np.ndarray) -> np.ndarray:  # pragma: no cover
+        raise NotImplementedError
 
-                @tf.function(reduce_retracing=True)
-                def run(x):
-                    out = model(tf.cast(x, tf.float32), training=False)
-                    return out[..., 0] if squeeze else out
-
-                self._fn = run
-            return self._fn
-
-    def _whole_function(self):
-        """The model on one float32 image of any size: traced once (images differ in size)."""
-        with self._lock:
-            if self._whole_fn is None:
-                import tensorflow as tf
-
-                model = self.model
-                squeeze = self.channels == 1
-
-                @tf.function(input_signature=[tf.TensorSpec([1, None, None, 3], tf.float32)])
-                def run(x):
-                    out = model(x, training=False)
-                    return out[..., 0] if squeeze else out
-
-                self._whole_fn = run
-            return self._whole_fn
+    def _run_whole(self, x: np.ndarray) -> np.ndarray:  # pragma: no cover
+        raise NotImplementedError
 
     def predict_whole(self, image) -> np.ndarray:
         """Probabilities of a whole image in one call of a fully convolutional model.
@@ -173,7 +142,7 @@ class ModelBundle:
         image = np.asarray(image)
         if image.ndim != 3 or image.shape[2] != 3:
             raise ValueError(f"image must be (H, W, 3), got shape {image.shape}")
-        if self.model.input_shape[1] is not None or self.output_size != self.tile:
+        if self.fixed_input or self.output_size != self.tile:
             raise ValueError(
                 f"model {self.name}@{self.version} is not fully convolutional at full resolution"
             )
@@ -186,7 +155,7 @@ class ModelBundle:
         x = image.astype(np.float32, copy=False)
         if pad_h or pad_w:
             x = np.pad(x, ((0, pad_h), (0, pad_w), (0, 0)))
-        out = np.asarray(self._whole_function()(x[None]), np.float32)[0]
+        out = np.asarray(self._run_whole(x[None]), np.float32)[0]
         return out[:height, :width]
 
     def predict_tiles(self, tiles, *, batch_size: int = 8) -> np.ndarray:
@@ -221,7 +190,6 @@ class ModelBundle:
         if n == 0:
             extra = () if self.channels == 1 else (self.channels,)
             return np.zeros((0, self.output_size, self.output_size, *extra), np.float32)
-        run = self._function()
         size = min(batch_size, n)
         outputs = []
         for start in range(0, n, size):
@@ -231,8 +199,88 @@ class ModelBundle:
                 chunk_in = np.concatenate([chunk, pad])
             else:
                 chunk_in = chunk
-            outputs.append(np.asarray(run(chunk_in), np.float32)[: len(chunk)])
+            outputs.append(np.asarray(self._run_tiles(chunk_in), np.float32)[: len(chunk)])
         return np.concatenate(outputs)
+
+
+@dataclass
+class ModelBundle(ServingBundle):
+    """A loaded Keras model with everything needed to use it (the ``tf`` backend).
+
+    Attributes
+    ----------
+    model : keras.Model
+        Takes raw RGB tiles as float 0..255 ``(b, T, T, 3)``; outputs ``(b, out, out, C)``
+        (``C`` = 1 for the binary head, 3 for ``head == "three_class"``).
+    config : dict
+        ``architecture``, ``tile``, ``output_size``, ``min_overlap``, ``blend``, ``threshold``,
+        ``min_area``, ``watershed``, ``train`` (the TrainConfig) and ``lineage``; optionally
+        ``input`` (the declared input, :mod:`neuroseg.normalize`), ``head`` and, for
+        ``three_class``, ``postprocess`` (:func:`neuroseg.instances.instances_from_classes`
+        parameters).
+    name, version, uri : str
+    precision : {"fp32", "bf16"}
+    """
+
+    model: keras.Model
+    config: dict
+    name: str
+    version: str
+    uri: str
+    precision: str = "fp32"
+    _fn: Any = field(default=None, init=False, repr=False)
+    _whole_fn: Any = field(default=None, init=False, repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
+
+    backend = "tf"
+
+    @property
+    def channels(self) -> int:
+        """Output channels: 1 (binary head) or 3 (three_class head)."""
+        return int(self.model.output_shape[-1])
+
+    @property
+    def fixed_input(self) -> bool:
+        return self.model.input_shape[1] is not None
+
+    def _function(self):
+        with self._lock:
+            if self._fn is None:
+                import tensorflow as tf
+
+                model = self.model
+                squeeze = self.channels == 1
+
+                @tf.function(reduce_retracing=True)
+                def run(x):
+                    out = model(tf.cast(x, tf.float32), training=False)
+                    return out[..., 0] if squeeze else out
+
+                self._fn = run
+            return self._fn
+
+    def _whole_function(self):
+        """The model on one float32 image of any size: traced once (images differ in size)."""
+        with self._lock:
+            if self._whole_fn is None:
+                import tensorflow as tf
+
+                model = self.model
+                squeeze = self.channels == 1
+
+                @tf.function(input_signature=[tf.TensorSpec([1, None, None, 3], tf.float32)])
+                def run(x):
+                    out = model(x, training=False)
+                    return out[..., 0] if squeeze else out
+
+                self._whole_fn = run
+            return self._whole_fn
+
+    def _run_tiles(self, tiles: np.ndarray) -> np.ndarray:
+        return self._function()(tiles)
+
+    def _run_whole(self, x: np.ndarray) -> np.ndarray:
+        return self._whole_function()(x)
 
 
 # ----------------------------------------------------------------------------- URIs
@@ -341,6 +389,7 @@ def register_model(
     config: dict,
     lineage: dict,
     metrics: dict | None = None,
+    onnx: bool = True,
 ) -> str:
     """Add a trained model to the registry as a new version.
 
@@ -371,6 +420,11 @@ def register_model(
         Dataset URI and prepared version, device, seconds, ...; TF/Keras versions are added.
     metrics : dict, optional
         Written to ``metrics.json``.
+    onnx : bool
+        Also write ``model.onnx`` and ``onnx.json`` (:func:`neuroseg.serving.onnx.write_onnx`:
+        the serving network converted and checked against Keras; about 2 s). A failed export
+        is logged as a warning and leaves the version without it (``neuroseg export onnx``
+        can retry); the version itself is registered either way.
 
     Returns
     -------
@@ -445,8 +499,29 @@ def register_model(
     storage.write_json(storage.join(folder, "lineage.json"), full_lineage)
     if metrics is not None:
         storage.write_json(storage.join(folder, "metrics.json"), metrics)
+    if onnx:
+        _export_onnx_quietly(folder, model, full)
     storage.write_json(storage.join(folder, "config.json"), full)  # last: version complete
     return folder
+
+
+def _export_onnx_quietly(folder: str, model: keras.Model, config: dict) -> None:
+    import importlib.util
+    import logging
+
+    log = logging.getLogger("neuroseg.registry")
+    if (
+        importlib.util.find_spec("tf2onnx") is None
+        or importlib.util.find_spec("onnxruntime") is None
+    ):
+        log.warning("%s: no ONNX export (tf2onnx or onnxruntime is not installed)", folder)
+        return
+    from neuroseg.serving.onnx import write_onnx
+
+    try:
+        write_onnx(folder, serving_model(model, config), config)
+    except ValueError as exc:
+        log.warning("%s: no ONNX export: %s", folder, exc)
 
 
 def write_metrics(uri: str, metrics: dict) -> None:
@@ -505,19 +580,71 @@ def _has_batch_norm(model) -> bool:
     return any(isinstance(layer, keras.layers.BatchNormalization) for layer in model.layers)
 
 
+def _choose_backend(uri: str, backend: str, precision: str) -> str:
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+    if backend == "onnx" and precision != "fp32":
+        raise ValueError(f"the onnx backend runs fp32 only, not {precision}: use backend tf")
+    if backend != "auto":
+        return backend
+    if precision != "fp32":
+        return "tf"
+    import importlib.util
+
+    has_onnx = storage.exists(storage.join(uri, "onnx.json"))
+    if has_onnx and importlib.util.find_spec("onnxruntime") is not None:
+        return "onnx"
+    if has_onnx and not storage.exists(storage.join(uri, "model.keras")):
+        return "onnx"  # an ONNX-only folder (e.g. an unpacked bioimage.io package)
+    return "tf"
+
+
+def _require_tensorflow(uri: str) -> None:
+    import importlib.util
+
+    if importlib.util.find_spec("tensorflow") is None or importlib.util.find_spec("keras") is None:
+        raise ValueError(
+            f"{uri}: the tf backend needs TensorFlow and Keras, which are not installed here "
+            "(a serve install): use backend onnx (the model needs model.onnx: neuroseg export "
+            "onnx MODEL where TensorFlow is installed)"
+        )
+
+
+def serving_model(model: keras.Model, config: dict, *, precision: str = "fp32", fold: bool = True):
+    """The Keras network as it serves: a U-Net's BatchNorm folded (``fold``), or rebuilt with the
+    other precision policy when `precision` differs from the training's."""
+    train = config.get("train") or {}
+    trained_bf16 = bool(train.get("mixed_precision", False))
+    if fold and model.name == "unet" and _has_batch_norm(model):
+        from neuroseg.models import fold_batch_norm
+
+        try:
+            return fold_batch_norm(model, mixed_precision=precision == "bf16")
+        except (ValueError, KeyError) as exc:
+            raise ValueError(f"cannot fold the model's BatchNorm ({exc})") from exc
+    if (precision == "bf16") != trained_bf16:
+        return _rebuild(model, config, mixed_precision=precision == "bf16")
+    return model
+
+
 def load_model(
-    uri: str, *, precision: str = "fp32", fold: bool = True, tta: str | None = None
-) -> ModelBundle:
+    uri: str,
+    *,
+    precision: str = "fp32",
+    fold: bool = True,
+    tta: str | None = None,
+    backend: str = "tf",
+) -> ServingBundle:
     """Load a model folder (local or ``s3://``) with its config.
 
     Parameters
     ----------
     uri : str
-        A version folder ``<root>/models/<name>/<version>`` or any folder with ``model.keras``
-        and ``config.json`` (such as :func:`default_model_uri`).
+        A version folder ``<root>/models/<name>/<version>`` or any folder with ``config.json``
+        and ``model.keras`` and/or ``model.onnx`` (such as :func:`default_model_uri`).
     precision : {"fp32", "bf16"}
         Compute precision; when it differs from the training's (``train.mixed_precision``) the
-        network is rebuilt with the other policy and the same weights.
+        network is rebuilt with the other policy and the same weights (tf backend only).
     fold : bool
         Serve a U-Net with its BatchNorm folded into the convolutions
         (:func:`neuroseg.models.fold_batch_norm`: the same outputs to float rounding, about a
@@ -525,10 +652,15 @@ def load_model(
     tta : {"none", "flip2", "flips"} or None
         Test-time augmentation to serve with (``config["tta"]``, see
         :data:`neuroseg.predict.TTA_MODES`); None keeps the model's own (``none`` if unset).
+    backend : {"tf", "onnx", "auto"}
+        What runs the network (:data:`BACKENDS`): ``tf`` gives a :class:`ModelBundle` (the
+        Keras model is in ``bundle.model``, e.g. for fine-tuning); ``onnx`` an
+        :class:`neuroseg.serving.onnx.OnnxBundle` that needs neither TensorFlow nor Keras.
 
     Returns
     -------
-    ModelBundle
+    ServingBundle
+        ``bundle.backend`` says which backend it is.
     """
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be 'fp32' or 'bf16', got {precision!r}")
@@ -540,41 +672,48 @@ def load_model(
     uri = str(uri).rstrip("/")
     try:
         config = storage.read_json(storage.join(uri, "config.json"))
-        data = storage.read_bytes(storage.join(uri, "model.keras"))
     except FileNotFoundError:
         raise ModelNotFoundError(
-            f"{uri}: not a model folder (needs model.keras and config.json)"
+            f"{uri}: not a model folder (needs config.json and model.keras or model.onnx)"
         ) from None
     missing = [k for k in ("architecture", "tile", "output_size") if k not in config]
     if missing:
         raise ValueError(f"{uri}/config.json: missing {', '.join(missing)}")
     if tta is not None:
         config["tta"] = tta
+    parts = uri.split("/")
+    name = str(config.get("name") or (parts[-2] if len(parts) > 1 else "model"))
+    version = str(config.get("version") or parts[-1])
+    if _choose_backend(uri, backend, precision) == "onnx":
+        from neuroseg.serving.onnx import load_onnx
+
+        return load_onnx(uri, config, name=name, version=version)
+    try:
+        data = storage.read_bytes(storage.join(uri, "model.keras"))
+    except FileNotFoundError:
+        raise ModelNotFoundError(
+            f"{uri}: no model.keras for the tf backend"
+            + (
+                " (it has model.onnx: use backend onnx)"
+                if storage.exists(storage.join(uri, "onnx.json"))
+                else ""
+            )
+        ) from None
+    _require_tensorflow(uri)
     with tempfile.TemporaryDirectory(prefix="neuroseg-load-") as tmp:
         model = _load_keras(data, tmp, uri=uri)
-    train = config.get("train") or {}
-    trained_bf16 = bool(train.get("mixed_precision", False))
-    if fold and model.name == "unet" and _has_batch_norm(model):
-        from neuroseg.models import fold_batch_norm
-
-        try:
-            model = fold_batch_norm(model, mixed_precision=precision == "bf16")
-        except (ValueError, KeyError) as exc:
-            raise ValueError(f"{uri}: cannot fold the model's BatchNorm ({exc})") from exc
-    elif (precision == "bf16") != trained_bf16:
-        model = _rebuild(model, config, mixed_precision=precision == "bf16")
-    parts = uri.split("/")
+    try:
+        model = serving_model(model, config, precision=precision, fold=fold)
+    except ValueError as exc:
+        raise ValueError(f"{uri}: {exc}") from exc
     return ModelBundle(
-        model=model,
-        config=config,
-        name=str(config.get("name") or (parts[-2] if len(parts) > 1 else "model")),
-        version=str(config.get("version") or parts[-1]),
-        uri=uri,
-        precision=precision,
+        model=model, config=config, name=name, version=version, uri=uri, precision=precision
     )
 
 
-def load_default_model(*, precision: str = "fp32", tta: str | None = None) -> ModelBundle:
+def load_default_model(
+    *, precision: str = "fp32", tta: str | None = None, backend: str = "tf"
+) -> ServingBundle:
     """Load the model shipped in the package.
 
     Raises
@@ -588,7 +727,7 @@ def load_default_model(*, precision: str = "fp32", tta: str | None = None) -> Mo
             f"no shipped default model at {uri}: train one (neuroseg train) and pass its "
             "registry name or folder instead"
         )
-    return load_model(uri, precision=precision, tta=tta)
+    return load_model(uri, precision=precision, tta=tta, backend=backend)
 
 
 # ----------------------------------------------------------------------------- versions

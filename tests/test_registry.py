@@ -50,7 +50,15 @@ def test_register_load_predict_round_trip(tmp_path):
     )
     version = uri.rsplit("/", 1)[-1]
     assert uri == registry.model_uri(str(tmp_path), "neuroseg", version) and VERSION.match(version)
-    assert sorted(os.listdir(uri)) == ["config.json", "lineage.json", "model.keras"]
+    assert sorted(os.listdir(uri)) == [
+        "config.json",
+        "lineage.json",
+        "model.keras",
+        "model.onnx",
+        "onnx.json",
+    ]
+    export = storage.read_json(f"{uri}/onnx.json")
+    assert export["check"]["max_abs_diff"] <= 1e-4 and export["opset"] >= 13
     config = storage.read_json(f"{uri}/config.json")
     assert {
         k: config[k]
@@ -92,6 +100,21 @@ def test_register_load_predict_round_trip(tmp_path):
     np.testing.assert_allclose(bf16.predict_tiles(tiles), expected, atol=0.05)
     with pytest.raises(ValueError, match="48x48"):
         bundle.predict_tiles(np.zeros((1, 32, 32, 3), np.uint8))
+
+    # the same network on ONNX Runtime: the onnx backend, and auto's choice for an fp32 model
+    for backend in ("onnx", "auto"):
+        served = registry.load_model(uri, backend=backend)
+        assert served.backend == "onnx" and not hasattr(served, "model")
+        for batch_size in (1, 8):
+            got = served.predict_tiles(tiles, batch_size=batch_size)
+            assert got.shape == (5, 48, 48) and got.dtype == np.float32
+            np.testing.assert_allclose(got, expected, atol=1e-5)
+        assert served.predict_tiles(tiles[:0]).shape == (0, 48, 48)
+    assert registry.load_model(uri, backend="auto", precision="bf16").backend == "tf"
+    with pytest.raises(ValueError, match="fp32 only"):
+        registry.load_model(uri, backend="onnx", precision="bf16")
+    with pytest.raises(ValueError, match="backend must be one of"):
+        registry.load_model(uri, backend="torch")
 
 
 def test_register_in_memory_shallow_model_derives_its_sizes(tmp_path):
