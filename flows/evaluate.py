@@ -51,6 +51,11 @@ class EvaluateParams(BaseModel):
         description="test-time augmentation: average the predictions of flipped inputs "
         "(flip2: 2x, flips: 4x the prediction time; more accurate); model: the model's own",
     )
+    backend: Literal["auto", "onnx", "tf"] = Field(
+        "auto",
+        description="what runs the network: onnx (ONNX Runtime), tf (TensorFlow), auto: onnx "
+        "when the model has model.onnx and onnxruntime is installed, else tf",
+    )
     radius: float = Field(40.0, gt=0, description="centroid matching radius (px), FNC v2")
     promote: bool = Field(False, description="promote if it beats the production model")
     force: bool = Field(False, description="promote even if it does not")
@@ -92,7 +97,7 @@ def evaluate(params: EvaluateParams) -> dict:
         except ValueError:
             val = []
         if val and cfg.get("head") == "three_class":
-            chosen = sweep_instances(model["uri"], val, tta)
+            chosen = sweep_instances(model["uri"], val, tta, params.backend)
             logger.info(
                 "post-processing sweep on %d val image(s), TTA %s: %s (val mean AP %.3f, "
                 "F1@0.5 %.3f)",
@@ -111,7 +116,7 @@ def evaluate(params: EvaluateParams) -> dict:
                 storage.write_json(cfg_uri, cfg)
                 forget_bundle(model["uri"])
         elif val:
-            chosen = sweep(model["uri"], val, params.radius, tta)
+            chosen = sweep(model["uri"], val, params.radius, tta, params.backend)
             threshold, min_area = chosen["best_threshold"], chosen["best_min_area"]
             logger.info(
                 "threshold sweep on %d val image(s): threshold %.2f, min area %d "
@@ -135,7 +140,7 @@ def evaluate(params: EvaluateParams) -> dict:
     jobs = [
         (
             "model",
-            {"kind": "model", "uri": model["uri"], "tta": tta},
+            {"kind": "model", "uri": model["uri"], "tta": tta, "backend": params.backend},
             threshold,
             min_area,
             params.watershed,
@@ -165,7 +170,7 @@ def evaluate(params: EvaluateParams) -> dict:
         jobs.append(
             (
                 "production",
-                {"kind": "model", "uri": prod_uri, "tta": tta},
+                {"kind": "model", "uri": prod_uri, "tta": tta, "backend": params.backend},
                 float(prod_cfg.get("threshold", 0.5)),
                 int(prod_cfg.get("min_area", 0)),
                 params.watershed,

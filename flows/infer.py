@@ -48,6 +48,12 @@ class InferParams(BaseModel):
         description="test-time augmentation: average the predictions of flipped inputs "
         "(flip2: 2x, flips: 4x the prediction time; more accurate); model: the model's own",
     )
+    backend: Literal["auto", "onnx", "tf"] = Field(
+        "auto",
+        description="what runs the network: onnx (ONNX Runtime, no TensorFlow needed), tf "
+        "(TensorFlow), auto: onnx when the model has model.onnx, onnxruntime is installed "
+        "and precision is fp32, else tf",
+    )
     channel: int | None = Field(
         None,
         ge=0,
@@ -88,6 +94,7 @@ def _segment_all(
     channel=None,
     tta=None,
     pixel_size_um=None,
+    backend="auto",
 ) -> list[dict]:
     # the work list is read from storage, not passed as a parameter: Prefect refuses flow-run
     # parameters over 512 kB (about 1,500 uploads), and a night may hold 100,000
@@ -103,6 +110,7 @@ def _segment_all(
         channel,
         tta,
         unmapped(pixel_size_um),
+        backend,
     )
     progress = Progress("segment", len(pending), unit="images", emit=get_run_logger().info)
     out = []
@@ -153,6 +161,7 @@ def nightly_inference(params: InferParams) -> dict:
             params.channel,
             None if params.tta == "model" else params.tta,
             params.pixel_size_um,
+            params.backend,
         )
     summary = _summarize(results, found["done"], cells, model, time.perf_counter() - t0)
     summary["summaries"] = _plate_summaries(params, cells, results)

@@ -114,6 +114,18 @@ def tta_argument(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def backend_argument(parser: argparse.ArgumentParser) -> None:
+    """``--backend auto|tf|onnx``: what runs the network."""
+    parser.add_argument(
+        "--backend",
+        choices=("auto", "tf", "onnx"),
+        default="auto",
+        help="what runs the network: onnx (ONNX Runtime, no TensorFlow needed), tf "
+        "(TensorFlow); default auto: onnx when the model has model.onnx, onnxruntime is "
+        "installed and precision is fp32, else tf",
+    )
+
+
 def _size(text: str) -> tuple[int, int]:
     """Parse ``WIDTHxHEIGHT`` into ``(height, width)``."""
     try:
@@ -320,6 +332,7 @@ def cmd_evaluate(args) -> int:
         force=args.force,
         sweep=not args.no_sweep,
         tta=args.tta or "model",
+        backend=args.backend,
     )
     result = evaluate(params)
     _print_json(result["key_figures"])
@@ -339,6 +352,7 @@ def cmd_infer(args) -> int:
         reprocess=args.reprocess,
         precision=args.precision,
         tta=args.tta or "model",
+        backend=args.backend,
         plates=args.plate or None,
         channel=args.channel,
         pixel_size_um=args.pixel_size_um,
@@ -387,6 +401,7 @@ def cmd_segment(args) -> int:
         labels=args.labels,
         tta=args.tta,
         pixel_size_um=args.pixel_size_um,
+        backend=args.backend,
     )
     skipped = f", {df.attrs['failed']} skipped" if df.attrs.get("failed") else ""
     print(f"{len(df)} cells in {df.attrs['images']} image(s){skipped} -> {args.out}")
@@ -416,6 +431,45 @@ def _shipped_nuclei() -> list[str]:
     ]
 
 
+def _bench_backends() -> tuple[str, ...]:
+    """Both backends where both are installed (timed in one run), else the one that is."""
+    import importlib.util
+
+    have = [
+        name
+        for name, module in (("tf", "tensorflow"), ("onnx", "onnxruntime"))
+        if importlib.util.find_spec(module) is not None
+    ]
+    return tuple(have) or ("tf",)
+
+
+def cmd_export(args) -> int:
+    from neuroseg import registry
+
+    uri = registry.resolve_model_uri(args.root, args.model)
+    if args.format == "onnx":
+        if args.out:
+            raise ValueError(
+                "--out applies to `export bioimageio` only (model.onnx goes into the model folder)"
+            )
+        from neuroseg.serving.onnx import export_onnx
+
+        info = export_onnx(uri, force=args.force)
+        what = "already had" if info.get("skipped") else "wrote"
+        print(
+            f"{what} {uri}/model.onnx ({info['converter']}, opset {info['opset']}; max abs "
+            f"difference to Keras {info['check']['max_abs_diff']:.1e} on a "
+            f"{'x'.join(str(v) for v in info['check']['shape'])} test tensor)"
+        )
+        return 0
+    if not args.out:
+        raise ValueError("export bioimageio needs --out FILE.zip")
+    from neuroseg.serving.bioimageio import export_package
+
+    _print_json(export_package(uri, args.out))
+    return 0
+
+
 def cmd_bench(args) -> int:
     standing = args.dask_address is not None or args.workers is not None
     if standing and args.what != "orchestration":
@@ -424,6 +478,8 @@ def cmd_bench(args) -> int:
         raise ValueError("give --dask-address (a running cluster) or --workers N, not both")
     if args.tta is not None and args.what != "inference":
         raise ValueError("--tta applies to `bench inference` only")
+    if args.backend is not None and args.what != "inference":
+        raise ValueError("--backend applies to `bench inference` only")
     if args.workers is not None and args.workers < 1:
         raise ValueError(f"--workers must be at least 1, got {args.workers}")
     if args.what == "masks":
@@ -439,7 +495,11 @@ def cmd_bench(args) -> int:
         from neuroseg.benchmarks.inference import bench_inference
 
         models = args.model or ["default", *_shipped_nuclei()]
-        runs = {m: bench_inference(model=m, images=args.images, tta=args.tta) for m in models}
+        backends = tuple(dict.fromkeys(args.backend or _bench_backends()))
+        runs = {
+            m: bench_inference(model=m, images=args.images, tta=args.tta, backends=backends)
+            for m in models
+        }
         result = runs[models[0]] if len(models) == 1 else runs
     elif standing:  # orchestration on a standing Dask cluster
         configure_prefect(None)
@@ -650,6 +710,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--force", action="store_true", help="promote even if it does not")
     sp.add_argument("--no-sweep", action="store_true", help="keep the model's threshold")
     tta_argument(sp)
+    backend_argument(sp)
     sp.set_defaults(func=cmd_evaluate)
 
     sp = sub.add_parser("infer", help="segment new plates under uploads/ into the cell table")
@@ -673,6 +734,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sp.add_argument("--well-pattern", help="regex with a group 'well' finding the well in ids")
     tta_argument(sp)
+    backend_argument(sp)
     sp.set_defaults(func=cmd_infer)
 
     sp = sub.add_parser("segment", help="segment image files into one Parquet file")
@@ -690,7 +752,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     pixel_size_argument(sp)
     tta_argument(sp)
+    backend_argument(sp)
     sp.set_defaults(func=cmd_segment)
+
+    sp = sub.add_parser(
+        "export", help="write a model as ONNX (into its folder) or as a bioimage.io package"
+    )
+    sp.add_argument("format", choices=("onnx", "bioimageio"))
+    sp.add_argument(
+        "model", help="'default', 'nuclei', NAME (production), NAME@VERSION or a model folder"
+    )
+    root_arg(sp)
+    sp.add_argument("--out", help="bioimageio: the package file to write (FILE.zip)")
+    sp.add_argument("--force", action="store_true", help="onnx: export again if already done")
+    sp.set_defaults(func=cmd_export)
 
     sp = sub.add_parser("report", help="write a plate's HTML report (thumbnails, counts, failures)")
     sp.add_argument("plate", help="plate id (the folder name under uploads/)")
@@ -722,6 +797,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="orchestration: start a local standing Dask cluster and time 1..N workers",
     )
     tta_argument(sp)
+    sp.add_argument(
+        "--backend",
+        action="append",
+        choices=("tf", "onnx"),
+        help="inference: time this backend (repeatable; default: both where both are "
+        "installed, in one run, with onnx_speedup = tf fp32 / onnx end-to-end seconds)",
+    )
     sp.set_defaults(func=cmd_bench)
 
     verbose = "show TensorFlow's start-up messages and debug lines (quiet by default)"

@@ -30,6 +30,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "BACKENDS",
+    "BIOIMAGEIO_PREFIX",
     "INFERENCE_DEFAULTS",
     "ModelBundle",
     "ModelNotFoundError",
@@ -72,6 +73,8 @@ _BUNDLE_KEYS = {
 #: 2026-12-06: those were tiled, and the minimum blend cut cells along the tile seams).
 WHOLE_IMAGE_PIXELS = 4_194_304
 PRECISIONS = {"fp32": "fp32", "float32": "fp32", "bf16": "bf16", "bfloat16": "bf16"}
+#: A model spec naming a bioimage.io package file: ``bioimageio:FILE.zip``.
+BIOIMAGEIO_PREFIX = "bioimageio:"
 #: What runs a model's network: ``tf`` (TensorFlow, the training framework), ``onnx`` (ONNX
 #: Runtime on the folder's ``model.onnx``, :mod:`neuroseg.serving.onnx`) or ``auto`` (onnx when
 #: the folder has an ONNX export, ONNX Runtime is installed and the precision is fp32; else tf).
@@ -600,14 +603,15 @@ def _choose_backend(uri: str, backend: str, precision: str) -> str:
 
 
 def _require_tensorflow(uri: str) -> None:
-    import importlib.util
-
-    if importlib.util.find_spec("tensorflow") is None or importlib.util.find_spec("keras") is None:
+    try:  # the tf backend imports both next anyway: trying costs nothing extra
+        import keras  # noqa: F401
+        import tensorflow  # noqa: F401
+    except ImportError as exc:
         raise ValueError(
-            f"{uri}: the tf backend needs TensorFlow and Keras, which are not installed here "
-            "(a serve install): use backend onnx (the model needs model.onnx: neuroseg export "
-            "onnx MODEL where TensorFlow is installed)"
-        )
+            f"{uri}: the tf backend needs TensorFlow and Keras ({exc}; a serve install?): use "
+            "backend onnx (the model needs model.onnx: neuroseg export onnx MODEL where "
+            "TensorFlow is installed)"
+        ) from None
 
 
 def serving_model(model: keras.Model, config: dict, *, precision: str = "fp32", fold: bool = True):
@@ -803,9 +807,10 @@ def resolve_model_uri(root_uri: str, spec: str) -> str:
         Storage root of the registry.
     spec : str
         ``"default"`` (the shipped model), ``"NAME@VERSION"``, a folder URI (with
-        ``config.json``), or a ``NAME``: its production version in the registry, else the model
-        shipped under that name (:func:`shipped_model_uri`, e.g. ``nuclei``), else the shipped
-        default model.
+        ``config.json``), ``bioimageio:FILE.zip`` (a bioimage.io package neuroseg exported,
+        unpacked into a cache folder), or a ``NAME``: its production version in the registry,
+        else the model shipped under that name (:func:`shipped_model_uri`, e.g. ``nuclei``),
+        else the shipped default model.
 
     Returns
     -------
@@ -814,6 +819,10 @@ def resolve_model_uri(root_uri: str, spec: str) -> str:
     """
     if not isinstance(spec, str) or not spec:
         raise ValueError("model spec must be a non-empty string")
+    if spec.startswith(BIOIMAGEIO_PREFIX):
+        from neuroseg.serving.bioimageio import unpack_package
+
+        return unpack_package(spec[len(BIOIMAGEIO_PREFIX) :])
     default = default_model_uri()
     has_default = storage.exists(os.path.join(default, "config.json"))
     if spec == "default":

@@ -32,7 +32,13 @@ __all__ = ["load_bundle", "segment_files"]
 _PRECISIONS = ("fp32", "bf16")
 
 
-def load_bundle(model: Any = "default", *, precision: str = "fp32", tta: str | None = None):
+def load_bundle(
+    model: Any = "default",
+    *,
+    precision: str = "fp32",
+    tta: str | None = None,
+    backend: str = "auto",
+):
     """The model bundle ``segment_files`` uses.
 
     Parameters
@@ -40,8 +46,10 @@ def load_bundle(model: Any = "default", *, precision: str = "fp32", tta: str | N
     model : str or bundle
         ``"default"`` (the model shipped in the package, see
         :func:`neuroseg.registry.default_model_uri`), the name of another shipped model
-        (``"nuclei"``: :func:`neuroseg.registry.shipped_model_uri`), a model folder URI (local or ``s3://``,
-        with ``model.keras`` and ``config.json``), or an already loaded bundle (anything with
+        (``"nuclei"``: :func:`neuroseg.registry.shipped_model_uri`), a model folder URI (local
+        or ``s3://``, with ``config.json`` and ``model.keras`` or ``model.onnx``),
+        ``bioimageio:FILE.zip`` (a bioimage.io package neuroseg exported), or an already
+        loaded bundle (anything with
         ``predict_tiles``, ``config``, ``name`` and ``version``, e.g. a
         :class:`neuroseg.registry.ModelBundle`), returned as is.
     precision : {"fp32", "bf16"}
@@ -49,10 +57,12 @@ def load_bundle(model: Any = "default", *, precision: str = "fp32", tta: str | N
     tta : {"none", "flip2", "flips"} or None
         Test-time augmentation (:data:`neuroseg.predict.TTA_MODES`); None: the model's own. A
         loaded bundle given as ``model`` is used as it is.
+    backend : {"auto", "tf", "onnx"}
+        What runs the network (:data:`neuroseg.registry.BACKENDS`).
 
     Returns
     -------
-    ModelBundle
+    ServingBundle
     """
     if precision not in _PRECISIONS:
         raise ValueError(f"precision must be 'fp32' or 'bf16', got {precision!r}")
@@ -70,13 +80,16 @@ def load_bundle(model: Any = "default", *, precision: str = "fp32", tta: str | N
 
     if not model:
         raise ValueError("model must be 'default' or a model folder URI, got ''")
+    how = {"precision": precision, "tta": tta, "backend": backend}
     if model == "default":
-        return registry.load_default_model(precision=precision, tta=tta)
+        return registry.load_default_model(**how)
+    if model.startswith(registry.BIOIMAGEIO_PREFIX):
+        return registry.load_model(registry.resolve_model_uri("", model), **how)
     if "/" not in model and os.sep not in model and not os.path.exists(model):
         shipped = registry.shipped_model_uri(model)  # a shipped model's name, e.g. "nuclei"
         if os.path.exists(os.path.join(shipped, "config.json")):
-            return registry.load_model(shipped, precision=precision, tta=tta)
-    return registry.load_model(model, precision=precision, tta=tta)
+            return registry.load_model(shipped, **how)
+    return registry.load_model(model, **how)
 
 
 def _normalise_uri(uri: str) -> str:
@@ -141,6 +154,7 @@ def segment_files(
     labels: str | None = None,
     tta: str | None = None,
     pixel_size_um: float | None = None,
+    backend: str = "auto",
 ) -> pd.DataFrame:
     """Segment image files and write all their cells to one Parquet file.
 
@@ -176,6 +190,9 @@ def segment_files(
     pixel_size_um : float, optional
         Pixel size in µm of every image, winning over the files' own metadata; default: each
         file's (:func:`neuroseg.imagemeta.image_meta`), else the µm columns are null.
+    backend : {"auto", "tf", "onnx"}
+        What runs a model loaded here (:data:`neuroseg.registry.BACKENDS`; auto: ONNX Runtime
+        when the model has ``model.onnx`` and it is installed).
 
     Returns
     -------
@@ -213,7 +230,7 @@ def segment_files(
                 f"two input images share the name {twice[0]!r}: their label images would "
                 "overwrite each other; segment them in separate calls"
             )
-    bundle = load_bundle(model, precision=precision, tta=tta)
+    bundle = load_bundle(model, precision=precision, tta=tta, backend=backend)
 
     frames, failed = [], []
     progress = Progress("segment", len(uris), unit="images")

@@ -41,7 +41,7 @@ def _segmenter(spec: dict, threshold: float, min_area: int, watershed: bool, cha
         return classical
     from neuroseg.predict import segment_image
 
-    bundle = get_bundle(spec["uri"], "fp32", spec.get("tta"))
+    bundle = get_bundle(spec["uri"], "fp32", spec.get("tta"), spec.get("backend", "auto"))
 
     def model(image):
         labels, _, prob = segment_image(
@@ -119,12 +119,18 @@ def list_samples(root: str, dataset: str, split: str, images: str | None) -> lis
 
 
 @task(name="sweep-threshold", **IO_RETRIES)
-def sweep(model_uri: str, samples: list[dict], radius: float, tta: str | None = None) -> dict:
+def sweep(
+    model_uri: str,
+    samples: list[dict],
+    radius: float,
+    tta: str | None = None,
+    backend: str = "auto",
+) -> dict:
     """Probability threshold and minimum area maximising object F1 on validation images."""
     from neuroseg.metrics import threshold_sweep
     from neuroseg.predict import predict_image
 
-    bundle = get_bundle(model_uri, "fp32", tta)
+    bundle = get_bundle(model_uri, "fp32", tta, backend)
     probs, masks = [], []
     for s in samples:
         probs.append(predict_image(bundle, read_native(s["image_uri"])))
@@ -135,14 +141,16 @@ def sweep(model_uri: str, samples: list[dict], radius: float, tta: str | None = 
 
 
 @task(name="sweep-postprocessing", **IO_RETRIES)
-def sweep_instances(model_uri: str, samples: list[dict], tta: str | None = None) -> dict:
+def sweep_instances(
+    model_uri: str, samples: list[dict], tta: str | None = None, backend: str = "auto"
+) -> dict:
     """Post-processing of a three-class model chosen on validation images (mean AP 0.5:0.95),
     for its predictions under test-time augmentation ``tta`` (None: the model's own)."""
     from neuroseg.instances import sweep_postprocessing
     from neuroseg.masks import label_mask
     from neuroseg.predict import predict_image
 
-    bundle = get_bundle(model_uri, "fp32", tta)
+    bundle = get_bundle(model_uri, "fp32", tta, backend)
     probs, truths = [], []
     for s in samples:
         probs.append(predict_image(bundle, read_native(s["image_uri"])))

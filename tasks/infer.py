@@ -11,16 +11,20 @@ from neuroseg import inference as lib
 from neuroseg import storage
 from tasks.common import IO_RETRIES
 
-_BUNDLES: dict[tuple[str, str, str | None], object] = {}
-_STATS: dict[tuple[str, str, str | None], dict[str, int]] = {}
+_BUNDLES: dict[tuple[str, str, str | None, str], object] = {}
+_STATS: dict[tuple[str, str, str | None, str], dict[str, int]] = {}
 _LOCK = threading.Lock()
 
 
-def get_bundle(model_uri: str, precision: str = "fp32", tta: str | None = None):
+def get_bundle(
+    model_uri: str, precision: str = "fp32", tta: str | None = None, backend: str = "auto"
+):
     """The model, loaded once per worker process (thread-safe), not once per image.
 
-    ``tta`` (None: the model's own) is :func:`neuroseg.registry.load_model`'s."""
-    key = (model_uri, precision, tta)
+    ``tta`` (None: the model's own) and ``backend`` (``auto``: ONNX Runtime when the model has
+    an ONNX export and it is installed, else TensorFlow) are
+    :func:`neuroseg.registry.load_model`'s."""
+    key = (model_uri, precision, tta, backend)
     with _LOCK:
         stats = _STATS.setdefault(key, {"loads": 0, "hits": 0})
         if key in _BUNDLES:
@@ -28,21 +32,21 @@ def get_bundle(model_uri: str, precision: str = "fp32", tta: str | None = None):
         else:
             from neuroseg.registry import load_model
 
-            _BUNDLES[key] = load_model(model_uri, precision=precision, tta=tta)
+            _BUNDLES[key] = load_model(model_uri, precision=precision, tta=tta, backend=backend)
             stats["loads"] += 1
         return _BUNDLES[key]
 
 
 def cache_info() -> dict:
-    """This process's model cache: its pid and, per model URI, precision and TTA, how often
+    """This process's model cache: its pid and, per model URI, precision, TTA and backend, how often
     :func:`get_bundle` loaded the model and how often it reused it. On a Dask cluster,
     ``client.run(cache_info)`` asks every worker process."""
     with _LOCK:
         return {
             "pid": os.getpid(),
             "models": [
-                {"uri": u, "precision": p, "tta": t, **n}
-                for (u, p, t), n in sorted(_STATS.items(), key=lambda kv: str(kv[0]))
+                {"uri": u, "precision": p, "tta": t, "backend": b, **n}
+                for (u, p, t, b), n in sorted(_STATS.items(), key=lambda kv: str(kv[0]))
             ],
         }
 
@@ -88,9 +92,10 @@ def segment_image(
     channel: int | None = None,
     tta: str | None = None,
     pixel_size_um: float | dict[str, float] | None = None,
+    backend: str = "auto",
 ) -> dict:
     """Segment one upload and write its label image and cell records (or quarantine it)."""
-    bundle = get_bundle(model_uri, precision, tta)
+    bundle = get_bundle(model_uri, precision, tta, backend)
     return lib.process_image(
         bundle,
         item,

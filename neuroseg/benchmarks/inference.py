@@ -149,7 +149,12 @@ def bench_model_uri(workdir: str, *, seed: int = 0) -> tuple[str, str]:
 
 
 def library_plate(
-    root: str, model_uri: str, *, precision: str = "fp32", tta: str | None = None
+    root: str,
+    model_uri: str,
+    *,
+    precision: str = "fp32",
+    tta: str | None = None,
+    backend: str = "tf",
 ) -> dict:
     """Nightly inference of ``<root>/uploads`` without Prefect: load, find, process in a loop.
 
@@ -169,7 +174,7 @@ def library_plate(
     from neuroseg.registry import load_model
 
     t0 = time.perf_counter()
-    bundle = load_model(model_uri, precision=precision, tta=tta)
+    bundle = load_model(model_uri, precision=precision, tta=tta, backend=backend)
     load = time.perf_counter() - t0
     cells_uri = storage.join(root, "cells")
     pending, _ = inference.find_pending(
@@ -355,6 +360,8 @@ def bench_inference(
     step_images: int = 3,
     repeat: int = 3,
     tta: str | None = None,
+    backends: tuple[str, ...] = ("tf",),
+    cold_start: bool | None = None,
 ) -> dict:
     """Time every step of inference per image, end to end, and a plate in a library loop.
 
@@ -381,6 +388,17 @@ def bench_inference(
     tta : {"none", "flip2", "flips"} or None
         Test-time augmentation to time (:data:`neuroseg.predict.TTA_MODES`); None: the
         model's own.
+    backends : tuple of {"tf", "onnx"}
+        What runs the network: ``tf`` is timed at every precision of `precisions`; ``onnx``
+        (ONNX Runtime on the folder's ``model.onnx``) in fp32 only, reported as the run
+        ``"onnx"`` beside the precisions, with ``onnx_speedup`` (tf fp32 end to end / onnx)
+        when both ran.
+    cold_start : bool or None
+        Also time each backend's cold start in a fresh Python process (import, model load,
+        first image: :func:`neuroseg.benchmarks.serving.cold_start`) and add the installed
+        size of the serve and full environments
+        (:func:`neuroseg.benchmarks.serving.environment_sizes`); None: when ``onnx`` is in
+        `backends`.
 
     Returns
     -------
@@ -391,7 +409,7 @@ def bench_inference(
         ``first_call_seconds`` (tracing), ``steps`` (seconds per image by step),
         ``sum_of_steps``, ``end_to_end_seconds`` (median; the target is checked on it),
         ``end_to_end_best_seconds`` (the least, less sensitive to other users of the machine),
-        ``images_per_second``, ``cells_per_image``; ``tta`` (the mode timed);
+        ``images_per_second``, ``cells_per_image``, ``backend``; ``tta`` (the mode timed);
         ``library_plate_seconds`` (fp32 plate
         through ``process_image``, model load included) with ``library_plate`` details;
         ``target`` (end-to-end fp32 under :data:`TARGETS` of the model).
@@ -406,6 +424,13 @@ def bench_inference(
     bad = [p for p in precisions if p not in ("fp32", "bf16")]
     if bad or not precisions:
         raise ValueError(f"precisions must be a non-empty subset of ('fp32', 'bf16'), got {bad}")
+    backends = tuple(backends)
+    if not backends or any(b not in ("tf", "onnx") for b in backends):
+        raise ValueError(f"backends must be a non-empty subset of ('tf', 'onnx'), got {backends}")
+    runs = [(p, "tf", p) for p in precisions if "tf" in backends]
+    runs += [("fp32", "onnx", "onnx")] if "onnx" in backends else []
+    if cold_start is None:
+        cold_start = "onnx" in backends
     from neuroseg import synth
     from neuroseg.normalize import input_spec
     from neuroseg.registry import load_model
@@ -439,10 +464,14 @@ def bench_inference(
         sample = uris[: min(step_images, images)]
         per_precision: dict[str, dict] = {}
         config: dict = {}
-        for precision in precisions:
-            load, bundle = _once(lambda p=precision: load_model(model_uri, precision=p, tta=tta))
+        for precision, backend, label in runs:
+            load, bundle = _once(
+                lambda p=precision, b=backend: load_model(
+                    model_uri, precision=p, tta=tta, backend=b
+                )
+            )
             config = bundle.config
-            work = os.path.join(tmp, precision)
+            work = os.path.join(tmp, label)
             first = _end_to_end(bundle, sample[0], work)  # traces the model function
             steps, cells = [], []
             for uri in sample:
@@ -451,7 +480,9 @@ def bench_inference(
                 cells.append(n)
             e2e = [_end_to_end(bundle, uri, work) for uri in sample]
             med = {s: statistics.median(t[s] for t in steps) for s in _STEPS}
-            per_precision[precision] = {
+            per_precision[label] = {
+                "backend": backend,
+                "precision": precision,
                 "load_seconds": load,
                 "first_call_seconds": first,
                 "steps": med,
@@ -461,9 +492,15 @@ def bench_inference(
                 "images_per_second": 1.0 / statistics.median(e2e),
                 "cells_per_image": statistics.mean(cells),
             }
-        plate = library_plate(plate_root, model_uri, precision="fp32", tta=tta)
+        plate = library_plate(plate_root, model_uri, precision="fp32", tta=tta, backend=runs[0][1])
+        starts = {}
+        if cold_start:
+            from neuroseg.benchmarks.serving import cold_start as time_cold_start
+
+            for backend in dict.fromkeys(b for _, b, _ in runs):
+                starts[backend] = time_cold_start(model_uri, uris[0], backend=backend)
     tile = int(config.get("tile", 400))
-    fp32 = per_precision.get("fp32", {}).get("end_to_end_seconds")
+    fp32 = (per_precision.get("fp32") or per_precision.get("onnx") or {}).get("end_to_end_seconds")
     target = TARGETS.get(target_key, TARGET_SECONDS)
     result = {
         "model": model_name,
@@ -497,6 +534,19 @@ def bench_inference(
             + ("" if model_name != FALLBACK_MODEL else "; measured with the fallback"),
         },
     }
+    if "fp32" in per_precision and "onnx" in per_precision:
+        result["onnx_speedup"] = (
+            per_precision["fp32"]["end_to_end_seconds"]
+            / per_precision["onnx"]["end_to_end_seconds"]
+        )
+        result["onnx_speedup_predict"] = (
+            per_precision["fp32"]["steps"]["predict"] / per_precision["onnx"]["steps"]["predict"]
+        )
+    if starts:
+        from neuroseg.benchmarks.serving import environment_sizes
+
+        result["cold_start"] = starts
+        result["environment"] = environment_sizes()
     if "fp32" in per_precision and "bf16" in per_precision:
         result["bf16_speedup"] = (
             per_precision["fp32"]["end_to_end_seconds"]

@@ -54,15 +54,28 @@ INPUT_NAME = "image"
 
 
 def _test_tensor(fixed: int | None, tile: int, step: int) -> np.ndarray:
-    """A fixed pseudo-random image on the 0..255 scale: a tile, or (fully convolutional) a
-    non-square image of stride multiples, so height and width are both checked."""
+    """A fixed pseudo-random image on the 0..255 scale that looks like a fluorescence field (bright
+    discs of 5 to 20 px radius, some touching, on a dark noisy background), so that the check
+    covers cells, their boundaries and background rather than a saturated output: a tile, or
+    (fully convolutional) a non-square image of stride multiples, so that height and width are
+    both checked."""
     rng = np.random.default_rng(20261207)
     if fixed is not None:
-        shape = (2, fixed, fixed, 3)
+        shape = (2, fixed, fixed)
     else:
         side = max(step, (min(tile, 256) // step) * step)
-        shape = (1, side, side + step, 3)
-    return (rng.random(shape, dtype=np.float32) * 255.0).astype(np.float32)
+        shape = (1, side, side + step)
+    rows, cols = np.ogrid[: shape[1], : shape[2]]
+    x = np.full(shape, 20.0, np.float32)
+    for plane in x:
+        for _ in range(max(1, shape[1] * shape[2] // 1500)):
+            r = rng.uniform(5, 20)
+            cy, cx = rng.uniform(0, shape[1]), rng.uniform(0, shape[2])
+            disc = (rows - cy) ** 2 + (cols - cx) ** 2 <= r * r
+            plane[disc] = np.maximum(plane[disc], rng.uniform(120, 250))
+    x += rng.normal(0.0, 8.0, shape).astype(np.float32)
+    x = np.clip(x, 0.0, 255.0).astype(np.float32)
+    return np.repeat(x[..., None], 3, axis=-1)
 
 
 def _run_session(session, x: np.ndarray) -> np.ndarray:
