@@ -21,6 +21,8 @@ import keras
 import numpy as np
 from keras import layers
 
+from neuroseg.tiling import stride  # re-exported: the U-Net's input stride
+
 __all__ = [
     "ARCHITECTURES",
     "HEADS",
@@ -156,12 +158,6 @@ def describe_unet(train: dict) -> str:
     if train.get("space_to_depth"):
         text += ", space-to-depth stem (runs at half resolution, sub-pixel head)"
     return text
-
-
-def stride(depth: int, space_to_depth: bool = False) -> int:
-    """What a U-Net's input sides must be divisible by: ``2**depth``, twice that with the
-    space-to-depth stem."""
-    return 2 ** int(depth) * (2 if space_to_depth else 1)
 
 
 def _conv_block(x, filters: int, batch_norm: bool, kw: dict, name: str):

@@ -149,7 +149,7 @@ class ServingBundle:
             raise ValueError(
                 f"model {self.name}@{self.version} is not fully convolutional at full resolution"
             )
-        from neuroseg.models import stride
+        from neuroseg.tiling import stride
 
         train = self.config.get("train") or {}
         step = stride(int(train.get("depth", 3)), bool(train.get("space_to_depth", False)))

@@ -32,6 +32,7 @@ __all__ = [
     "crop_tiles",
     "downscale_masks",
     "stitch",
+    "stride",
     "taper_window",
     "tile_grid",
     "upscale_tiles",
@@ -391,3 +392,10 @@ def _stitch_cells(tiles: np.ndarray, grid: np.ndarray, shape, blend: str, window
                     delta *= (weight / total).reshape(weight.shape + channel)
                 dest += delta
     return out
+
+
+def stride(depth: int, space_to_depth: bool = False) -> int:
+    """What a U-Net's input sides must be divisible by: ``2**depth``, twice that with the
+    space-to-depth stem (here, not in :mod:`neuroseg.models`, so that serving without Keras
+    pads whole images to it)."""
+    return 2 ** int(depth) * (2 if space_to_depth else 1)

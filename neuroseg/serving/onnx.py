@@ -112,7 +112,7 @@ def write_onnx(folder_uri: str, model: Any, config: dict) -> dict:
     import tensorflow as tf
     import tf2onnx
 
-    from neuroseg.models import stride
+    from neuroseg.tiling import stride
 
     start = time.perf_counter()
     fixed = model.input_shape[1]
