@@ -835,6 +835,7 @@ def unpack_package(path: str, dest: str | None = None) -> str:
         if record.get("sha256") and record["sha256"] != digest:
             raise ValueError(f"{path}: model.onnx does not match the sha256 its onnx.json records")
         doc = rdf.get("documentation")
+        doc = doc.get("source") if isinstance(doc, dict) else doc  # 0.5: a file entry
         card = read(doc) if isinstance(doc, str) and doc in names else None
     finally:
         if archive is not None:
@@ -857,3 +858,20 @@ def unpack_package(path: str, dest: str | None = None) -> str:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return dest
+
+
+def _cli(argv: list[str] | None = None) -> int:
+    """``python -m neuroseg.serving.bioimageio ARGS``: bioimage.io's own command line
+    (``bioimageio ARGS``, e.g. ``test FILE.zip``) with :func:`_bioimageio_compat` applied, for
+    environments whose pydantic breaks the plain ``bioimageio`` command."""
+    import sys
+
+    _bioimageio_compat()
+    from bioimageio.core.__main__ import main
+
+    sys.argv = ["bioimageio", *(sys.argv[1:] if argv is None else argv)]
+    return main()
+
+
+if __name__ == "__main__":
+    raise SystemExit(_cli())
