@@ -152,6 +152,9 @@ def test_unpack_our_package_and_reuse_the_cache(tmp_path, monkeypatch):
     stamp = os.stat(Path(folder, "onnx.json")).st_mtime_ns
     assert bio.unpack_package(str(package)) == folder  # the same zip: the same folder, reused
     assert os.stat(Path(folder, "onnx.json")).st_mtime_ns == stamp
+    mine = bio.unpack_package(str(package), str(tmp_path / "mine"))  # a folder of the caller's
+    assert mine == str(tmp_path / "mine") and Path(mine, "onnx.json").is_file()
+    assert not [p for p in os.listdir(tmp_path / "cache") if p.startswith(".unpack-")]
 
 
 def test_unpack_checks_the_network_against_its_record(tmp_path):

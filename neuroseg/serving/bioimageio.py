@@ -824,10 +824,9 @@ def unpack_package(path: str, dest: str | None = None) -> str:
                     f"{path}: config.neuroseg.files {folder_name!r} -> {package_name!r} is "
                     "not a file of the package"
                 )
+        cached = dest is None
         dest = dest or os.path.join(_cache_root(), key[:24])
-        if os.path.exists(os.path.join(dest, "onnx.json")) and os.path.exists(
-            os.path.join(dest, "config.json")
-        ):
+        if cached and _complete(dest):
             return dest
         blobs = {folder_name: read(package_name) for folder_name, package_name in files.items()}
         record = json.loads(blobs["onnx.json"])
@@ -840,24 +839,43 @@ def unpack_package(path: str, dest: str | None = None) -> str:
     finally:
         if archive is not None:
             archive.close()
+    if not cached:  # the caller's folder: write into it, onnx.json last
+        os.makedirs(dest, exist_ok=True)
+        _write_folder(dest, blobs, card, ours["config"])
+        return dest
+    # the cache: a complete folder appears at once (rename), so concurrent callers never
+    # load a half-written one; the loser of a race keeps the winner's identical folder
     parent = os.path.dirname(os.path.abspath(dest))
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=".unpack-", dir=parent)
     try:
-        for folder_name, data in blobs.items():
-            if folder_name != "onnx.json":
-                Path(tmp, folder_name).write_bytes(data)
-        if card is not None:
-            Path(tmp, "MODEL_CARD.md").write_bytes(card)
-        storage.write_json(os.path.join(tmp, "config.json"), ours["config"])
-        Path(tmp, "onnx.json").write_bytes(blobs["onnx.json"])  # last: the folder is complete
-        if os.path.isdir(dest):
-            shutil.rmtree(dest)
-        os.replace(tmp, dest)
-    except BaseException:
+        _write_folder(tmp, blobs, card, ours["config"])
+        if os.path.isdir(dest) and not _complete(dest):
+            shutil.rmtree(dest, ignore_errors=True)  # an interrupted unpack's leftovers
+        try:
+            os.replace(tmp, dest)
+        except OSError:
+            if not _complete(dest):
+                raise
+    finally:
         shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return dest
+
+
+def _complete(folder: str) -> bool:
+    return os.path.exists(os.path.join(folder, "onnx.json")) and os.path.exists(
+        os.path.join(folder, "config.json")
+    )
+
+
+def _write_folder(folder: str, blobs: dict, card: bytes | None, config: dict) -> None:
+    for folder_name, data in blobs.items():
+        if folder_name != "onnx.json":
+            Path(folder, folder_name).write_bytes(data)
+    if card is not None:
+        Path(folder, "MODEL_CARD.md").write_bytes(card)
+    storage.write_json(os.path.join(folder, "config.json"), config)
+    Path(folder, "onnx.json").write_bytes(blobs["onnx.json"])  # last: the folder is complete
 
 
 def _cli(argv: list[str] | None = None) -> int:
