@@ -466,7 +466,20 @@ def cmd_export(args) -> int:
         raise ValueError("export bioimageio needs --out FILE.zip")
     from neuroseg.serving.bioimageio import export_package
 
-    _print_json(export_package(uri, args.out))
+    _print_json(export_package(uri, args.out, sample=args.sample))
+    return 0
+
+
+def cmd_import_model(args) -> int:
+    from neuroseg import registry
+
+    uri = registry.import_model(args.root, args.source, name=args.name)
+    name, version = uri.rstrip("/").split("/")[-2:]
+    if args.promote:
+        registry.set_production(args.root, name, version, reason=f"imported from {args.source}")
+    serving = registry.production_version(args.root, name) == version
+    state = "production" if serving else "not promoted"
+    print(f"{name}@{version} ({state}) -> {uri}")
     return 0
 
 
@@ -765,7 +778,19 @@ def build_parser() -> argparse.ArgumentParser:
     root_arg(sp)
     sp.add_argument("--out", help="bioimageio: the package file to write (FILE.zip)")
     sp.add_argument("--force", action="store_true", help="onnx: export again if already done")
+    sp.add_argument(
+        "--sample", help="bioimageio: an image for the test tensors and cover (default: synthetic)"
+    )
     sp.set_defaults(func=cmd_export)
+
+    sp = sub.add_parser(
+        "import-model", help="add a model folder or bioimage.io package to the registry"
+    )
+    sp.add_argument("source", help="bioimageio:FILE.zip or a model folder")
+    root_arg(sp)
+    sp.add_argument("--name", help="registry name (default: the model's own)")
+    sp.add_argument("--promote", action="store_true", help="serve it as NAME's production model")
+    sp.set_defaults(func=cmd_import_model)
 
     sp = sub.add_parser("report", help="write a plate's HTML report (thumbnails, counts, failures)")
     sp.add_argument("plate", help="plate id (the folder name under uploads/)")

@@ -37,6 +37,7 @@ __all__ = [
     "ServingBundle",
     "copy_model",
     "default_model_uri",
+    "import_model",
     "list_versions",
     "load_default_model",
     "load_model",
@@ -547,6 +548,43 @@ def copy_model(src_uri: str, dst_uri: str) -> str:
             storage.copy(storage.join(src_uri, name), storage.join(dst_uri, name))
     storage.copy(storage.join(src_uri, "config.json"), storage.join(dst_uri, "config.json"))
     return str(dst_uri)
+
+
+def import_model(root_uri: str, spec: str, *, name: str | None = None) -> str:
+    """Add a model from outside the registry (a folder, or ``bioimageio:FILE.zip``) as a version.
+
+    The version keeps the model's own ``config["version"]`` (so its rows in the cell table stay
+    traceable to the package), under ``name`` (default: the model's own name). Importing the
+    same model again returns the existing version; a different model under an existing version
+    is refused. Not promoted: :func:`set_production` serves it.
+
+    Returns
+    -------
+    str
+        URI of the version folder ``<root>/models/<name>/<version>``.
+    """
+    src = resolve_model_uri(root_uri, spec)
+    config = storage.read_json(storage.join(src, "config.json"))
+    name = _check_name(name or str(config.get("name") or "imported"))
+    version = str(config.get("version") or "")
+    if not _NAME.match(version):
+        raise ValueError(f"{spec}: its config.json has no usable version ({version!r})")
+    dst = model_uri(root_uri, name, version)
+    if storage.exists(storage.join(dst, "config.json")):
+        same = all(
+            storage.exists(storage.join(dst, f))
+            and storage.sha256_bytes(storage.read_bytes(storage.join(dst, f)))
+            == storage.sha256_bytes(storage.read_bytes(storage.join(src, f)))
+            for f in ("model.onnx", "model.keras")
+            if storage.exists(storage.join(src, f))
+        )
+        if not same:
+            raise ValueError(f"{dst} already holds another model under version {version}")
+        return dst
+    config = {**config, "name": name}
+    copy_model(src, dst)
+    storage.write_json(storage.join(dst, "config.json"), config)  # the registry's own name
+    return dst
 
 
 # ----------------------------------------------------------------------------- load

@@ -292,3 +292,42 @@ def test_shipped_model_package(name, tmp_path, monkeypatch):
     assert labels.max() > 0
     np.testing.assert_array_equal(labels, original)
     print(name, {k: round(v, 1) for k, v in times.items()})
+
+
+def test_a_package_runs_by_name_and_imports_into_the_registry(tmp_path, capsys):
+    """`export bioimageio` -> `--model bioimageio:FILE.zip` and `import-model` (the registry
+    import), on a tiny registered model: the same cells as the folder it came from."""
+    import pandas as pd
+
+    from neuroseg import registry
+    from neuroseg.cli import main
+    from tests.conftest import register_grey_model
+    from tests.test_serving import _grey_png
+
+    uri = register_grey_model(str(tmp_path / "reg"))
+    package = tmp_path / "grey.zip"
+    assert main(["export", "bioimageio", uri, "--out", str(package)]) == 0
+    exported = json.loads(capsys.readouterr().out)
+    assert exported["test"] == "passed" and "onnx" in exported["weights"]
+
+    image = _grey_png(tmp_path)
+    runs = {"folder": uri, "package": f"bioimageio:{package}"}
+    for label, model in runs.items():
+        assert (
+            main(["segment", image, "--model", model, "--out", str(tmp_path / f"{label}.pq")]) == 0
+        )
+    folder, packaged = (pd.read_parquet(tmp_path / f"{k}.pq") for k in runs)
+    assert len(folder) > 3
+    cols = ["cell_id", "area_px", "centroid_x", "centroid_y", "model_version"]
+    pd.testing.assert_frame_equal(folder[cols], packaged[cols])
+
+    root = str(tmp_path / "lab")
+    args = ["import-model", f"bioimageio:{package}", "--root", root, "--name", "lab"]
+    assert main([*args, "--promote"]) == 0
+    assert "(production)" in capsys.readouterr().out
+    version = uri.rstrip("/").rsplit("/", 1)[-1]
+    served = registry.resolve_model_uri(root, "lab")
+    assert served == registry.model_uri(root, "lab", version)
+    assert registry.load_model(served, backend="auto").backend == "onnx"
+    assert main(args) == 0  # importing it again changes nothing
+    assert registry.list_versions(root, "lab") == [version]

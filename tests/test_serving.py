@@ -131,9 +131,8 @@ def test_the_nightly_flow_runs_in_a_worker_without_tensorflow(tmp_path, prefect_
 
 
 def test_export_onnx_adds_a_checked_export_to_an_older_folder(tmp_path, capsys):
-    from tests.conftest import register_grey_model
-
     from neuroseg.cli import main
+    from tests.conftest import register_grey_model
 
     uri = register_grey_model(str(tmp_path))
     assert nonnx.onnx_info(uri)["check"]["max_abs_diff"] <= nonnx.CHECK_TOLERANCE
