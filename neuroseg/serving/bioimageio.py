@@ -28,7 +28,8 @@ Weight formats (bioimage.io spec 0.5.12, bioimageio.core 0.11, TensorFlow 2.21, 
 ----------------------------------------------------------------------------------------------
 - ``onnx``: the folder's ``model.onnx`` (tf2onnx, opset 17); for a grey model a ``Concat``
   node in front replicates the one channel to the three planes the network takes. Runs in
-  bioimageio.core (ONNX Runtime), deepImageJ 3, ilastik and QuPath's deep java library.
+  bioimageio.core (ONNX Runtime), deepImageJ 3 and ilastik (QuPath's Deep Java Library has no
+  ONNX Runtime engine: it takes the SavedModel below).
 - ``tensorflow_saved_model_bundle``: the same network (BatchNorm folded, the grey ``Concat`` in
   a Keras wrapper) written by Keras 3's ``model.export(format="tf_saved_model")``, zipped.
   bioimageio.core runs TF 2 SavedModels through ``keras.layers.TFSMLayer(call_endpoint="serve")``
