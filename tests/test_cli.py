@@ -96,6 +96,7 @@ def test_python_m_neuroseg_is_quiet_unless_verbose(tmp_path):
     image.write_bytes(encode_png(synth_plate(seed=1, height=96, width=128, n_cells=2).image))
     env = {k: v for k, v in os.environ.items() if not k.startswith(("TF_", "ABSL"))}
     command = [sys.executable, "-m", "neuroseg", "segment", str(image), "--out", "c.parquet"]
+    command += ["--backend", "tf"]  # TensorFlow itself, whose start-up chatter is held back
     runs = {}
     for extra in ([], ["--verbose"]):
         out = subprocess.run(
