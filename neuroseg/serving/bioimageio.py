@@ -454,9 +454,15 @@ def export_package(model_uri: str, out: str, *, sample: Any = None, test: bool =
     neuroseg.registry.ModelNotFoundError
         `model_uri` is not a model folder.
     """
-    import onnxruntime as ort
-    import yaml
-    from bioimageio.spec import load_description, save_bioimageio_package
+    try:
+        import onnxruntime as ort
+        import yaml
+        from bioimageio.spec import load_description, save_bioimageio_package
+    except ImportError as exc:
+        raise ValueError(
+            f"exporting a bioimage.io package needs bioimage.io's libraries and ONNX Runtime "
+            f"({exc}): pip install 'neuroseg[bioimageio,train]'"
+        ) from None
 
     from neuroseg.normalize import input_spec
 
