@@ -621,7 +621,7 @@ def _has_batch_norm(model) -> bool:
     return any(isinstance(layer, keras.layers.BatchNormalization) for layer in model.layers)
 
 
-def _choose_backend(uri: str, backend: str, precision: str) -> str:
+def _choose_backend(uri: str, backend: str, precision: str, config: dict) -> str:
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
     if backend == "onnx" and precision != "fp32":
@@ -632,7 +632,10 @@ def _choose_backend(uri: str, backend: str, precision: str) -> str:
         return "tf"
     import importlib.util
 
-    has_onnx = storage.exists(storage.join(uri, "onnx.json"))
+    from neuroseg.serving.onnx import onnx_info, stale_export
+
+    info = onnx_info(uri)
+    has_onnx = info is not None and not stale_export(info, config)
     if has_onnx and importlib.util.find_spec("onnxruntime") is not None:
         return "onnx"
     if has_onnx and not storage.exists(storage.join(uri, "model.keras")):
@@ -726,7 +729,7 @@ def load_model(
     parts = uri.split("/")
     name = str(config.get("name") or (parts[-2] if len(parts) > 1 else "model"))
     version = str(config.get("version") or parts[-1])
-    if _choose_backend(uri, backend, precision) == "onnx":
+    if _choose_backend(uri, backend, precision, config) == "onnx":
         from neuroseg.serving.onnx import load_onnx
 
         return load_onnx(uri, config, name=name, version=version)

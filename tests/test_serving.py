@@ -210,3 +210,18 @@ def test_backend_errors_are_one_line(tmp_path):
         registry.load_model(str(folder), backend="tf")
     with pytest.raises(SystemExit):
         main(["segment", "x.png", "--out", "o.parquet", "--backend", "torch"])
+
+
+def test_a_stale_export_is_not_served(tmp_path):
+    """model.keras replaced after the export (config.json names another version): auto falls
+    back to TensorFlow and onnx refuses, naming the fix."""
+    folder = tmp_path / "m"
+    shutil.copytree(registry.shipped_model_uri("nuclei"), folder)
+    config = json.loads((folder / "config.json").read_text())
+    config["version"] = "20991231T000000Z-00000000"
+    (folder / "config.json").write_text(json.dumps(config))
+    assert registry.load_model(str(folder), backend="auto").backend == "tf"
+    with pytest.raises(ValueError, match=r"exported from version .* --force"):
+        registry.load_model(str(folder), backend="onnx")
+    nonnx.export_onnx(str(folder), force=True)
+    assert registry.load_model(str(folder), backend="auto").backend == "onnx"

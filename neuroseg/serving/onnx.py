@@ -39,6 +39,7 @@ __all__ = [
     "export_onnx",
     "load_onnx",
     "onnx_info",
+    "stale_export",
     "write_onnx",
 ]
 
@@ -195,6 +196,13 @@ def export_onnx(uri: str, *, force: bool = False) -> dict:
     return write_onnx(uri, bundle.model, bundle.config)
 
 
+def stale_export(info: dict, config: dict) -> bool:
+    """True when an ``onnx.json`` was written for another version of the model than the
+    folder's ``config.json`` names (``model.keras`` replaced after the export)."""
+    exported, current = info.get("model_version"), config.get("version")
+    return bool(exported and current and exported != current)
+
+
 def onnx_info(uri: str) -> dict | None:
     """The folder's ``onnx.json`` record, or None when it has no complete ONNX export."""
     try:
@@ -279,6 +287,11 @@ def load_onnx(uri: str, config: dict, *, name: str, version: str) -> OnnxBundle:
         raise ModelNotFoundError(
             f"{uri}: no ONNX export (model.onnx and onnx.json): run `neuroseg export onnx "
             f"{uri}` where TensorFlow is installed, or use backend tf"
+        )
+    if stale_export(info, config):
+        raise ValueError(
+            f"{uri}/{ONNX_FILE}: exported from version {info['model_version']}, but the folder "
+            f"holds {config['version']}: run `neuroseg export onnx {uri} --force`"
         )
     if info.get("sha256") and storage.sha256_bytes(data) != info["sha256"]:
         raise ValueError(f"{uri}/{ONNX_FILE}: its sha256 differs from {ONNX_INFO}'s (damaged?)")
