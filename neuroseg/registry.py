@@ -150,10 +150,9 @@ class ServingBundle:
             raise ValueError(
                 f"model {self.name}@{self.version} is not fully convolutional at full resolution"
             )
-        from neuroseg.tiling import stride
+        from neuroseg.tiling import config_stride
 
-        train = self.config.get("train") or {}
-        step = stride(int(train.get("depth", 3)), bool(train.get("space_to_depth", False)))
+        step = config_stride(self.config)
         height, width = image.shape[:2]
         pad_h, pad_w = -height % step, -width % step
         x = image.astype(np.float32, copy=False)

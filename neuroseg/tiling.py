@@ -29,6 +29,7 @@ __all__ = [
     "BLENDS",
     "UPSCALE_METHODS",
     "axis_positions",
+    "config_stride",
     "crop_tiles",
     "downscale_masks",
     "stitch",
@@ -399,3 +400,10 @@ def stride(depth: int, space_to_depth: bool = False) -> int:
     space-to-depth stem (here, not in :mod:`neuroseg.models`, so that serving without Keras
     pads whole images to it)."""
     return 2 ** int(depth) * (2 if space_to_depth else 1)
+
+
+def config_stride(config) -> int:
+    """:func:`stride` of a registered model's config (``train.depth``, default 3, and
+    ``train.space_to_depth``)."""
+    train = config.get("train") or {}
+    return stride(int(train.get("depth", 3)), bool(train.get("space_to_depth", False)))

@@ -164,13 +164,6 @@ def _description(card: str, name: str) -> str:
     return f"neuroseg {name} model: per-pixel class probabilities of a U-Net."
 
 
-def _stride(config: Mapping[str, Any]) -> int:
-    from neuroseg.models import stride
-
-    train = config.get("train") or {}
-    return stride(int(train.get("depth", 3)), bool(train.get("space_to_depth", False)))
-
-
 def _read_sample(sample: Any) -> np.ndarray:
     if sample is None:
         from neuroseg.synth import synth_plate
@@ -465,6 +458,7 @@ def export_package(model_uri: str, out: str, *, sample: Any = None, test: bool =
         ) from None
 
     from neuroseg.normalize import input_spec
+    from neuroseg.tiling import config_stride
 
     _bioimageio_compat()
     start = time.perf_counter()
@@ -483,7 +477,7 @@ def export_package(model_uri: str, out: str, *, sample: Any = None, test: bool =
             onnx_bytes = f.read()
         fixed = onnx_record.get("input", {}).get("shape", [None, None])[1]
         fixed = fixed if isinstance(fixed, int) else None
-        step = _stride(config)
+        step = config_stride(config)
 
         pkg = os.path.join(work, "package")
         os.makedirs(pkg)

@@ -113,7 +113,7 @@ def write_onnx(folder_uri: str, model: Any, config: dict) -> dict:
     import tensorflow as tf
     import tf2onnx
 
-    from neuroseg.tiling import stride
+    from neuroseg.tiling import config_stride
 
     start = time.perf_counter()
     fixed = model.input_shape[1]
@@ -131,8 +131,7 @@ def write_onnx(folder_uri: str, model: Any, config: dict) -> dict:
             f"{folder_uri}: ONNX conversion failed ({type(exc).__name__}: {exc})"
         ) from None
     data = proto.SerializeToString()
-    train = config.get("train") or {}
-    step = stride(int(train.get("depth", 3)), bool(train.get("space_to_depth", False)))
+    step = config_stride(config)
     x = _test_tensor(fixed, int(config["tile"]), step)
     reference = np.asarray(run(x), np.float32)
     session = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
