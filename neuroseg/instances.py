@@ -40,6 +40,7 @@ __all__ = [
     "instances_from_classes",
     "open_objects",
     "separation_targets",
+    "split_objects",
     "sweep_leave_one_out",
     "sweep_postprocessing",
     "three_class_targets",
@@ -65,6 +66,7 @@ POSTPROCESS_DEFAULTS = {
     "small_peak": 1.0,
     "open_radius": 0,
     "min_area_fraction": 0.0,
+    "split_fraction": 0.0,
 }
 #: The default grid of :func:`sweep_postprocessing` (8 x 5 x 3 x 2 x 3 = 720 points; 80
 #: watersheds per image, the rest is cheap filtering and matching: about 3 s per 520x696
@@ -330,6 +332,7 @@ def instances_from_classes(
     small_peak: float = POSTPROCESS_DEFAULTS["small_peak"],
     open_radius: int = POSTPROCESS_DEFAULTS["open_radius"],
     min_area_fraction: float = POSTPROCESS_DEFAULTS["min_area_fraction"],
+    split_fraction: float = POSTPROCESS_DEFAULTS["split_fraction"],
 ) -> tuple[np.ndarray, int]:
     """Instance labels from background / interior / boundary probabilities.
 
@@ -346,7 +349,11 @@ def instances_from_classes(
        (:func:`open_objects`): parts thinner than the disk (neurites, a dendrite attached to
        a soma) are cut away, an object all thinner vanishes, and pieces an object falls into
        become objects of their own;
-    5. objects under ``min_area`` pixels, or under ``min_area_fraction`` of the image's
+    5. with ``split_fraction`` > 0, an object whose distance map has several peaks standing
+       out by at least that fraction of the image's typical cell radius is cut along the
+       valleys between them (:func:`split_objects`): touching cells whose interiors the
+       network joined, with a neck between them;
+    6. objects under ``min_area`` pixels, or under ``min_area_fraction`` of the image's
        typical object (:func:`typical_area`: the area of the object holding the median
        foreground pixel), are dropped, unless their peak interior probability is above
        ``small_peak`` (a confident micronucleus; 1: none is kept), and the rest numbered
@@ -373,6 +380,9 @@ def instances_from_classes(
         Radius in pixels of the disk that opens every object (0: none).
     min_area_fraction : float
         In ``[0, 1)``: smallest object as a fraction of the image's typical object (0: none).
+    split_fraction : float
+        In ``[0, 1)``: the smallest dynamic of a distance-map peak that makes a cell of its own,
+        as a fraction of the typical object's radius (0: no splitting).
 
     Returns
     -------
@@ -388,6 +398,7 @@ def instances_from_classes(
         _check_markers(markers, probs),
     )
     labels = open_objects(labels, radius=_check_count("open_radius", open_radius))
+    labels = split_objects(labels, fraction=_check_fraction("split_fraction", split_fraction))
     min_area = _smallest(labels, _check_count("min_area", min_area),
                          _check_fraction("min_area_fraction", min_area_fraction))  # fmt: skip
     return _keep(labels, probs, min_area, _check_peak(small_peak))
@@ -462,6 +473,64 @@ def open_objects(labels: np.ndarray, *, radius: int) -> np.ndarray:
     opened = (ndi.distance_transform_edt(~core) <= radius) & inside
     pieces, _ = ndi.label(opened, structure=_FOUR)
     return pieces.astype(np.int32, copy=False)
+
+
+def split_objects(labels: np.ndarray, *, fraction: float) -> np.ndarray:
+    """Objects cut where their distance map has several clear peaks (touching cells apart).
+
+    The Euclidean distance of every object pixel to the background or to another object
+    peaks once in a round cell and once per cell in two touching cells joined by a neck. A
+    peak counts when it stands out by at least ``h = fraction * r`` from the saddle that joins
+    it to a higher one (its *dynamic*: :func:`skimage.morphology.h_maxima`), where ``r`` is the
+    radius of a disc with the image's typical object area (:func:`typical_area`), so the rule
+    follows the cells' size from image to image. Each object holding several such peaks is
+    split by a watershed of the negated distance map from them; an object with one peak, or
+    none (smaller than ``h``), is left whole. Objects never merge.
+
+    Parameters
+    ----------
+    labels : (H, W) integer array
+        0 background.
+    fraction : float
+        In ``[0, 1)``; 0 returns ``labels`` unchanged. Two discs of radius ``r`` whose neck is
+        ``2 w`` wide split when ``r - w >= fraction * r``.
+
+    Returns
+    -------
+    (H, W) int32 array
+        The objects' labels, and new ones above them for the pieces they lose (not in raster
+        order: :func:`neuroseg.masks.relabel_raster` orders them).
+    """
+    fraction = _check_fraction("fraction", fraction)
+    labels = np.asarray(labels)
+    if fraction == 0 or not labels.any():
+        return labels
+    from skimage.morphology import h_maxima
+    from skimage.segmentation import watershed
+
+    h = fraction * float(np.sqrt(typical_area(labels) / np.pi))
+    inside = (labels > 0) & ~_between_objects(labels)
+    out = labels.astype(np.int32, copy=True)
+    top = int(out.max())
+    # object by object, in its bounding box (most of an image is background, and the
+    # h-maxima's reconstruction costs as many pixels as it is given)
+    for index, box in enumerate(ndi.find_objects(labels), start=1):
+        if box is None:
+            continue
+        box = tuple(slice(max(s.start - 1, 0), s.stop + 1) for s in box)
+        mine = labels[box] == index
+        dist = ndi.distance_transform_edt(inside[box] & mine)
+        if dist.max(initial=0) < h:
+            continue
+        peaks, n = ndi.label(h_maxima(dist, h) & mine, structure=np.ones((3, 3), bool))
+        if n < 2:
+            continue
+        parts = watershed(-dist, peaks, mask=mine)
+        # pixels no peak reached (a seam pixel walled in by other objects) join the first
+        cut = mine & (parts > 1)
+        out[box][cut] = parts[cut] + top - 1
+        top += n - 1
+    return out
 
 
 def _check_peak(value) -> float:
@@ -555,6 +624,7 @@ def _grid_points(grid: Mapping[str, Sequence]) -> list[dict]:
         _check_peak(p["small_peak"])
         _check_count("open_radius", p["open_radius"])
         _check_fraction("min_area_fraction", p["min_area_fraction"])
+        _check_fraction("split_fraction", p["split_fraction"])
     return points
 
 
@@ -586,9 +656,12 @@ def _grid_labels(probs, truth, points: list[dict]):
         opened = (*key, int(p["open_radius"]))
         if opened not in grown:
             grown[opened] = open_objects(grown[key], radius=opened[-1])
-        smallest = _smallest(grown[opened], int(p["min_area"]), float(p["min_area_fraction"]))
-        labels, n = _keep(grown[opened], probs, smallest, float(p["small_peak"]))
-        yield (opened, smallest, n), labels
+        split = (*opened, float(p["split_fraction"]))
+        if split not in grown:
+            grown[split] = split_objects(grown[opened], fraction=split[-1])
+        smallest = _smallest(grown[split], int(p["min_area"]), float(p["min_area_fraction"]))
+        labels, n = _keep(grown[split], probs, smallest, float(p["small_peak"]))
+        yield (split, smallest, n), labels
 
 
 def _grid_scores(probs, truth, points: list[dict], score) -> list:
@@ -613,6 +686,7 @@ def _params_of(point: Mapping) -> dict:
         "small_peak": float(point["small_peak"]),
         "open_radius": int(point["open_radius"]),
         "min_area_fraction": float(point["min_area_fraction"]),
+        "split_fraction": float(point["split_fraction"]),
     }
 
 

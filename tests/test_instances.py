@@ -465,3 +465,40 @@ def test_min_area_fraction_follows_the_cells_size_from_image_to_image():
     assert out["final"]["min_area_fraction"] == 0.25 and out["final_score"] == 1.0
     with pytest.raises(ValueError, match="min_area_fraction"):
         instances_from_classes(small_probs, min_area_fraction=1.0)
+
+
+def test_split_objects_cuts_joined_cells_at_their_neck_only():
+    """Two discs joined by a neck (one object, as a network whose interiors touch gives them)
+    fall apart at the neck; a round cell, an elongated one without a neck, and cells already
+    apart stay whole; objects never merge."""
+    from neuroseg.instances import split_objects
+
+    joined = touching_discs(shape=(70, 220), centres=((35, 30), (35, 58)), radius=16) > 0
+    labels = joined.astype(np.int32)
+    labels[_disk_mask((70, 220), (35, 110), 16)] = 2  # a round cell
+    labels[28:42, 140:215] = 3  # an elongated cell: a ridge, no neck
+    out = split_objects(labels, fraction=0.3)
+    assert len(np.unique(out[out > 0])) == 4
+    left, right = out[35, 24], out[35, 64]
+    assert left != right and left > 0 and right > 0
+    # the cut runs through the neck (x = 44), not through a disc
+    cut = np.flatnonzero(np.diff(out[35, 14:75]) != 0)[0] + 14
+    assert 40 <= cut <= 48
+    assert len(np.unique(out[labels == 2])) == 1 and len(np.unique(out[labels == 3])) == 1
+    # no piece spans two of the input's objects
+    for k in np.unique(out[out > 0]):
+        assert len(np.unique(labels[out == k])) == 1
+    # a neck shallower than the fraction asks for stays: the fraction is of the typical radius
+    assert len(np.unique(split_objects(labels, fraction=0.9)[labels == 1])) == 1
+    np.testing.assert_array_equal(split_objects(labels, fraction=0.0), labels)
+    # the 5-step of instances_from_classes, offered to the sweeps
+    probs = one_hot(np.where(labels > 0, INTERIOR, 0))
+    assert instances_from_classes(probs, min_area=0)[1] == 3
+    assert instances_from_classes(probs, min_area=0, split_fraction=0.3)[1] == 4
+    truth = labels.copy()
+    truth[(labels == 1) & (np.indices(labels.shape)[1] > 44)] = 9
+    out = sweep_leave_one_out([probs, probs], [truth, truth], ["a", "a"],
+                              grid={"min_area": [0], "split_fraction": [0.0, 0.3]})  # fmt: skip
+    assert out["final"]["split_fraction"] == 0.3 and out["final_score"] == 1.0
+    with pytest.raises(ValueError, match="split_fraction"):
+        instances_from_classes(probs, split_fraction=1.5)
