@@ -24,8 +24,12 @@ from neuroseg.normalize import input_scale, input_spec, model_input, resize_plan
 from neuroseg.tiling import BLENDS, UPSCALE_METHODS, crop_tiles, stitch, tile_grid, upscale_tiles
 
 __all__ = [
+    "RESCALE_DEFAULTS",
+    "RESCALE_PAD",
     "TTA_MODES",
+    "check_rescale",
     "check_tta",
+    "foreground_box",
     "postprocess",
     "postprocess_params",
     "predict_image",
@@ -35,6 +39,7 @@ __all__ = [
     "relabel_raster",
     "segment",
     "segment_image",
+    "typical_cell_area",
 ]
 
 PredictTiles = Callable[[np.ndarray], Any]
@@ -212,11 +217,102 @@ def predict_input(bundle: Any, x: np.ndarray, *, batch_size: int = 8) -> np.ndar
 
     A model whose input spec has a ``scale`` (:func:`neuroseg.normalize.input_scale`) predicts
     the input resized by it; the maps are resized back (bilinear) to the input's rows and
-    columns, so post-processing and measurements stay in the image's own pixels.
+    columns, so post-processing and measurements stay in the image's own pixels. A config with
+    a ``rescale`` rule (:func:`check_rescale`) predicts an image of small cells a second time,
+    at the rule's scale.
     """
     config: Mapping = getattr(bundle, "config", None) or {}
-    flips = TTA_MODES[check_tta(config.get("tta") or "none")]
     scale = input_scale(config.get("input"))
+    total = _predict_at(bundle, config, x, scale, config.get("tta") or "none", batch_size)
+    rule = check_rescale(config.get("rescale"))
+    if rule and rule["scale"] != scale and 0 < typical_cell_area(total) < rule["below_area"]:
+        # small cells: the network sees the image again, larger (the rule's scale), over the
+        # box that holds the first pass's cells; an image without cells is not predicted twice
+        box = foreground_box(total, pad=RESCALE_PAD)
+        total = np.array(total, dtype=np.float32)  # a writable copy
+        other = _predict_at(bundle, config, x[box], rule["scale"], rule["tta"], batch_size)
+        if rule["mode"] == "replace":
+            total[box] = other
+        else:
+            total[box] = (total[box] + other) / np.float32(2)
+    return total
+
+
+#: Context in image pixels around the first pass's cells that the second pass of a
+#: ``rescale`` rule sees (:func:`foreground_box`).
+RESCALE_PAD = 64
+
+
+def foreground_box(probs: np.ndarray, *, pad: int = 0) -> tuple[slice, slice]:
+    """Row and column slices of the box holding every pixel whose cell (binary maps) or
+    foreground (``1 - p_background``, three-class maps) probability is above 0.5, widened by
+    ``pad`` pixels each way within the image; the whole image when there is none."""
+    probs = np.asarray(probs)
+    plane = (1.0 - probs[..., 0]) if probs.ndim == 3 else probs
+    inside = plane > 0.5
+    rows, cols = np.flatnonzero(inside.any(axis=1)), np.flatnonzero(inside.any(axis=0))
+    if rows.size == 0:
+        return slice(0, inside.shape[0]), slice(0, inside.shape[1])
+    return tuple(
+        slice(max(int(idx[0]) - pad, 0), min(int(idx[-1]) + 1 + pad, n))
+        for idx, n in ((rows, inside.shape[0]), (cols, inside.shape[1]))
+    )
+
+
+#: ``config["rescale"]``'s keys and defaults (:func:`check_rescale`).
+RESCALE_DEFAULTS = {"below_area": 0.0, "scale": 1.0, "tta": "none", "mode": "replace"}
+
+
+def check_rescale(rule: Mapping | None) -> dict | None:
+    """A model config's ``rescale`` rule, completed and checked (None: no rule).
+
+    ``{"below_area": A, "scale": S, "tta": T, "mode": M}``: when the cells of the first
+    prediction (at the input spec's scale) are typically smaller than ``A`` image pixels
+    (:func:`typical_cell_area`; an image without any is predicted once), the box holding the
+    first prediction's cells, widened by :data:`RESCALE_PAD` pixels (:func:`foreground_box`),
+    is predicted again resized by ``S`` with test-time flips ``T``, and there those maps
+    replace the first (``M = "replace"``) or are averaged with them (``"mean"``; elsewhere the
+    first maps stay). A model that learnt its cells at one size (the ``fnc`` model: somata of
+    15-35 px at half scale) then sees images of small cells (the 200x red images' 500-900 px
+    somata) at the size it knows, without a per-image setting.
+    """
+    if not rule:
+        return None
+    unknown = sorted(set(rule) - set(RESCALE_DEFAULTS))
+    if unknown:
+        raise ValueError(f"rescale: unknown keys {unknown}; known: {', '.join(RESCALE_DEFAULTS)}")
+    out = {**RESCALE_DEFAULTS, **rule}
+    try:
+        out["below_area"], out["scale"] = float(out["below_area"]), float(out["scale"])
+    except (TypeError, ValueError):
+        raise ValueError(f"rescale: below_area and scale must be numbers, got {rule!r}") from None
+    input_spec({"scale": out["scale"]})  # the input spec's range and message
+    check_tta(out["tta"])
+    if out["below_area"] < 0 or out["mode"] not in ("replace", "mean"):
+        raise ValueError(f"rescale: below_area must be >= 0 and mode replace or mean, got {rule!r}")
+    return out
+
+
+def typical_cell_area(probs: np.ndarray) -> float:
+    """The typical cell's area in pixels in a probability map, before any post-processing.
+
+    :func:`neuroseg.instances.typical_area` of the 4-connected components of the interior
+    (three-class maps) or cell (binary maps) probability above 0.5: the area of the component
+    holding the median such pixel. Cheap (one labelling), and close to the cells' size where
+    they stand apart; joined cells make it larger.
+    """
+    from neuroseg.instances import INTERIOR, typical_area
+
+    probs = np.asarray(probs)
+    plane = probs[..., INTERIOR] if probs.ndim == 3 else probs
+    components, _ = ndi.label(plane > 0.5)
+    return typical_area(components)
+
+
+def _predict_at(bundle: Any, config: Mapping, x: np.ndarray, scale: float, tta: str,
+                batch_size: int) -> np.ndarray:  # fmt: skip
+    """Maps of ``x`` predicted resized by ``scale`` with the flips of ``tta``, at ``x``'s size."""
+    flips = TTA_MODES[check_tta(tta)]
     full = np.shape(x)[:2]
     if scale != 1.0:  # the model learnt the image at this scale; maps come back at full size
         x = resize_planes(x, scaled_shape(full, scale))

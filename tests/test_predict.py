@@ -335,3 +335,61 @@ def test_post_processing_per_stain_follows_the_image(fnc_root):
     assert postprocess(config, probs, image=red)[1] == 0
     assert postprocess(config, probs, image=yellow)[1] == 1
     assert postprocess(config, probs)[1] == 1
+
+
+def test_rescale_predicts_images_of_small_cells_again_at_the_rule_scale():
+    """A model declared at half scale with a rescale rule: an image of small discs (typical
+    cell under the rule's area) is predicted a second time at full scale, with the rule's
+    flips, and those maps replace (or are averaged with) the first; an image of large discs
+    or without any cell is predicted once."""
+    from neuroseg.predict import check_rescale, typical_cell_area
+
+    seen = []
+
+    def classes_whole(x):  # interior where the image is green, background elsewhere
+        seen.append(x.shape[:2])
+        inside = x[..., 1] > 127
+        out = np.zeros((*x.shape[:2], 3), np.float32)
+        out[..., 1], out[..., 0] = inside, ~inside
+        out[..., 2] = len(seen)  # tells the passes apart (not a softmax)
+        return out
+
+    config = {"input": {"channels": "rgb", "normalization": "fixed", "scale": 0.5},
+              "max_whole_pixels": 10**6, "head": "three_class",
+              "rescale": {"below_area": 500, "scale": 1.0}}  # fmt: skip
+    bundle = SimpleNamespace(config=config, predict_tiles=None, predict_whole=classes_whole)
+    small, _ = disc_image((120, 160), [(30, 30), (30, 90), (80, 60)], 8)  # ~200 px cells
+    large, _ = disc_image((120, 160), [(60, 80)], 25)  # ~1,960 px
+    probs = predict_image(bundle, small)
+    assert seen == [(60, 80), (120, 160)] and probs.shape == (120, 160, 3)
+    assert probs[0, 0, 2] == 2  # the second pass's maps replace the first's
+    assert 150 < typical_cell_area(probs) < 260
+    seen.clear()
+    predict_image(bundle, large)
+    assert seen == [(60, 80)]
+    seen.clear()
+    predict_image(bundle, np.zeros((120, 160, 3), np.uint8))  # no cell: once
+    assert seen == [(60, 80)]
+    config["rescale"] = {"below_area": 500, "tta": "flips", "mode": "mean"}
+    seen.clear()
+    probs = predict_image(bundle, small)
+    assert seen == [(60, 80)] + [(120, 160)] * 4
+    assert probs[0, 0, 2] == pytest.approx((1 + (2 + 3 + 4 + 5) / 4) / 2)
+    # cells in one corner of a larger image: the second pass sees their box, widened by the
+    # pad; outside it the first pass's maps stay
+    from neuroseg.predict import RESCALE_PAD, foreground_box
+
+    corner, _ = disc_image((400, 500), [(30, 30), (30, 60)], 8)
+    seen.clear()
+    probs = predict_image(bundle, corner)
+    assert seen[0] == (200, 250) and seen[1:] == [(38 + RESCALE_PAD, 68 + RESCALE_PAD)] * 4
+    assert probs[0, 0, 2] == pytest.approx((1 + (2 + 3 + 4 + 5) / 4) / 2) and probs[-1, -1, 2] == 1
+    rows, cols = foreground_box(probs, pad=0)
+    assert (rows.start, rows.stop, cols.start, cols.stop) == (22, 39, 22, 69)
+    assert foreground_box(np.zeros((5, 6), np.float32), pad=3) == (slice(0, 5), slice(0, 6))
+    assert check_rescale(None) is None
+    for bad, match in (({"below": 1}, "unknown keys"), ({"scale": 9}, "input scale"),
+                       ({"tta": "rot"}, "tta must be"), ({"mode": "max"}, "mode"),
+                       ({"below_area": "x"}, "numbers")):  # fmt: skip
+        with pytest.raises(ValueError, match=match):
+            check_rescale(bad)
