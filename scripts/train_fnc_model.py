@@ -97,14 +97,40 @@ def _samples(fnc: Path) -> list[dict]:
     return out
 
 
-def _layout(dest: Path, samples: list[dict], *, shrink: int | None = None) -> Path:
+def _small_cells(sample: dict, below_area: float | None) -> bool:
+    """Whether a sample's annotated cells are typically under ``below_area`` px (the area of
+    the mask component holding the median cell pixel; :func:`neuroseg.instances.typical_area`)."""
+    if not below_area:
+        return False
+    from neuroseg.images import read_mask
+    from neuroseg.instances import typical_area
+    from neuroseg.masks import label_mask
+
+    return 0 < typical_area(label_mask(read_mask(sample["mask"]), connectivity=4)[0]) < below_area
+
+
+def _layout(
+    dest: Path, samples: list[dict], *, shrink: int | None = None, enlarge: dict | None = None
+) -> Path:
     """An FNC-layout folder (images/, masks/) holding ``samples`` (copies; ``shrink`` crops the
-    top-left ``shrink`` x ``shrink`` pixels, for --smoke)."""
+    top-left ``shrink`` x ``shrink`` pixels, for --smoke). ``enlarge`` ({name: factor}) adds a
+    copy of those samples resized by the factor (image bilinear, mask nearest), named
+    ``<stem>-x<factor>``: what the ``rescale`` rule's second pass shows the network."""
     from PIL import Image
 
     for sub in ("images", "masks"):
         (dest / sub).mkdir(parents=True, exist_ok=True)
     for s in samples:
+        factor = (enlarge or {}).get(s["name"])
+        if factor:
+            name = f"{Path(s['name']).stem}-x{factor:g}{Path(s['name']).suffix}"
+            for sub, src, how in (("images", s["image"], Image.Resampling.BILINEAR),
+                                  ("masks", s["mask"], Image.Resampling.NEAREST)):  # fmt: skip
+                with Image.open(src) as im:
+                    if shrink:
+                        im = im.crop((0, 0, shrink, shrink))
+                    size = (round(im.width * factor), round(im.height * factor))
+                    im.resize(size, how).save(dest / sub / name)
         for sub, src in (("images", s["image"]), ("masks", s["mask"])):
             if shrink:
                 with Image.open(src) as im:
@@ -132,9 +158,26 @@ def _pool(rows: list[dict]) -> dict:
     }
 
 
+def _rescale_rule(args) -> dict | None:
+    """The models' ``rescale`` rule of ``--rescale-below/-mode/-tta`` (None without it): a
+    second pass at full scale for images of small cells."""
+    if not args.rescale_below:
+        return None
+    if args.scale >= 1.0:
+        raise SystemExit("--rescale-below needs --scale under 1 (the second pass is at 1)")
+    return {"below_area": float(args.rescale_below), "scale": 1.0, "tta": args.rescale_tta,
+            "mode": args.rescale_mode}  # fmt: skip
+
+
+def _rescale_flags(args) -> dict:
+    keys = ("rescale_below", "rescale_mode", "rescale_tta", "enlarge_small")
+    return {k: getattr(args, k) for k in keys} if args.rescale_below else {"rescale_below": None}
+
+
 def nested_postprocess(
-    work: Path, folds: list[dict], shrink: int | None, *, per_stain: bool = False, tta: str = "none"
-) -> dict | None:
+    work: Path, folds: list[dict], shrink: int | None, *, per_stain: bool = False,
+    tta: str = "none", rescale: dict | None = None,
+) -> dict | None:  # fmt: skip
     """Step 3b: the post-processing chosen for each held-out image on the *other* held-out
     images (each predicted by its own fold's model, which never trained on it), so that no
     image is scored with parameters chosen on it; ``final`` (chosen on all six) is what the
@@ -153,6 +196,8 @@ def nested_postprocess(
         stem = (f"{f['model_version']}-{Path(f['name']).stem}"
                 f"-w{registry.WHOLE_IMAGE_PIXELS}-{BLEND}")  # fmt: skip
         stem += "" if tta == "none" else f"-{tta}"
+        if rescale:
+            stem += f"-r{rescale['below_area']:g}-{rescale['mode']}-{rescale['tta']}"
         cache = work / "oof" / f"{stem}.npy"
         if cache.exists():  # the fold model's prediction of its held-out image
             probs.append(np.load(cache))
@@ -163,6 +208,9 @@ def nested_postprocess(
                 return None  # a binary head keeps its fixed threshold
             # as the shipped model will predict (fold models of older runs carry older values)
             bundle.config.update(max_whole_pixels=registry.WHOLE_IMAGE_PIXELS, blend=BLEND, tta=tta)
+            bundle.config.pop("rescale", None)
+            if rescale:
+                bundle.config["rescale"] = rescale
             probs.append(predict_image(bundle, read_native(held / "images" / f["name"])))
             cache.parent.mkdir(parents=True, exist_ok=True)
             np.save(cache, probs[-1].astype(np.float16))
@@ -199,6 +247,7 @@ def nested_postprocess(
         "model": by_stain if per_stain else joint,
         "final": res["final"],
         "final_score": res["final_score"],
+        "rescale": rescale,
         "errors": errors,
         "alternative": {
             "mode": "joint" if per_stain else "per-stain",
@@ -340,6 +389,14 @@ def _script_flags(report: dict) -> str:
         out += " --per-stain"
     if flags.get("tta", "none") != "none":
         out += f" --tta {flags['tta']}"
+    if flags.get("rescale_below"):
+        out += f" --rescale-below {flags['rescale_below']:g}"
+        if flags.get("rescale_mode", "mean") != "mean":
+            out += f" --rescale-mode {flags['rescale_mode']}"
+        if flags.get("rescale_tta", "none") != "none":
+            out += f" --rescale-tta {flags['rescale_tta']}"
+        if flags.get("enlarge_small"):
+            out += " --enlarge-small"
     return out
 
 
@@ -385,6 +442,9 @@ def _start_of(report: dict) -> str:
     return f"started from the weights of `{pre.get('model') or start}`"
 
 
+_TTA_WORDS = {"none": "no flips", "flip2": "2 flips", "flips": "4 flips"}
+
+
 def _serving(cfg: dict) -> str:
     """The card's words for how the model predicts: its input scale and test-time flips."""
     parts = []
@@ -398,6 +458,15 @@ def _serving(cfg: dict) -> str:
     if tta and tta != "none":
         n = {"flips": 4, "flip2": 2}.get(tta, "several")
         parts.append(f"the mean of {n} flipped predictions (`tta: {tta}`; `--tta none` is faster)")
+    rule = cfg.get("rescale")
+    if rule:
+        parts.append(
+            f"an image whose cells are typically under {rule['below_area']:g} px is predicted "
+            f"again at scale {rule['scale']:g} ({_TTA_WORDS.get(rule['tta'], rule['tta'])}) over "
+            f"the box holding its cells, and the two passes' maps are "
+            + ("averaged there" if rule["mode"] == "mean" else "replaced there by the second's")
+            + " (`rescale`, `neuroseg.predict.check_rescale`)"
+        )
     return "; ".join(parts)
 
 
@@ -449,7 +518,7 @@ def card(report: dict) -> str:
         f"| input | `{json.dumps(cfg.get('input'))}` |",
         *(
             [f"| inference | {_serving(cfg)} |"]
-            if cfg.get("tta") or (cfg.get("input") or {}).get("scale")
+            if cfg.get("tta") or cfg.get("rescale") or (cfg.get("input") or {}).get("scale")
             else []
         ),
         f"| post-processing | {post} |",
@@ -664,6 +733,32 @@ def main() -> None:
         + ",".join(str(e) for _, e, _, _ in FINETUNE)
         + ")",
     )
+    ap.add_argument(
+        "--rescale-below",
+        type=float,
+        default=None,
+        help="give the models a rescale rule (neuroseg.predict.check_rescale): images whose "
+        "first prediction's cells are typically under this many pixels are predicted again at "
+        "full scale",
+    )
+    ap.add_argument(
+        "--rescale-mode",
+        choices=("mean", "replace"),
+        default="mean",
+        help="the second pass's maps averaged with the first's, or replacing them",
+    )
+    ap.add_argument(
+        "--rescale-tta",
+        choices=("none", "flip2", "flips"),
+        default="none",
+        help="test-time flips of the second pass",
+    )
+    ap.add_argument(
+        "--enlarge-small",
+        action="store_true",
+        help="with --rescale-below: also fine-tune on the real images whose annotated cells are "
+        "that small enlarged to the second pass's scale",
+    )
     add_network_arguments(ap)
     args = ap.parse_args()
     work = Path(args.work).resolve()
@@ -680,11 +775,13 @@ def main() -> None:
         shrink = 480 if report.get("smoke") else None
         nested = nested_postprocess(
             work, report["cross_validation"]["folds"], shrink, per_stain=args.per_stain,
-            tta=args.tta,
+            tta=args.tta, rescale=_rescale_rule(args),
         )  # fmt: skip
         if nested is None:
             raise SystemExit(f"{out}: not a three-class model; nothing to choose")
-        report.setdefault("flags", {}).update(per_stain=args.per_stain, tta=args.tta)
+        report.setdefault("flags", {}).update(
+            per_stain=args.per_stain, tta=args.tta, **_rescale_flags(args)
+        )
         if args.cv_only:  # a candidate's cross-validation scored again, e.g. with --tta
             from neuroseg.storage import to_jsonable
 
@@ -774,8 +871,15 @@ def main() -> None:
         augmented_phases(_finetune_spec(args.finetune_epochs), batch_size=8, steps=FINETUNE_STEPS)
     )
 
+    rescale = _rescale_rule(args)
+    small = [s for s in samples if rescale and args.enlarge_small
+             and _small_cells(s, args.rescale_below)]  # fmt: skip
+    enlarge = {s["name"]: rescale["scale"] / args.scale for s in small}
+    if enlarge:
+        print(f"small cells (trained on enlarged too): {sorted(enlarge)}")
+
     def fine_tune(name: str, members: list[dict], model_name: str | None = None):
-        src = _layout(work / "incoming" / name, members, shrink=shrink)
+        src = _layout(work / "incoming" / name, members, shrink=shrink, enlarge=enlarge)
         ingest(IngestParams(source=str(src), root=str(work), dataset=name))
         prepare(
             PrepareParams(root=str(work), dataset=name, val_fraction=0, test_fraction=0, **grey)
@@ -793,6 +897,8 @@ def main() -> None:
         if cfg.get("head") == "three_class":
             cfg["postprocess"] = {**cfg["postprocess"], "min_area": args.min_area}
             cfg.update(max_whole_pixels=registry.WHOLE_IMAGE_PIXELS, blend=BLEND)
+            if rescale:
+                cfg["rescale"] = rescale
         else:
             cfg.update(threshold=0.5, min_area=args.min_area, watershed=False)
         storage.write_json(cfg_uri, cfg)
@@ -838,7 +944,9 @@ def main() -> None:
         print(f"LOO {key}: model F1 {m['f1']:.3f} | Otsu F1 {cv['otsu'][key]['f1']:.3f}")
     # 3b. post-processing by nested leave-one-out (three-class heads)
     nested = (
-        nested_postprocess(work, folds, shrink, per_stain=args.per_stain, tta=args.tta)
+        nested_postprocess(
+            work, folds, shrink, per_stain=args.per_stain, tta=args.tta, rescale=rescale
+        )
         if len(folds) > 1
         else None
     )
@@ -913,6 +1021,7 @@ def main() -> None:
             "separation_weight": args.separation_weight,
             "finetune_epochs": args.finetune_epochs,
             "per_stain": args.per_stain,
+            **_rescale_flags(args),
         },
         "cross_validation": cv,
     }
@@ -948,9 +1057,13 @@ def _ship_nested(out: Path, report: dict, nested: dict) -> None:
         cfg["tta"] = nested["tta"]
     else:
         cfg.pop("tta", None)
+    cfg.pop("rescale", None)
+    if nested.get("rescale"):  # and with the second pass it was chosen under
+        cfg["rescale"] = nested["rescale"]
     storage.write_json(str(cfg_path), cfg)
     report["config"]["postprocess"] = cfg["postprocess"]
     report["config"]["postprocess_by_stain"] = cfg.get("postprocess_by_stain")
+    report["config"]["rescale"] = cfg.get("rescale")
     report["cross_validation"]["nested"] = nested
     for key, m in nested["model"].items():
         o = report["cross_validation"]["otsu"][key]["f1"]

@@ -10,6 +10,7 @@ import json
 import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from neuroseg import registry
@@ -167,3 +168,50 @@ def test_fnc_card_names_the_model_it_started_from(fnc_script):
     )
     assert not fnc_script._from_nuclei(synthetic)
     assert "CC0" in fnc_script.NUCLEI_DATA
+
+
+def test_fnc_rescale_rule_enlarged_copies_and_card(fnc_script, tmp_path):
+    """--rescale-below: the rule the models carry, the enlarged training copies of the
+    samples with small annotated cells (image bilinear, mask nearest, named -x2), and the
+    card's and Reproduce line's words for it."""
+    from types import SimpleNamespace
+
+    from PIL import Image
+
+    args = SimpleNamespace(rescale_below=None, scale=0.5, rescale_tta="none", rescale_mode="mean",
+                           enlarge_small=False)  # fmt: skip
+    assert fnc_script._rescale_rule(args) is None
+    args.rescale_below = 1500
+    rule = fnc_script._rescale_rule(args)
+    assert rule == {"below_area": 1500.0, "scale": 1.0, "tta": "none", "mode": "mean"}
+    args.scale = 1.0
+    with pytest.raises(SystemExit, match="--scale under 1"):
+        fnc_script._rescale_rule(args)
+    samples = []
+    for name, side in (("small.png", 10), ("large.png", 50)):  # 100 px and 2,500 px cells
+        for sub in ("images", "masks"):
+            (tmp_path / "src" / sub).mkdir(parents=True, exist_ok=True)
+        mask = np.zeros((80, 120), np.uint8)
+        mask[5 : 5 + side, 5 : 5 + side] = 255
+        image = np.dstack([mask // 2] * 3)
+        Image.fromarray(image).save(tmp_path / "src" / "images" / name)
+        Image.fromarray(mask).save(tmp_path / "src" / "masks" / name)
+        samples.append({"name": name, "image": tmp_path / "src" / "images" / name,
+                        "mask": tmp_path / "src" / "masks" / name})  # fmt: skip
+    small = [s["name"] for s in samples if fnc_script._small_cells(s, 1500)]
+    assert small == ["small.png"] and not fnc_script._small_cells(samples[0], None)
+    dest = fnc_script._layout(tmp_path / "out", samples, enlarge={"small.png": 2.0})
+    assert sorted(p.name for p in (dest / "images").iterdir()) == [
+        "large.png", "small-x2.png", "small.png"]  # fmt: skip
+    big = np.asarray(Image.open(dest / "masks" / "small-x2.png"))
+    assert big.shape == (160, 240) and set(np.unique(big)) == {0, 255}  # nearest: no grey
+    assert (big == 255).sum() == 400
+    card = fnc_script._serving({"input": {"scale": 0.5}, "rescale": rule})
+    assert "typically under 1500 px is predicted again at scale 1 (no flips)" in card
+    flags = {"synthetic": 0, "init": "nuclei", "scale": 0.5, "rescale_below": 1500.0,
+             "rescale_mode": "mean", "rescale_tta": "none", "enlarge_small": False}  # fmt: skip
+    assert fnc_script._script_flags({"flags": flags}).endswith(" --rescale-below 1500")
+    flags.update(rescale_mode="replace", enlarge_small=True)
+    assert fnc_script._script_flags({"flags": flags}).endswith(
+        " --rescale-below 1500 --rescale-mode replace --enlarge-small"
+    )
