@@ -104,6 +104,7 @@ def test_shipped_post_processing_is_the_nested_choice_and_its_scores_add_up():
     config = json.loads((FOLDER / "config.json").read_text())
     for key, value in nested["final"].items():
         assert config["postprocess"][key] == value
+    assert config.get("rescale") == nested.get("rescale")  # served as it was scored
     grid = nested["grid"]
     folds = nested["folds"]
     assert [f["name"] for f in folds] == [f["name"] for f in scores["cross_validation"]["folds"]]
@@ -120,3 +121,35 @@ def test_shipped_post_processing_is_the_nested_choice_and_its_scores_add_up():
         )
     card = (FOLDER / "MODEL_CARD.md").read_text()
     assert "nested leave-one-out" in card
+
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "fnc-samples"
+
+
+@pytest.mark.skipif(not (SHARED / "red").is_dir(), reason="../shared/data/fnc-samples is absent")
+def test_small_somata_get_a_second_look_at_full_scale(fnc):
+    """The 200x red image of small somata (MAR32, 73 cells of 230-1,900 px) is predicted
+    again at full scale over the box holding its cells under the shipped rescale rule, and the
+    maps there are the mean of both passes; an image of large cells (RT353, 2,500-4,000 px) is
+    predicted once. (Whether it helps is scored on held-out images, in the card: this model
+    trained on both images.)"""
+    from neuroseg.images import read_native
+    from neuroseg.predict import foreground_box, predict_image, typical_cell_area
+
+    rule = fnc.config.get("rescale")
+    if not rule:
+        pytest.skip("this default model has no rescale rule")
+    plain = registry.load_model(str(FOLDER))
+    plain.config = {k: v for k, v in plain.config.items() if k != "rescale"}
+    small = read_native(SHARED / "red" / "images" / "MAR32C2R3_PVHr_200x_r.png")
+    first = predict_image(plain, small)
+    assert 0 < typical_cell_area(first) < rule["below_area"]
+    both = predict_image(fnc, small)
+    box = foreground_box(first, pad=64)
+    outside = np.ones(first.shape[:2], bool)
+    outside[box] = False
+    assert outside.any() and np.array_equal(both[outside], first[outside])
+    assert np.abs(both[box] - first[box]).max() > 0.2  # the full-scale pass moved the maps
+    large = read_native(SHARED / "red" / "images" / "RT353S2C1R5_r1.png")
+    assert typical_cell_area(predict_image(plain, large)) >= rule["below_area"]
+    np.testing.assert_array_equal(segment_image(fnc, large)[0], segment_image(plain, large)[0])
