@@ -260,7 +260,7 @@ def foreground_box(probs: np.ndarray, *, pad: int = 0) -> tuple[slice, slice]:
 
 
 #: ``config["rescale"]``'s keys and defaults (:func:`check_rescale`).
-RESCALE_DEFAULTS = {"below_area": 0.0, "scale": 1.0, "tta": "none", "mode": "replace"}
+RESCALE_DEFAULTS = {"below_area": 0.0, "scale": 1.0, "tta": "none", "mode": "mean"}
 
 
 def check_rescale(rule: Mapping | None) -> dict | None:
@@ -271,10 +271,11 @@ def check_rescale(rule: Mapping | None) -> dict | None:
     (:func:`typical_cell_area`; an image without any is predicted once), the box holding the
     first prediction's cells, widened by :data:`RESCALE_PAD` pixels (:func:`foreground_box`),
     is predicted again resized by ``S`` with test-time flips ``T``, and there those maps
-    replace the first (``M = "replace"``) or are averaged with them (``"mean"``; elsewhere the
-    first maps stay). A model that learnt its cells at one size (the ``fnc`` model: somata of
-    15-35 px at half scale) then sees images of small cells (the 200x red images' 500-900 px
-    somata) at the size it knows, without a per-image setting.
+    are averaged with the first (``M = "mean"``, the default: on the FNC samples' held-out
+    images it beat replacing, red F1 0.775 against 0.711) or replace them (``"replace"``);
+    elsewhere the first maps stay. A model that learnt its cells at one size (the ``fnc``
+    model: somata of 15-35 px at half scale) then sees images of small cells (the 200x red
+    images' 500-900 px somata) at the size it knows, without a per-image setting.
     """
     if not rule:
         return None

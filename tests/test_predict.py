@@ -356,7 +356,7 @@ def test_rescale_predicts_images_of_small_cells_again_at_the_rule_scale():
 
     config = {"input": {"channels": "rgb", "normalization": "fixed", "scale": 0.5},
               "max_whole_pixels": 10**6, "head": "three_class",
-              "rescale": {"below_area": 500, "scale": 1.0}}  # fmt: skip
+              "rescale": {"below_area": 500, "scale": 1.0, "mode": "replace"}}  # fmt: skip
     bundle = SimpleNamespace(config=config, predict_tiles=None, predict_whole=classes_whole)
     small, _ = disc_image((120, 160), [(30, 30), (30, 90), (80, 60)], 8)  # ~200 px cells
     large, _ = disc_image((120, 160), [(60, 80)], 25)  # ~1,960 px
@@ -370,7 +370,7 @@ def test_rescale_predicts_images_of_small_cells_again_at_the_rule_scale():
     seen.clear()
     predict_image(bundle, np.zeros((120, 160, 3), np.uint8))  # no cell: once
     assert seen == [(60, 80)]
-    config["rescale"] = {"below_area": 500, "tta": "flips", "mode": "mean"}
+    config["rescale"] = {"below_area": 500, "tta": "flips"}  # mean: the default
     seen.clear()
     probs = predict_image(bundle, small)
     assert seen == [(60, 80)] + [(120, 160)] * 4
