@@ -708,6 +708,7 @@ def sweep_leave_one_out(
     grid: Mapping[str, Sequence],
     radius: float = 40.0,
     per_group: bool = False,
+    partition: Sequence[str] | None = None,
 ) -> dict:
     """Post-processing chosen for each image on the *other* images (nested leave-one-out).
 
@@ -727,13 +728,20 @@ def sweep_leave_one_out(
     group* (on all the others when it is alone in its group), and ``final_by_group`` holds
     each group's choice on all its images.
 
+    ``partition`` (one label per image, e.g. ``"small"`` / ``"large"`` cells) does the same for
+    another grouping of the images, from the same grid scores: ``per_image_by_partition``
+    scores image ``i`` with the point of the best pooled F1 on the other images *of its part*
+    (on all the others when it is alone), and ``final_by_partition`` holds each part's choice
+    on all its images.
+
     Returns
     -------
     dict
         ``points`` (the grid), ``final`` (params), ``final_score``, and ``per_image``: one dict
         per image with ``params`` (chosen on the others), ``tp, fp, fn, true_count,
         pred_count`` there; with ``per_group`` also ``per_image_by_group`` (the same, chosen
-        within the group) and ``final_by_group`` ({group: params}).
+        within the group) and ``final_by_group`` ({group: params}); with ``partition`` also
+        ``per_image_by_partition`` and ``final_by_partition``.
     """
     from neuroseg.metrics import match_objects
 
@@ -743,6 +751,10 @@ def sweep_leave_one_out(
         raise ValueError(
             f"need one group per image and >= 2 images, got {len(groups)} groups for "
             f"{len(prob_maps)} images"
+        )
+    if partition is not None and len(partition) != len(prob_maps):
+        raise ValueError(
+            f"need one partition label per image, got {len(partition)} for {len(prob_maps)} images"
         )
     points = _grid_points(grid)
     counts: list[list[dict]] = [[] for _ in points]  # counts[point][image]
@@ -756,30 +768,37 @@ def sweep_leave_one_out(
         for i, c in enumerate(_grid_scores(probs, truth, points, centroid_counts)):
             counts[i].append(c)
 
-    def best(members: list[int]) -> tuple[int, float]:
-        scores = [_group_f1(c, groups, members) for c in counts]
+    def best(members: list[int], labels: Sequence[str]) -> tuple[int, float]:
+        scores = [_group_f1(c, labels, members) for c in counts]
         k = max(range(len(points)), key=lambda i: (scores[i], -i))
         return k, scores[k]
 
     everyone = list(range(len(prob_maps)))
 
-    def held_out(same_group: bool) -> list[dict]:
+    def held_out(labels: Sequence[str] | None) -> list[dict]:
+        """Each image scored at the point best on the others (of its own label, if given)."""
         rows = []
         for i in everyone:
             others = [j for j in everyone if j != i]
-            if same_group:
-                others = [j for j in others if groups[j] == groups[i]] or others
-            k, _ = best(others)
+            if labels is not None:
+                others = [j for j in others if labels[j] == labels[i]] or others
+            k, _ = best(others, groups if labels is None else labels)
             rows.append({"params": _params_of(points[k]), **counts[k][i]})
         return rows
 
-    k, score = best(everyone)
-    out = {"points": points, "final": _params_of(points[k]), "final_score": score,
-           "per_image": held_out(False)}  # fmt: skip
-    if per_group:
-        out["per_image_by_group"] = held_out(True)
-        out["final_by_group"] = {
-            g: _params_of(points[best([j for j in everyone if groups[j] == g])[0]])
-            for g in sorted(set(groups))
+    def final_by(labels: Sequence[str]) -> dict:
+        return {
+            g: _params_of(points[best([j for j in everyone if labels[j] == g], labels)[0]])
+            for g in sorted(set(labels))
         }
+
+    k, score = best(everyone, groups)
+    out = {"points": points, "final": _params_of(points[k]), "final_score": score,
+           "per_image": held_out(None)}  # fmt: skip
+    if per_group:
+        out["per_image_by_group"] = held_out(groups)
+        out["final_by_group"] = final_by(groups)
+    if partition is not None:
+        out["per_image_by_partition"] = held_out(list(partition))
+        out["final_by_partition"] = final_by(list(partition))
     return out

@@ -428,6 +428,38 @@ def test_leave_one_out_sweep_per_group_chooses_within_each_group():
     assert (b["tp"], b["fp"], b["fn"]) == (b["true_count"], 0, 0)
 
 
+def test_leave_one_out_sweep_partition_chooses_within_each_part():
+    # the stains (groups) cut across the parts: specks are real cells in part "s" only, so
+    # each image chooses on the other image of its part, whatever its stain
+    maps = [
+        _cells_and_specks(3, 4),
+        _cells_and_specks(2, 2, True),
+        _cells_and_specks(2, 5),
+        _cells_and_specks(1, 3, True),
+    ]
+    probs, truths = zip(*maps, strict=True)
+    grid = {"min_area": [4, 50]}
+    stains, parts = ["a", "a", "b", "b"], ["l", "s", "l", "s"]
+    out = sweep_leave_one_out(probs, truths, stains, grid=grid, per_group=True, partition=parts)
+    assert [im["params"]["min_area"] for im in out["per_image_by_partition"]] == [50, 4, 50, 4]
+    assert out["final_by_partition"] == {
+        "l": {**out["final_by_partition"]["l"], "min_area": 50},
+        "s": {**out["final_by_partition"]["s"], "min_area": 4},
+    }
+    # within the stains (each mixing both parts) the specks' two kinds compete: no stain
+    # gets every image right, unlike the partition
+    by_stain = [im["fp"] + im["fn"] for im in out["per_image_by_group"]]
+    by_part = [im["fp"] + im["fn"] for im in out["per_image_by_partition"]]
+    assert sum(by_part) == 0 < sum(by_stain)
+    # the joint and per-stain results are those of a sweep without the partition
+    plain = sweep_leave_one_out(probs, truths, stains, grid=grid, per_group=True)
+    assert out["per_image"] == plain["per_image"]
+    assert out["per_image_by_group"] == plain["per_image_by_group"]
+    assert "final_by_partition" not in plain
+    with pytest.raises(ValueError, match="partition"):
+        sweep_leave_one_out(probs, truths, stains, grid=grid, partition=["l"])
+
+
 def test_typical_area_is_the_object_holding_the_median_foreground_pixel():
     assert typical_area(np.zeros((5, 5), np.int32)) == 0.0
     labels = np.zeros((10, 200), np.int32)
