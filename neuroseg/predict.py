@@ -26,7 +26,9 @@ from neuroseg.tiling import BLENDS, UPSCALE_METHODS, crop_tiles, stitch, tile_gr
 __all__ = [
     "RESCALE_DEFAULTS",
     "RESCALE_PAD",
+    "SIZE_GROUPS",
     "TTA_MODES",
+    "check_postprocess_by_size",
     "check_rescale",
     "check_tta",
     "foreground_box",
@@ -39,6 +41,7 @@ __all__ = [
     "relabel_raster",
     "segment",
     "segment_image",
+    "size_group",
     "typical_cell_area",
 ]
 
@@ -485,12 +488,63 @@ def segment_image(
     )
 
 
-def postprocess_params(config: Mapping, *, stain: str | None = None) -> dict:
+#: The two parts of ``config["postprocess_by_size"]`` (:func:`size_group`).
+SIZE_GROUPS = ("small", "large")
+
+
+def check_postprocess_by_size(spec: Mapping | None) -> dict | None:
+    """A model config's ``postprocess_by_size``, checked (None: none).
+
+    ``{"below_area": A, "small": {...}, "large": {...}}``: images whose cells are typically
+    smaller than ``A`` pixels (:func:`size_group`) are post-processed with the ``small``
+    parameters over ``config["postprocess"]``, the others (images of larger cells, and those
+    without any) with ``large``. Cell size, not stain, is what the size-related parameters
+    (``open_radius``, ``min_area``, ``min_area_fraction``) depend on, and a grey image has a
+    size but no stain to tell.
+    """
+    if not spec:
+        return None
+    from neuroseg.instances import POSTPROCESS_DEFAULTS
+
+    unknown = sorted(set(spec) - {"below_area", *SIZE_GROUPS})
+    if unknown:
+        raise ValueError(
+            f"postprocess_by_size: unknown keys {unknown}; known: below_area, "
+            + ", ".join(SIZE_GROUPS)
+        )
+    try:
+        below = float(spec.get("below_area"))
+    except (TypeError, ValueError):
+        below = float("nan")
+    if not below > 0:
+        raise ValueError(f"postprocess_by_size: below_area must be a number > 0, got {spec!r}")
+    out = {"below_area": below}
+    for g in SIZE_GROUPS:
+        params = dict(spec.get(g) or {})
+        wrong = sorted(set(params) - set(POSTPROCESS_DEFAULTS))
+        if wrong:
+            raise ValueError(f"postprocess_by_size: unknown parameters {wrong} in {g!r}")
+        out[g] = params
+    return out
+
+
+def size_group(probs: np.ndarray, below_area: float) -> str:
+    """``"small"`` when the map's cells are typically under ``below_area`` pixels
+    (:func:`typical_cell_area`, the measure a ``rescale`` rule uses), else ``"large"`` (an
+    image without any cell is ``"large"``, as it is predicted once)."""
+    return "small" if 0 < typical_cell_area(probs) < below_area else "large"
+
+
+def postprocess_params(
+    config: Mapping, *, stain: str | None = None, size: str | None = None
+) -> dict:
     """The instance post-processing a three-class model's config asks for.
 
     ``config["postprocess"]`` over :data:`neuroseg.instances.POSTPROCESS_DEFAULTS`, updated
     with ``config["postprocess_by_stain"][stain]`` when the model chose post-processing per
-    stain and ``stain`` (:func:`neuroseg.normalize.stain_of` of the image) is one of them; when the
+    stain and ``stain`` (:func:`neuroseg.normalize.stain_of` of the image) is one of them, then
+    with ``config["postprocess_by_size"][size]`` when it chose them per cell size (``size``:
+    :func:`size_group` of the image's maps; :func:`check_postprocess_by_size`); when the
     config runs with test-time augmentation (``config["tta"]``) and its evaluation chose
     parameters under that mode (``config["postprocess_tta"][mode]``), those instead: averaged
     flips give smoother maps that want their own thresholds.
@@ -500,6 +554,11 @@ def postprocess_params(config: Mapping, *, stain: str | None = None) -> dict:
     params = {**POSTPROCESS_DEFAULTS, **(config.get("postprocess") or {})}
     if stain is not None:
         params.update((config.get("postprocess_by_stain") or {}).get(stain) or {})
+    by_size = check_postprocess_by_size(config.get("postprocess_by_size"))
+    if size is not None and by_size:
+        if size not in SIZE_GROUPS:
+            raise ValueError(f"size must be one of {', '.join(SIZE_GROUPS)}, got {size!r}")
+        params.update(by_size[size])
     mode = config.get("tta") or "none"
     by_mode = config.get("postprocess_tta") or {}
     if mode != "none" and by_mode.get(mode):
@@ -522,19 +581,25 @@ def postprocess(
     config's unless given). ``three_class`` heads: :func:`neuroseg.instances.
     instances_from_classes` with ``config["postprocess"]``; the returned ``prob`` is then the
     foreground probability ``1 - p_background``. ``image`` (the decoded image) tells the stain
-    to a model with post-processing per stain (``config["postprocess_by_stain"]``).
+    to a model with post-processing per stain (``config["postprocess_by_stain"]``); the maps'
+    typical cell size picks the part of ``config["postprocess_by_size"]`` (:func:`size_group`).
     """
     if config.get("head") == "three_class":
         from neuroseg.instances import instances_from_classes
         from neuroseg.normalize import stain_of
 
-        by_stain = config.get("postprocess_by_stain") and image is not None
-        params = postprocess_params(config, stain=stain_of(image) if by_stain else None)
         if prob.ndim != 3 or prob.shape[2] not in (3, 4):
             raise ValueError(
                 "a three_class model must predict (H, W, 3) probabilities (H, W, 4 with a "
                 f"centre map), got {prob.shape}"
             )
+        by_stain = config.get("postprocess_by_stain") and image is not None
+        by_size = check_postprocess_by_size(config.get("postprocess_by_size"))
+        params = postprocess_params(
+            config,
+            stain=stain_of(image) if by_stain else None,
+            size=size_group(prob, by_size["below_area"]) if by_size else None,
+        )
         labels, n = instances_from_classes(prob, **params)
         return labels, n, np.ascontiguousarray(1.0 - prob[..., 0], dtype=np.float32)
     if prob.ndim != 2:

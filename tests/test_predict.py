@@ -337,6 +337,57 @@ def test_post_processing_per_stain_follows_the_image(fnc_root):
     assert postprocess(config, probs)[1] == 1
 
 
+def test_post_processing_per_size_follows_the_cells_typical_area():
+    """A model with post-processing per cell size applies the part its maps' typical cell
+    falls in (stain or not): the same kind of speck is dropped among large cells and kept
+    among small ones; an image without cells is "large"; bad specs fail in one line."""
+    from neuroseg.predict import (
+        check_postprocess_by_size,
+        postprocess,
+        postprocess_params,
+        size_group,
+    )
+
+    config = {
+        "head": "three_class",
+        "postprocess": {"min_area": 5, "foreground_threshold": 0.5},
+        "postprocess_by_size": {
+            "below_area": 200,
+            "small": {"min_area": 10},
+            "large": {"min_area": 100},
+        },
+    }
+
+    def field(side: int, n: int) -> np.ndarray:  # n square cells of side**2 px, and a speck
+        probs = np.zeros((60, 60 * (n + 1), 3), np.float32)
+        probs[..., 0] = 1.0
+        for k in range(n):
+            probs[5 : 5 + side, 60 * k + 5 : 60 * k + 5 + side] = (0.0, 1.0, 0.0)
+        probs[20:25, 60 * n + 20 : 60 * n + 27] = (0.0, 1.0, 0.0)  # 35 px
+        return probs
+
+    small, large = field(10, 4), field(40, 4)  # cells of 100 and 1,600 px
+    assert size_group(small, 200) == "small" and size_group(large, 200) == "large"
+    assert size_group(np.eye(3, dtype=np.float32)[np.zeros((9, 9), int)], 200) == "large"
+    assert postprocess(config, small)[1] == 5  # the speck is a small cell's size: kept
+    assert postprocess(config, large)[1] == 4  # beside 1,600-px cells it is dropped
+    assert postprocess_params(config)["min_area"] == 5  # no size told: the plain choice
+    assert postprocess_params(config, size="large")["min_area"] == 100
+    assert postprocess_params(config, size="small")["foreground_threshold"] == 0.5
+    with pytest.raises(ValueError, match="size must be one of"):
+        postprocess_params(config, size="huge")
+    for bad, words in (
+        ({"below_area": 0, "small": {}}, "below_area must be a number > 0"),
+        ({"small": {}}, "below_area must be a number > 0"),
+        ({"below_area": 10, "tiny": {}}, "unknown keys"),
+        ({"below_area": 10, "small": {"min_area_px": 3}}, "unknown parameters"),
+    ):
+        with pytest.raises(ValueError, match=words):
+            check_postprocess_by_size(bad)
+    assert check_postprocess_by_size(None) is None
+    assert check_postprocess_by_size({"below_area": "15"})["large"] == {}
+
+
 def test_rescale_predicts_images_of_small_cells_again_at_the_rule_scale():
     """A model declared at half scale with a rescale rule: an image of small discs (typical
     cell under the rule's area) is predicted a second time at full scale, with the rule's
