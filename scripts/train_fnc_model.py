@@ -70,6 +70,9 @@ NESTED_GRID = {
     "min_marker_area": (50, 200),
     "open_radius": (0, 3, 5, 7),
 }
+# Images whose out-of-fold maps' cells are typically under this many pixels form the "small"
+# part of --per-size (neuroseg.predict.size_group); with --rescale-below, that area instead.
+SMALL_CELL_AREA = 1500.0
 # Three-class FNC models predict images up to neuroseg.registry.WHOLE_IMAGE_PIXELS whole
 # (2048 x 2048: the red collection's 2272 x 1704 among them; fold models of older runs carry a
 # smaller value) and blend the tiles of larger ones with the taper window: the seed's minimum
@@ -176,19 +179,24 @@ def _rescale_flags(args) -> dict:
 
 def nested_postprocess(
     work: Path, folds: list[dict], shrink: int | None, *, per_stain: bool = False,
-    tta: str = "none", rescale: dict | None = None,
+    per_size: bool = False, tta: str = "none", rescale: dict | None = None,
 ) -> dict | None:  # fmt: skip
     """Step 3b: the post-processing chosen for each held-out image on the *other* held-out
     images (each predicted by its own fold's model, which never trained on it), so that no
     image is scored with parameters chosen on it; ``final`` (chosen on all six) is what the
-    shipped model carries. See :func:`neuroseg.instances.sweep_leave_one_out`."""
+    shipped model carries. See :func:`neuroseg.instances.sweep_leave_one_out`.
+
+    The joint choice, the choice per stain and the choice per cell size (``small`` images:
+    cells typically under :data:`SMALL_CELL_AREA` px in their out-of-fold maps,
+    :func:`neuroseg.predict.size_group`) are all scored; ``per_size`` or ``per_stain`` ships
+    one of the latter two (``mode``)."""
     import numpy as np
 
     from neuroseg import registry
     from neuroseg.images import read_mask, read_native
     from neuroseg.instances import CENTRE, MARKERS, sweep_leave_one_out
     from neuroseg.masks import label_mask
-    from neuroseg.predict import predict_image
+    from neuroseg.predict import predict_image, size_group
 
     probs, truths = [], []
     for i, f in enumerate(folds):
@@ -219,7 +227,9 @@ def nested_postprocess(
     if all(p.shape[-1] > CENTRE for p in probs):
         grid = {**grid, "markers": MARKERS}  # a centre channel: both marker kinds compete
     colours = [f["colour"] for f in folds]
-    res = sweep_leave_one_out(probs, truths, colours, grid=grid, per_group=True)
+    below = float(rescale["below_area"]) if rescale else SMALL_CELL_AREA
+    sizes = [size_group(p.astype("float32"), below) for p in probs]
+    res = sweep_leave_one_out(probs, truths, colours, grid=grid, per_group=True, partition=sizes)
 
     def scored(per_image: list[dict], tag: str) -> tuple[list[dict], dict]:
         rows = [
@@ -233,34 +243,42 @@ def nested_postprocess(
         groups["all"] = rows
         return rows, {k: _pool(v) for k, v in groups.items() if v}
 
-    joint_rows, joint = scored(res["per_image"], "joint")
-    stain_rows, by_stain = scored(res["per_image_by_group"], "per-stain")
-    rows = stain_rows if per_stain else joint_rows
+    scores = {
+        "joint": scored(res["per_image"], "joint"),
+        "per-stain": scored(res["per_image_by_group"], "per-stain"),
+        "per-size": scored(res["per_image_by_partition"], "per-size"),
+    }
+    mode = "per-size" if per_size else "per-stain" if per_stain else "joint"
+    rows, model = scores[mode]
     errors = error_analysis(work, folds, probs, truths, rows)
     out = {
         "grid": {k: list(v) for k, v in grid.items()},
         "tta": tta,
-        "mode": "per-stain" if per_stain else "joint",
+        "mode": mode,
         "rule": "per held-out image, the grid point with the best mean over the stains of the "
         "pooled centroid F1 on the other held-out images; ties to the first in grid order",
         "folds": rows,
-        "model": by_stain if per_stain else joint,
+        "model": model,
         "final": res["final"],
         "final_score": res["final_score"],
         "rescale": rescale,
+        "sizes": {f["name"]: g for f, g in zip(folds, sizes, strict=True)},
         "errors": errors,
-        "alternative": {
-            "mode": "joint" if per_stain else "per-stain",
-            "folds": joint_rows if per_stain else stain_rows,
-            "model": joint if per_stain else by_stain,
-        },
+        "alternatives": {k: v[1] for k, v in scores.items() if k != mode},
     }
-    if per_stain:
+    if per_stain and not per_size:
         out["rule"] = (
             "per held-out image, the grid point with the best pooled centroid F1 on "
             "the other held-out images of its stain; ties to the first in grid order"
         )
         out["final_by_stain"] = res["final_by_group"]
+    if per_size:
+        out["rule"] = (
+            "per held-out image, the grid point with the best pooled centroid F1 on the other "
+            f"held-out images of its cell size (typical cell under {below:g} px or not); ties "
+            "to the first in grid order"
+        )
+        out["final_by_size"] = {"below_area": below, **res["final_by_partition"]}
     return out
 
 
@@ -387,6 +405,8 @@ def _script_flags(report: dict) -> str:
         out += f" --finetune-epochs {flags['finetune_epochs']}"
     if flags.get("per_stain"):
         out += " --per-stain"
+    if flags.get("per_size"):
+        out += " --per-size"
     if flags.get("tta", "none") != "none":
         out += f" --tta {flags['tta']}"
     if flags.get("rescale_below"):
@@ -470,6 +490,14 @@ def _serving(cfg: dict) -> str:
     return "; ".join(parts)
 
 
+def _alternatives(nested: dict) -> list[tuple[str, dict]]:
+    """(mode, pooled scores) of the nested choices not shipped (older reports: one)."""
+    if nested.get("alternatives"):
+        return sorted(nested["alternatives"].items())
+    alt = nested.get("alternative")
+    return [(alt["mode"], alt["model"])] if alt else []
+
+
 def card(report: dict) -> str:
     """MODEL_CARD.md from the script's ``scores.json``."""
     from neuroseg.models import describe_unet
@@ -481,9 +509,15 @@ def card(report: dict) -> str:
     if cfg.get("head") == "three_class":
         head = "three-class softmax head (background / interior / boundary, `cce_dice` loss)"
         by_stain = cfg.get("postprocess_by_stain")
+        by_size = cfg.get("postprocess_by_size")
         post = (
             (
-                "per stain, picked by the image's colour (`neuroseg.normalize.stain_of`): "
+                "per cell size, picked by the typical cell of the image's maps "
+                f"(`neuroseg.predict.size_group`): under {by_size['below_area']:g} px "
+                f"(`small`) `{json.dumps({**cfg['postprocess'], **by_size['small']})}`; "
+                f"others (`large`) `{json.dumps({**cfg['postprocess'], **by_size['large']})}`"
+                if by_size
+                else "per stain, picked by the image's colour (`neuroseg.normalize.stain_of`): "
                 + "; ".join(f"{k} `{json.dumps(v)}`" for k, v in sorted(by_stain.items()))
                 + f"; grey images (stain unknown) `{json.dumps(cfg.get('postprocess'))}`"
                 if by_stain
@@ -558,15 +592,19 @@ def card(report: dict) -> str:
         "",
     ]
     if nested:
-        per_stain = nested.get("mode") == "per-stain"
-        how = (
-            "the *other* held-out images of its stain (pooled F1): the shipped config carries "
-            "one choice per stain (`postprocess_by_stain`), picked at inference by the image's "
-            "colour (`neuroseg.normalize.stain_of`), and the choice on all six for images "
-            "whose stain cannot be told (grey)"
-            if per_stain
-            else "the *other* held-out images (the mean over the stains of their pooled F1)"
-        )
+        mode = nested.get("mode")
+        how = {
+            "per-stain": "the *other* held-out images of its stain (pooled F1): the shipped "
+            "config carries one choice per stain (`postprocess_by_stain`), picked at inference "
+            "by the image's colour (`neuroseg.normalize.stain_of`), and the choice on all six "
+            "for images whose stain cannot be told (grey)",
+            "per-size": "the *other* held-out images of its cell size (pooled F1; "
+            + ", ".join(f"{k} {v}" for k, v in (nested.get("sizes") or {}).items())
+            + "): the shipped config carries one choice for images whose maps' cells are "
+            "typically small and one for the others (`postprocess_by_size`), picked at "
+            "inference from the model's own maps (`neuroseg.predict.size_group`), grey images "
+            "included",
+        }.get(mode, "the *other* held-out images (the mean over the stains of their pooled F1)")
         lines += [
             "**Post-processing chosen by nested leave-one-out** (what the shipped config "
             "carries): each held-out image is segmented with the post-processing that scores "
@@ -576,14 +614,14 @@ def card(report: dict) -> str:
             *_score_table(nested["model"], cv["otsu"]),
             "",
             *(
-                [
-                    f"Not shipped, the same sweep with the {nested['alternative']['mode']} choice:",
+                line
+                for alt, model in _alternatives(nested)
+                for line in (
+                    f"Not shipped, the same sweep with the {alt} choice:",
                     "",
-                    *_score_table(nested["alternative"]["model"], cv["otsu"]),
+                    *_score_table(model, cv["otsu"]),
                     "",
-                ]
-                if nested.get("alternative")
-                else []
+                )
             ),
             "**Fixed post-processing** (the defaults, minimum area "
             f"{report.get('fixed_min_area', 100)} px, as in the fold evaluations):",
@@ -714,6 +752,13 @@ def main() -> None:
         "neuroseg.normalize.stain_of) instead of one for both; both are scored either way",
     )
     ap.add_argument(
+        "--per-size",
+        action="store_true",
+        help="ship post-processing chosen per cell size (images whose cells are typically "
+        "small, neuroseg.predict.size_group, and the others; what the model's own maps "
+        "tell at inference, grey images included) instead of per stain; all are scored",
+    )
+    ap.add_argument(
         "--centre",
         default=None,
         action=argparse.BooleanOptionalAction,
@@ -775,12 +820,12 @@ def main() -> None:
         shrink = 480 if report.get("smoke") else None
         nested = nested_postprocess(
             work, report["cross_validation"]["folds"], shrink, per_stain=args.per_stain,
-            tta=args.tta, rescale=_rescale_rule(args),
+            per_size=args.per_size, tta=args.tta, rescale=_rescale_rule(args),
         )  # fmt: skip
         if nested is None:
             raise SystemExit(f"{out}: not a three-class model; nothing to choose")
         report.setdefault("flags", {}).update(
-            per_stain=args.per_stain, tta=args.tta, **_rescale_flags(args)
+            per_stain=args.per_stain, per_size=args.per_size, tta=args.tta, **_rescale_flags(args)
         )
         if args.cv_only:  # a candidate's cross-validation scored again, e.g. with --tta
             from neuroseg.storage import to_jsonable
@@ -945,7 +990,13 @@ def main() -> None:
     # 3b. post-processing by nested leave-one-out (three-class heads)
     nested = (
         nested_postprocess(
-            work, folds, shrink, per_stain=args.per_stain, tta=args.tta, rescale=rescale
+            work,
+            folds,
+            shrink,
+            per_stain=args.per_stain,
+            per_size=args.per_size,
+            tta=args.tta,
+            rescale=rescale,
         )
         if len(folds) > 1
         else None
@@ -1021,6 +1072,7 @@ def main() -> None:
             "separation_weight": args.separation_weight,
             "finetune_epochs": args.finetune_epochs,
             "per_stain": args.per_stain,
+            "per_size": args.per_size,
             **_rescale_flags(args),
         },
         "cross_validation": cv,
@@ -1049,8 +1101,11 @@ def _ship_nested(out: Path, report: dict, nested: dict) -> None:
     cfg = json.loads(cfg_path.read_text())
     cfg["postprocess"] = {**cfg.get("postprocess", {}), **nested["final"]}
     cfg.pop("postprocess_by_stain", None)
+    cfg.pop("postprocess_by_size", None)
     if nested.get("final_by_stain"):  # the image's stain picks (neuroseg.normalize.stain_of)
         cfg["postprocess_by_stain"] = nested["final_by_stain"]
+    if nested.get("final_by_size"):  # the maps' typical cell picks (neuroseg.predict.size_group)
+        cfg["postprocess_by_size"] = nested["final_by_size"]
     # as the nested choice predicted
     cfg.update(max_whole_pixels=registry.WHOLE_IMAGE_PIXELS, blend=BLEND)
     if nested.get("tta", "none") != "none":  # served with the flips it was chosen under
@@ -1063,6 +1118,7 @@ def _ship_nested(out: Path, report: dict, nested: dict) -> None:
     storage.write_json(str(cfg_path), cfg)
     report["config"]["postprocess"] = cfg["postprocess"]
     report["config"]["postprocess_by_stain"] = cfg.get("postprocess_by_stain")
+    report["config"]["postprocess_by_size"] = cfg.get("postprocess_by_size")
     report["config"]["rescale"] = cfg.get("rescale")
     report["cross_validation"]["nested"] = nested
     for key, m in nested["model"].items():

@@ -33,10 +33,16 @@ def plate():
 def test_reads_one_grey_plane_of_any_stain(fnc, plate):
     """Yellow (red + green) and red-only versions of a plate give the same cells under the
     same post-processing: the model sees the maximum over the colour channels,
-    percentile-normalised. A model with post-processing per stain then applies the one of the
-    stain it sees."""
+    percentile-normalised. A model with post-processing per stain or per cell size then
+    applies the one of the stain it sees or of the cells its maps hold."""
     from neuroseg.normalize import stain_of
-    from neuroseg.predict import postprocess, predict_image
+    from neuroseg.predict import (
+        check_postprocess_by_size,
+        postprocess,
+        postprocess_params,
+        predict_image,
+        size_group,
+    )
 
     assert fnc.config["input"]["channels"] == "grey"
     assert fnc.config["input"]["normalization"] == "percentile"
@@ -56,14 +62,17 @@ def test_reads_one_grey_plane_of_any_stain(fnc, plate):
     deep = (yellow.max(axis=2).astype(np.uint16) * 16).astype(np.uint16)
     _, n_d, _ = postprocess(fnc.config, predict_image(fnc, deep))
     assert abs(n_d - n_y) <= 1
-    # segment_image post-processes as the image's stain says
-    by_stain = fnc.config.get("postprocess_by_stain") or {}
+    # segment_image post-processes as the image's stain and its cells' size say
+    by_size = check_postprocess_by_size(fnc.config.get("postprocess_by_size"))
     for image, probs, stain in ((yellow, p_y, "yellow"), (red, p_r, "red")):
-        expected = postprocess(
-            {**fnc.config, "postprocess": {**fnc.config["postprocess"], **by_stain.get(stain, {})},
-             "postprocess_by_stain": None}, probs,
-        )[1]  # fmt: skip
-        assert segment_image(fnc, image)[1] == expected
+        params = postprocess_params(
+            fnc.config,
+            stain=stain if fnc.config.get("postprocess_by_stain") else None,
+            size=size_group(probs, by_size["below_area"]) if by_size else None,
+        )
+        flat = {**fnc.config, "postprocess": params, "postprocess_by_stain": None,
+                "postprocess_by_size": None}  # fmt: skip
+        assert segment_image(fnc, image)[1] == postprocess(flat, probs)[1]
 
 
 def test_predicts_the_red_collections_large_images_whole(fnc):
@@ -105,6 +114,8 @@ def test_shipped_post_processing_is_the_nested_choice_and_its_scores_add_up():
     for key, value in nested["final"].items():
         assert config["postprocess"][key] == value
     assert config.get("rescale") == nested.get("rescale")  # served as it was scored
+    assert config.get("postprocess_by_stain") == nested.get("final_by_stain")
+    assert config.get("postprocess_by_size") == nested.get("final_by_size")
     grid = nested["grid"]
     folds = nested["folds"]
     assert [f["name"] for f in folds] == [f["name"] for f in scores["cross_validation"]["folds"]]
@@ -153,3 +164,22 @@ def test_small_somata_get_a_second_look_at_full_scale(fnc):
     large = read_native(SHARED / "red" / "images" / "RT353S2C1R5_r1.png")
     assert typical_cell_area(predict_image(plain, large)) >= rule["below_area"]
     np.testing.assert_array_equal(segment_image(fnc, large)[0], segment_image(plain, large)[0])
+
+
+@pytest.mark.skipif(not (SHARED / "red").is_dir(), reason="../shared/data/fnc-samples is absent")
+def test_each_sample_is_in_the_size_part_its_held_out_maps_were_in(fnc):
+    """The cell-size parts recorded with the nested choice (each sample's out-of-fold maps:
+    typical cell under the rescale rule's area or not) are the parts the shipped model's own
+    maps put the samples in, so post-processing per size (`postprocess_by_size`, scored on the
+    card) would serve each image the parameters scored for it."""
+    from neuroseg.images import read_native
+    from neuroseg.predict import predict_image, size_group
+
+    nested = json.loads((FOLDER / "scores.json").read_text())["cross_validation"].get("nested")
+    if not (nested and nested.get("sizes") and fnc.config.get("rescale")):
+        pytest.skip("this default model's card records no cell-size parts")
+    below = fnc.config["rescale"]["below_area"]
+    assert set(nested["sizes"].values()) == {"small", "large"}
+    for name, part in nested["sizes"].items():
+        path = next(SHARED.glob(f"*/images/{name}"))
+        assert size_group(predict_image(fnc, read_native(path)), below) == part, name

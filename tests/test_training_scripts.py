@@ -158,6 +158,15 @@ def test_fnc_card_names_the_model_it_started_from(fnc_script):
         " --synthetic 0 --init nuclei --scale 0.5 --per-stain"
     )
     assert fnc_script._script_flags({"flags": {**flags, "tta": "flips"}}).endswith(" --tta flips")
+    per_size = {**flags, "per_stain": False, "per_size": True}
+    assert fnc_script._script_flags({"flags": per_size}).endswith(" --scale 0.5 --per-size")
+    # the card lists every nested choice that was scored and not shipped (older reports: one)
+    red = {"red": {"f1": 0.7}}
+    assert fnc_script._alternatives({"alternatives": {"per-stain": red, "joint": red}}) == [
+        ("joint", red), ("per-stain", red)]  # fmt: skip
+    assert fnc_script._alternatives({"alternative": {"mode": "joint", "model": red}}) == [
+        ("joint", red)]  # fmt: skip
+    assert fnc_script._alternatives({}) == []
     nuclei = {"synthetic_images": 0, "pretrain": {"model": "nuclei", "init": "nuclei"}}
     assert fnc_script._start_of(nuclei) == "started from the weights of `nuclei`"
     assert fnc_script._from_nuclei(nuclei)
