@@ -275,10 +275,11 @@ def check_rescale(rule: Mapping | None) -> dict | None:
     first prediction's cells, widened by :data:`RESCALE_PAD` pixels (:func:`foreground_box`),
     is predicted again resized by ``S`` with test-time flips ``T``, and there those maps
     are averaged with the first (``M = "mean"``, the default: on the FNC samples' held-out
-    images it beat replacing, red F1 0.775 against 0.711) or replace them (``"replace"``);
-    elsewhere the first maps stay. A model that learnt its cells at one size (the ``fnc``
-    model: somata of 15-35 px at half scale) then sees images of small cells (the 200x red
-    images' 500-900 px somata) at the size it knows, without a per-image setting.
+    images, both passes over the whole image, it beat replacing, red F1 0.775 against
+    0.711) or replace them (``"replace"``); elsewhere the first maps stay. A model that
+    learnt its cells at one size (the ``fnc`` model: somata of 15-35 px at half scale) then
+    sees images of small cells (the 200x red images' 500-900 px somata) at the size it knows,
+    without a per-image setting.
     """
     if not rule:
         return None
