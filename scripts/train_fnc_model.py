@@ -190,6 +190,8 @@ def nested_postprocess(
     cells typically under :data:`SMALL_CELL_AREA` px in their out-of-fold maps,
     :func:`neuroseg.predict.size_group`) are all scored; ``per_size`` or ``per_stain`` ships
     one of the latter two (``mode``)."""
+    if per_stain and per_size:
+        raise ValueError("per_stain and per_size exclude each other")
     import numpy as np
 
     from neuroseg import registry
@@ -266,7 +268,7 @@ def nested_postprocess(
         "errors": errors,
         "alternatives": {k: v[1] for k, v in scores.items() if k != mode},
     }
-    if per_stain and not per_size:
+    if per_stain:
         out["rule"] = (
             "per held-out image, the grid point with the best pooled centroid F1 on "
             "the other held-out images of its stain; ties to the first in grid order"
@@ -745,13 +747,14 @@ def main() -> None:
         help="test-time augmentation of the held-out predictions, chosen post-processing and "
         "the shipped model's serving default (flips: the mean of 4 flipped predictions)",
     )
-    ap.add_argument(
+    choice = ap.add_mutually_exclusive_group()
+    choice.add_argument(
         "--per-stain",
         action="store_true",
         help="ship post-processing chosen per stain (the image's colour picks it at inference, "
         "neuroseg.normalize.stain_of) instead of one for both; both are scored either way",
     )
-    ap.add_argument(
+    choice.add_argument(
         "--per-size",
         action="store_true",
         help="ship post-processing chosen per cell size (images whose cells are typically "
