@@ -228,7 +228,7 @@ def predict_input(bundle: Any, x: np.ndarray, *, batch_size: int = 8) -> np.ndar
     scale = input_scale(config.get("input"))
     total = _predict_at(bundle, config, x, scale, config.get("tta") or "none", batch_size)
     rule = check_rescale(config.get("rescale"))
-    if rule and rule["scale"] != scale and 0 < typical_cell_area(total) < rule["below_area"]:
+    if rule and rule["scale"] != scale and size_group(total, rule["below_area"]) == "small":
         # small cells: the network sees the image again, larger (the rule's scale), over the
         # box that holds the first pass's cells; an image without cells is not predicted twice
         box = foreground_box(total, pad=RESCALE_PAD)
